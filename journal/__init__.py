@@ -1,0 +1,47 @@
+"""journal: a durable event journal for agent sessions, shared by many processes.
+
+Each session's events live in a JSONL file (the truth, in the aiOS format); a Redis Lua script
+checks the expected sequence before every durable write; Redis pub/sub carries committed
+events to subscribers in every process.
+"""
+
+from . import kinds
+from .errors import (
+    AppendOutcomeUnknown,
+    CorruptLine,
+    InvalidId,
+    InvalidInput,
+    InvalidRecord,
+    JournalError,
+    LeaseTimeout,
+    RecordTooLarge,
+    RedisServerNotFound,
+    RedisUnavailable,
+    SequenceConflict,
+    StorageError,
+)
+from .journal import AsyncJournal, Journal
+from .records import Actor, EventRecord, EventSchema
+from .settings import JournalSettings
+
+__all__ = [
+    "Actor",
+    "AppendOutcomeUnknown",
+    "AsyncJournal",
+    "CorruptLine",
+    "EventRecord",
+    "EventSchema",
+    "InvalidId",
+    "InvalidInput",
+    "InvalidRecord",
+    "Journal",
+    "JournalError",
+    "JournalSettings",
+    "LeaseTimeout",
+    "RecordTooLarge",
+    "RedisServerNotFound",
+    "RedisUnavailable",
+    "SequenceConflict",
+    "StorageError",
+    "kinds",
+]

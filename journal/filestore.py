@@ -1,0 +1,447 @@
+"""The session file (the truth) and its rebuildable index.
+
+Layout under the root::
+
+    events/<sid>.jsonl           every committed event, one JSON line each (FORMAT.md)
+    index/<sid>/<branch>.idx     fixed-width entries (offset u64, length u32) per sequence
+    index/<sid>/committed        a lower bound of the committed length, for safe rebuilds
+
+All functions here are synchronous and are only ever called by one writer at a time for a
+session (the holder of the Redis lease); readers only read bytes below the committed length.
+The async journal runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from . import faults
+from .errors import CorruptLine, JournalError
+from .records import EventRecord, decode_line
+
+INDEX_ENTRY = struct.Struct("<QI")  # byte offset of the line, its length with the newline
+HINT = struct.Struct("<Q")
+CHUNK = 1 << 20
+
+
+class _Position(msgspec.Struct):
+    """The few fields a scan needs; msgspec skips the rest of the line quickly."""
+
+    session_id: str
+    branch_id: str
+    sequence: int
+    event_id: str
+
+
+_position_decoder = msgspec.json.Decoder(_Position)
+
+
+@dataclass(slots=True)
+class Line:
+    offset: int
+    length: int  # with the newline
+    branch_id: str
+    sequence: int
+    event_id: str
+
+
+@dataclass(slots=True)
+class TailResult:
+    """What a tail recovery or a rebuild found."""
+
+    length: int  # the new committed length
+    heads: dict[str, int]  # head of every branch seen (rebuild) or advanced (tail)
+    kept: list[Line] = field(default_factory=list)  # lines rolled forward
+    truncated_from: int | None = None  # where junk was cut, if anywhere
+
+
+def iter_lines(fd: int, start: int, end: int | None = None) -> Iterator[tuple[int, bytes, bool]]:
+    """Yield ``(offset, line, complete)`` for the lines in ``[start, end)``.
+
+    ``line`` excludes the newline; the last item may be incomplete (no newline: torn).
+    """
+    if end is None:
+        end = os.fstat(fd).st_size
+    pos = start
+    carry = b""
+    carry_offset = start
+    while pos < end:
+        chunk = os.pread(fd, min(CHUNK, end - pos), pos)
+        if not chunk:
+            break
+        pos += len(chunk)
+        data = carry + chunk if carry else chunk
+        parts = data.split(b"\n")
+        offset = carry_offset
+        for part in parts[:-1]:
+            yield offset, part, True
+            offset += len(part) + 1
+        carry = parts[-1]
+        carry_offset = offset
+    if carry:
+        yield carry_offset, carry, False
+
+
+class SessionStore:
+    """File operations for one session. Cheap to construct; holds no open descriptors."""
+
+    def __init__(self, root: Path, session_id: str) -> None:
+        self.session_id = session_id
+        self.path = root / "events" / f"{session_id}.jsonl"
+        self.index_dir = root / "index" / session_id
+
+    # ----- plain queries -------------------------------------------------------------------
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def line_number(self, offset: int) -> int:
+        """1-based line number of the line starting at ``offset`` (only used for errors)."""
+        count = 1
+        with open(self.path, "rb") as f:
+            remaining = offset
+            while remaining > 0:
+                chunk = f.read(min(CHUNK, remaining))
+                if not chunk:
+                    break
+                count += chunk.count(b"\n")
+                remaining -= len(chunk)
+        return count
+
+    def corrupt(self, offset: int, problem: str) -> CorruptLine:
+        return CorruptLine(str(self.path), self.line_number(offset), problem)
+
+    # ----- appending (under the lease) -----------------------------------------------------
+
+    def _open_append(self) -> int:
+        try:
+            return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # A new file's name must survive a crash too: sync the directory entry.
+        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return fd
+
+    def append(self, data: bytes, sync: bool) -> tuple[int, int]:
+        """One write on an O_APPEND descriptor, then fdatasync when ``sync``.
+
+        Returns ``(start, end)``: where the bytes landed. With O_APPEND the descriptor's
+        offset is the end of our own write, even when other processes append concurrently.
+        """
+        fd = self._open_append()
+        try:
+            if faults.enabled("mid_write"):
+                half = len(data) // 2
+                os.write(fd, data[:half])
+                faults.hit("mid_write")
+                data = data[half:]
+            written = os.write(fd, data)
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            if written != len(data):
+                # A short write is a torn line beyond the committed length: recovery cuts it.
+                raise OSError(errno.ENOSPC, f"short write to {self.path}: {written} bytes")
+            faults.hit("after_write")
+            if sync:
+                faults.hit("fsync")
+                os.fdatasync(fd)
+                faults.hit("after_fsync")
+            return end - len(data), end
+        finally:
+            os.close(fd)
+
+    def truncate(self, length: int, guard: Callable[[], None]) -> None:
+        """Cut junk beyond the committed length. ``guard`` raises if our lease may be gone:
+        a writer that lost its lease must never truncate, someone may have committed since."""
+        guard()
+        fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, length)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    # ----- recovery -----------------------------------------------------------------------
+
+    def _classify(self, raw: bytes, heads: dict[str, int]) -> Line | str:
+        """A line that continues its branch, or the reason it does not."""
+        try:
+            record = decode_line(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError, JournalError) as exc:
+            return f"invalid record: {exc}"
+        if record.session_id != self.session_id:
+            return f"session_id {record.session_id!r} in the file of {self.session_id!r}"
+        expected = heads.get(record.branch_id, 0) + 1
+        if record.sequence != expected:
+            return f"branch {record.branch_id} sequence {record.sequence}, expected {expected}"
+        return Line(0, len(raw) + 1, record.branch_id, record.sequence, record.event_id)
+
+    def recover_tail(
+        self, committed: int, heads: dict[str, int], guard: Callable[[], None]
+    ) -> TailResult:
+        """Roll forward the complete lines beyond ``committed`` that continue their branch,
+        in file order, and truncate at the first torn, invalid or non-continuing line."""
+        heads = dict(heads)
+        result = TailResult(length=committed, heads={})
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return result
+        try:
+            for offset, raw, complete in iter_lines(fd, committed):
+                if complete and not raw.strip():
+                    result.length = offset + len(raw) + 1
+                    continue
+                found = self._classify(raw, heads) if complete else "torn line"
+                if isinstance(found, str):
+                    result.truncated_from = offset
+                    break
+                found.offset = offset
+                heads[found.branch_id] = found.sequence
+                result.heads[found.branch_id] = found.sequence
+                result.kept.append(found)
+                result.length = offset + found.length
+        finally:
+            os.close(fd)
+        if result.truncated_from is not None:
+            self.truncate(result.length, guard)
+        self._index_lines(result.kept, heads, result.length)
+        return result
+
+    def read_hint(self) -> int:
+        try:
+            raw = (self.index_dir / "committed").read_bytes()
+        except FileNotFoundError:
+            return 0
+        return HINT.unpack(raw)[0] if len(raw) == HINT.size else 0
+
+    def write_hint(self, committed: int) -> None:
+        """Persist a lower bound of the committed length (not synced: it only has to be a
+        lower bound, and it is written with a length that is already committed)."""
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.index_dir / "committed", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.pwrite(fd, HINT.pack(committed), 0)
+        finally:
+            os.close(fd)
+
+    def rebuild(self, guard: Callable[[], None]) -> TailResult:
+        """Recompute every head and the committed length from the file (Redis lost them).
+
+        Below the hint every line must be valid: a bad one there is corruption and is
+        reported, never truncated. Beyond it the tail-recovery rule applies.
+        """
+        hint = self.read_hint()
+        heads: dict[str, int] = {}
+        entries: dict[str, list[tuple[int, int]]] = {}
+        length = 0
+        truncated_from: int | None = None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return TailResult(length=0, heads={})
+        try:
+            if hint > os.fstat(fd).st_size:
+                hint = 0  # the hint outran the data (durability "none" and a crash): ignore
+            for offset, raw, complete in iter_lines(fd, 0):
+                if complete and not raw.strip():
+                    length = offset + len(raw) + 1
+                    continue
+                if offset < hint:
+                    if not complete:
+                        raise self.corrupt(offset, "torn line inside the committed region")
+                    try:
+                        pos = _position_decoder.decode(raw)
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        raise self.corrupt(offset, f"invalid record: {exc}") from None
+                    expected = heads.get(pos.branch_id, 0) + 1
+                    if pos.session_id != self.session_id or pos.sequence != expected:
+                        raise self.corrupt(
+                            offset,
+                            f"branch {pos.branch_id} sequence {pos.sequence}, expected {expected}",
+                        )
+                    line = Line(offset, len(raw) + 1, pos.branch_id, pos.sequence, pos.event_id)
+                else:
+                    found = self._classify(raw, heads) if complete else "torn line"
+                    if isinstance(found, str):
+                        truncated_from = offset
+                        break
+                    line = found
+                    line.offset = offset
+                heads[line.branch_id] = line.sequence
+                entries.setdefault(line.branch_id, []).append((line.offset, line.length))
+                length = line.offset + line.length
+        finally:
+            os.close(fd)
+        if truncated_from is not None:
+            self.truncate(length, guard)
+        self._write_indexes(entries)
+        self.write_hint(length)
+        return TailResult(length=length, heads=heads, truncated_from=truncated_from)
+
+    # ----- the index --------------------------------------------------------------------
+
+    def _index_path(self, branch_id: str) -> Path:
+        return self.index_dir / f"{branch_id}.idx"
+
+    def _write_indexes(self, entries: dict[str, list[tuple[int, int]]]) -> None:
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.index_dir.glob("*.idx"):
+            if old.stem not in entries:
+                old.unlink(missing_ok=True)
+        for branch_id, rows in entries.items():
+            tmp = self.index_dir / f".{branch_id}.idx.tmp"
+            tmp.write_bytes(b"".join(INDEX_ENTRY.pack(o, n) for o, n in rows))
+            # rename is atomic: a concurrent reader sees the old or the new index, both valid
+            # for every sequence up to the head it read.
+            os.replace(tmp, self._index_path(branch_id))
+
+    def index_append(self, branch_id: str, head_before: int, rows: list[tuple[int, int]],
+                     committed: int) -> None:
+        """Record the offsets of sequences ``head_before + 1 ...``. Entries past the head are
+        leftovers of a writer that died; they are cut first. A short index is rebuilt."""
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._index_path(branch_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            want = head_before * INDEX_ENTRY.size
+            size = os.fstat(fd).st_size
+            if size < want:
+                # The index lags (written by another tool, or lost): rebuild it from the file.
+                old = self._scan_branch_offsets(branch_id, committed)
+                if len(old) != head_before:
+                    return  # the file disagrees with Redis: leave it, readers fall back
+                os.pwrite(fd, b"".join(INDEX_ENTRY.pack(o, n) for o, n in old), 0)
+            elif size > want:
+                os.ftruncate(fd, want)
+            os.pwrite(fd, b"".join(INDEX_ENTRY.pack(o, n) for o, n in rows), want)
+        finally:
+            os.close(fd)
+
+    def _index_lines(self, lines: list[Line], heads_after: dict[str, int], committed: int) -> None:
+        per_branch: dict[str, list[tuple[int, int]]] = {}
+        for line in lines:
+            per_branch.setdefault(line.branch_id, []).append((line.offset, line.length))
+        for branch_id, rows in per_branch.items():
+            before = heads_after[branch_id] - len(rows)
+            self.index_append(branch_id, before, rows, committed)
+
+    def _scan_branch_offsets(self, branch_id: str, end: int) -> list[tuple[int, int]]:
+        rows: list[tuple[int, int]] = []
+        for offset, raw, _record in self._scan(end, branch_id):
+            rows.append((offset, len(raw) + 1))
+        return rows
+
+    # ----- reading ---------------------------------------------------------------------
+
+    def _scan(self, end: int, branch_id: str) -> Iterator[tuple[int, bytes, _Position]]:
+        """Every committed line of a branch, by a full scan (the fallback path)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            lineno = 0
+            for offset, raw, complete in iter_lines(fd, 0, end):
+                lineno += 1
+                if not raw.strip():
+                    continue
+                if not complete:
+                    raise CorruptLine(str(self.path), lineno, "torn line inside the committed region")
+                try:
+                    pos = _position_decoder.decode(raw)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise CorruptLine(str(self.path), lineno, f"invalid record: {exc}") from None
+                if pos.branch_id == branch_id:
+                    yield offset, raw, pos
+        finally:
+            os.close(fd)
+
+    def read(self, branch_id: str, first: int, last: int, committed: int) -> list[EventRecord]:
+        """Committed events ``first..last`` of a branch (the caller bounds ``last`` by the
+        head). O(count) through the index; a full scan only when the index is unusable."""
+        if last < first:
+            return []
+        try:
+            fast = self._read_indexed(branch_id, first, last, committed)
+        except FileNotFoundError:
+            return []
+        if fast is not None:
+            return fast
+        return self._read_scanned(branch_id, first, last, committed)
+
+    def _read_indexed(
+        self, branch_id: str, first: int, last: int, committed: int
+    ) -> list[EventRecord] | None:
+        count = last - first + 1
+        try:
+            with open(self._index_path(branch_id), "rb") as idx:
+                idx.seek((first - 1) * INDEX_ENTRY.size)
+                raw = idx.read(count * INDEX_ENTRY.size)
+        except FileNotFoundError:
+            return None
+        if len(raw) < count * INDEX_ENTRY.size:
+            return None
+        rows = list(INDEX_ENTRY.iter_unpack(raw))
+        if rows[-1][0] + rows[-1][1] > committed:
+            return None
+        out: list[EventRecord] = []
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            i = 0
+            while i < len(rows):
+                # Coalesce lines that sit back to back into one pread.
+                start, total = rows[i]
+                j = i + 1
+                while j < len(rows) and rows[j][0] == start + total and total < CHUNK:
+                    total += rows[j][1]
+                    j += 1
+                blob = os.pread(fd, total, start)
+                for offset_in, (_, length) in zip(_offsets(rows[i:j], start), rows[i:j], strict=True):
+                    raw = blob[offset_in : offset_in + length]
+                    if not raw.endswith(b"\n"):
+                        return None
+                    try:
+                        record = decode_line(raw)
+                    except (msgspec.DecodeError, msgspec.ValidationError, JournalError):
+                        return None  # maybe a stale index: the scan reports real corruption
+                    if record.branch_id != branch_id or record.sequence != first + len(out):
+                        return None
+                    out.append(record)
+                i = j
+        finally:
+            os.close(fd)
+        return out
+
+    def _read_scanned(
+        self, branch_id: str, first: int, last: int, committed: int
+    ) -> list[EventRecord]:
+        out: list[EventRecord] = []
+        for offset, raw, pos in self._scan(committed, branch_id):
+            if pos.sequence < first:
+                continue
+            if pos.sequence > last:
+                break
+            try:
+                out.append(decode_line(raw))
+            except (msgspec.DecodeError, msgspec.ValidationError, JournalError) as exc:
+                raise self.corrupt(offset, f"invalid record: {exc}") from None
+        return out
+
+
+def _offsets(rows: list[tuple[int, int]], start: int) -> list[int]:
+    return [offset - start for offset, _ in rows]

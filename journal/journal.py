@@ -1,0 +1,306 @@
+"""The public journals: :class:`AsyncJournal` and :class:`Journal` (blocking).
+
+Both validate input and encode records here (pure code), then hand the protocols of
+``protocol.py`` to their driver. Neither holds any protocol logic of its own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import redis
+import redis.asyncio
+
+from . import protocol
+from .driver import AsyncDriver, SyncDriver, redis_error
+from .errors import InvalidInput
+from .ids import validate_id
+from .records import EventRecord, prepare_for_write
+from .settings import JournalSettings, redact_url
+
+
+def make_settings(
+    root: str | os.PathLike[str] | None,
+    redis_url: str | None,
+    settings: JournalSettings | None,
+    options: dict[str, Any],
+) -> JournalSettings:
+    """Explicit arguments win over ``settings``, which win over ``JOURNAL_*`` variables."""
+    explicit: dict[str, Any] = dict(options)
+    if root is not None:
+        explicit["root"] = Path(root)
+    if redis_url is not None:
+        explicit["redis_url"] = redis_url
+    if settings is None:
+        try:
+            return JournalSettings(**explicit)
+        except ValueError as exc:
+            raise InvalidInput(f"invalid journal settings: {exc}") from None
+    return settings.model_copy(update=explicit) if explicit else settings
+
+
+class _Base:
+    """What both journals share: settings, input checks, names."""
+
+    settings: JournalSettings
+
+    def _setup(
+        self,
+        root: str | os.PathLike[str] | None,
+        redis_url: str | None,
+        settings: JournalSettings | None,
+        options: dict[str, Any],
+    ) -> None:
+        self.settings = make_settings(root, redis_url, settings, options)
+        self.core = protocol.Core(self.settings)
+
+    def _resolve_url(self) -> str:
+        url = self.settings.redis_url_value()
+        if url is None:
+            from .embedded import ensure_embedded
+
+            url = ensure_embedded(Path(self.settings.root))
+        return url
+
+    def _client_options(self) -> dict[str, Any]:
+        timeout = self.settings.socket_timeout_s
+        return {"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                "health_check_interval": 30}
+
+    def _ids(self, session_id: str, branch_id: str) -> None:
+        validate_id(session_id, "session_id", self.settings.max_id_length)
+        validate_id(branch_id, "branch_id", self.settings.max_id_length)
+
+    def _prepare(self, records: Iterable[EventRecord]) -> tuple[list[EventRecord], bytes]:
+        return prepare_for_write(
+            records,
+            max_record_bytes=self.settings.max_record_bytes,
+            max_id_length=self.settings.max_id_length,
+        )
+
+    @staticmethod
+    def _check_range(from_sequence: int, limit: int) -> None:
+        if not isinstance(from_sequence, int) or from_sequence < 0:
+            raise InvalidInput(f"from_sequence must be an integer >= 0, got {from_sequence!r}")
+        if not isinstance(limit, int) or limit < 0:
+            raise InvalidInput(f"limit must be an integer >= 0, got {limit!r}")
+
+    def sessions(self) -> list[str]:
+        """Every session with a file under the root, sorted."""
+        events = Path(self.settings.root) / "events"
+        if not events.is_dir():
+            return []
+        return sorted(p.name.removesuffix(".jsonl") for p in events.glob("*.jsonl"))
+
+    def __repr__(self) -> str:
+        url = self.settings.redis_url_value()
+        shown = "embedded" if url is None else redact_url(url)
+        return f"{type(self).__name__}(root={str(self.settings.root)!r}, redis={shown!r})"
+
+
+class AsyncJournal(_Base):
+    """The asyncio journal. Use ``async with AsyncJournal(...) as j`` or call ``open()``."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        redis_url: str | None = None,
+        *,
+        settings: JournalSettings | None = None,
+        redis_client: redis.asyncio.Redis | None = None,
+        **options: Any,
+    ) -> None:
+        self._setup(root, redis_url, settings, options)
+        self._client = redis_client
+        self._owns_client = redis_client is None
+        self._driver: AsyncDriver | None = None
+        self._where = "(given client)"
+
+    async def open(self) -> Self:
+        if self._driver is None:
+            if self._client is None:
+                url = self._resolve_url()
+                self._where = redact_url(url)
+                self._client = redis.asyncio.Redis.from_url(url, **self._client_options())
+            try:
+                await self._client.ping()
+            except redis.RedisError as exc:
+                raise redis_error(exc, self._where) from None
+            self._driver = AsyncDriver(self._client, self._where)
+        return self
+
+    async def close(self) -> None:
+        if self._client is not None and self._owns_client:
+            await self._client.aclose()
+            self._client = None
+        self._driver = None
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def redis(self) -> redis.asyncio.Redis:
+        if self._client is None:
+            raise InvalidInput("the journal is not open")
+        return self._client
+
+    async def _run(self, steps: protocol.Steps[Any]) -> Any:
+        driver = self._driver or (await self.open())._driver
+        assert driver is not None
+        return await driver.run(steps)
+
+    async def append(self, record: EventRecord) -> EventRecord:
+        """Append one event at ``head + 1`` of its (session, branch). Returns the stored record."""
+        stored = await self.append_batch([record])
+        return stored[0]
+
+    async def append_batch(self, records: Iterable[EventRecord]) -> list[EventRecord]:
+        """Append contiguous events of one (session, branch), all or nothing."""
+        checked, data = self._prepare(records)
+        result: list[EventRecord] = await self._run(protocol.append(self.core, checked, data))
+        return result
+
+    async def read(
+        self, session_id: str, branch_id: str = "main", from_sequence: int = 1, limit: int = 1000
+    ) -> list[EventRecord]:
+        """Committed events of a branch from ``from_sequence``, at most ``limit``."""
+        self._ids(session_id, branch_id)
+        self._check_range(from_sequence, limit)
+        result: list[EventRecord] = await self._run(
+            protocol.read(self.core, session_id, branch_id, from_sequence, limit)
+        )
+        return result
+
+    async def head(self, session_id: str, branch_id: str = "main") -> int:
+        """The last committed sequence of a branch, 0 when it is empty."""
+        self._ids(session_id, branch_id)
+        result: int = await self._run(protocol.head(self.core, session_id, branch_id))
+        return result
+
+    async def branches(self, session_id: str) -> dict[str, int]:
+        """Every branch of a session with its head."""
+        validate_id(session_id, "session_id", self.settings.max_id_length)
+        _, heads = await self._run(protocol.session_state(self.core, session_id))
+        return dict(heads)
+
+    def subscribe(
+        self, session_id: str, branch_id: str = "main", after_sequence: int = 0, **options: Any
+    ) -> AsyncIterator[EventRecord]:
+        """Every committed event above ``after_sequence``, exactly once, in order, live."""
+        from .subscription import subscribe_async
+
+        self._ids(session_id, branch_id)
+        return subscribe_async(self, session_id, branch_id, after_sequence, **options)
+
+    def subscribe_all(self, session_prefix: str = "", **options: Any) -> AsyncIterator[EventRecord]:
+        """The firehose: every session (optionally by id prefix), in order per branch."""
+        from .subscription import subscribe_all_async
+
+        return subscribe_all_async(self, session_prefix, **options)
+
+
+class Journal(_Base):
+    """The blocking journal: the same methods as :class:`AsyncJournal`."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        redis_url: str | None = None,
+        *,
+        settings: JournalSettings | None = None,
+        redis_client: redis.Redis | None = None,
+        **options: Any,
+    ) -> None:
+        self._setup(root, redis_url, settings, options)
+        self._client = redis_client
+        self._owns_client = redis_client is None
+        self._driver: SyncDriver | None = None
+        self._where = "(given client)"
+
+    def open(self) -> Self:
+        if self._driver is None:
+            if self._client is None:
+                url = self._resolve_url()
+                self._where = redact_url(url)
+                self._client = redis.Redis.from_url(url, **self._client_options())
+            try:
+                self._client.ping()
+            except redis.RedisError as exc:
+                raise redis_error(exc, self._where) from None
+            self._driver = SyncDriver(self._client, self._where)
+        return self
+
+    def close(self) -> None:
+        if self._client is not None and self._owns_client:
+            self._client.close()
+            self._client = None
+        self._driver = None
+
+    def __enter__(self) -> Self:
+        return self.open()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._client is None:
+            raise InvalidInput("the journal is not open")
+        return self._client
+
+    def _run(self, steps: protocol.Steps[Any]) -> Any:
+        driver = self._driver or self.open()._driver
+        assert driver is not None
+        return driver.run(steps)
+
+    def append(self, record: EventRecord) -> EventRecord:
+        return self.append_batch([record])[0]
+
+    def append_batch(self, records: Iterable[EventRecord]) -> list[EventRecord]:
+        checked, data = self._prepare(records)
+        result: list[EventRecord] = self._run(protocol.append(self.core, checked, data))
+        return result
+
+    def read(
+        self, session_id: str, branch_id: str = "main", from_sequence: int = 1, limit: int = 1000
+    ) -> list[EventRecord]:
+        self._ids(session_id, branch_id)
+        self._check_range(from_sequence, limit)
+        result: list[EventRecord] = self._run(
+            protocol.read(self.core, session_id, branch_id, from_sequence, limit)
+        )
+        return result
+
+    def head(self, session_id: str, branch_id: str = "main") -> int:
+        self._ids(session_id, branch_id)
+        result: int = self._run(protocol.head(self.core, session_id, branch_id))
+        return result
+
+    def branches(self, session_id: str) -> dict[str, int]:
+        validate_id(session_id, "session_id", self.settings.max_id_length)
+        _, heads = self._run(protocol.session_state(self.core, session_id))
+        return dict(heads)
+
+    def subscribe(
+        self, session_id: str, branch_id: str = "main", after_sequence: int = 0, **options: Any
+    ) -> Iterator[EventRecord]:
+        from .subscription import subscribe_sync
+
+        self._ids(session_id, branch_id)
+        return subscribe_sync(self, session_id, branch_id, after_sequence, **options)
+
+    def subscribe_all(self, session_prefix: str = "", **options: Any) -> Iterator[EventRecord]:
+        from .subscription import subscribe_all_sync
+
+        return subscribe_all_sync(self, session_prefix, **options)

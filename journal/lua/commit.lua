@@ -1,0 +1,29 @@
+-- Commit under the lease: set heads and the committed length, publish, keep or release.
+-- KEYS[1] state hash, KEYS[2] lease, KEYS[3] channel (declared as a key: same slot in a cluster)
+-- ARGV[1] token
+-- ARGV[2] "0" releases the lease, otherwise the ms to extend it by (the writer goes on)
+-- ARGV[3] committed byte length
+-- ARGV[4] "replace" drops the old state first (rebuild), "update" merges
+-- ARGV[5] publish command: "PUBLISH", "SPUBLISH" or "" (nothing to announce)
+-- ARGV[6] message
+-- ARGV[7..] pairs of branch, head
+-- Reply: 1 when committed, 0 when the lease is no longer ours (outcome unknown to the caller)
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[4] == 'replace' then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], 'len', ARGV[3])
+for i = 7, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], 'h:' .. ARGV[i], ARGV[i + 1])
+end
+if ARGV[2] == '0' then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+if ARGV[5] ~= '' then
+  redis.call(ARGV[5], KEYS[3], ARGV[6])
+end
+return 1

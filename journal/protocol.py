@@ -1,0 +1,351 @@
+"""The append, read and rebuild protocols of DESIGN.md, written once, without I/O.
+
+Each protocol is a generator that yields operations (:class:`Lua`, :class:`Call`,
+:class:`Blocking`, :class:`Sleep`) and receives their results; a Redis error comes back as a
+:class:`~journal.errors.RedisUnavailable` thrown into the generator. The sync and async
+journals are thin drivers that execute the operations (see ``driver.py``), so there is one
+copy of the protocol. This is the "sans-IO" style of h11 and httpx.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import faults
+from .errors import (
+    AppendOutcomeUnknown,
+    JournalError,
+    LeaseTimeout,
+    RedisUnavailable,
+    SequenceConflict,
+    StorageError,
+)
+from .filestore import SessionStore
+from .keys import SessionKeys, session_keys
+from .messages import encode_announcement
+from .records import EventRecord
+from .settings import JournalSettings
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Lua:
+    """Run one of the scripts in ``journal/lua`` (by file stem)."""
+
+    script: str
+    keys: list[str]
+    args: list[str | int | bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Run one plain Redis command."""
+
+    args: tuple[str | int | bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Blocking:
+    """Run blocking file work (the async driver moves it to a worker thread)."""
+
+    fn: Callable[[], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+Op = Lua | Call | Blocking | Sleep
+Steps = Generator[Op, Any, T]
+
+
+class LeaseLost(JournalError):
+    """Internal: our lease may have expired before we touched the file."""
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class LeaseClock:
+    """Our own, conservative view of the lease: it starts before the begin call was sent,
+    and we stop trusting it a safety margin before it expires."""
+
+    def __init__(self, lease_ms: int) -> None:
+        self.deadline = time.monotonic() + lease_ms / 1000 * 0.8 - 0.02
+
+    def guard(self) -> None:
+        if time.monotonic() >= self.deadline:
+            raise LeaseLost("the writer lease may have expired")
+
+
+class Backoff:
+    """Bounded exponential backoff with jitter while another writer holds the lease."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.deadline = time.monotonic() + timeout_s
+        self.delay = 0.001
+
+    def next(self, pttl_ms: int | None = None) -> float:
+        if time.monotonic() >= self.deadline:
+            raise LeaseTimeout("gave up waiting for the session's writer lease")
+        delay = random.uniform(self.delay / 2, self.delay)
+        self.delay = min(self.delay * 2, 0.05)
+        if pttl_ms is not None and pttl_ms > 0:
+            delay = min(delay, pttl_ms / 1000)
+        return delay
+
+
+class Core:
+    """Settings plus the names and stores derived from them."""
+
+    def __init__(self, settings: JournalSettings) -> None:
+        self.settings = settings
+        self.root = Path(settings.root)
+        self.publish = "SPUBLISH" if settings.sharded_pubsub else "PUBLISH"
+
+    def keys(self, session_id: str) -> SessionKeys:
+        return session_keys(self.settings.key_prefix, session_id)
+
+    def store(self, session_id: str) -> SessionStore:
+        return SessionStore(self.root, session_id)
+
+
+def _pairs(heads: dict[str, int]) -> list[str | int | bytes]:
+    out: list[str | int | bytes] = []
+    for branch, head in heads.items():
+        out += [branch, head]
+    return out
+
+
+# ----- rebuild ---------------------------------------------------------------------------
+
+
+def rebuild(core: Core, session_id: str, waiter: Backoff) -> Steps[None]:
+    """Re-create a session's Redis state from its file, under a create-only lease."""
+    keys, store = core.keys(session_id), core.store(session_id)
+    token = uuid.uuid4().hex
+    clock = LeaseClock(core.settings.rebuild_lease_ms)
+    reply = yield Lua("acquire_rebuild", [keys.state, keys.lease],
+                      [token, core.settings.rebuild_lease_ms])
+    status = text(reply[0])
+    if status == "exists":
+        return
+    if status == "busy":
+        yield Sleep(waiter.next(int(reply[1])))
+        return
+    try:
+        found = yield Blocking(lambda: store.rebuild(clock.guard))
+    except BaseException:
+        yield from _release(keys, token)
+        raise
+    yield Lua("commit", keys.all,
+              [token, "0", found.length, "replace", "", "", *_pairs(found.heads)])
+
+
+def _release(keys: SessionKeys, token: str) -> Steps[None]:
+    """Give the lease back, best effort: if Redis is gone the lease simply expires."""
+    try:
+        yield Lua("release", [keys.lease], [token])
+    except RedisUnavailable:
+        pass
+
+
+def _state(core: Core, session_id: str, branch_id: str) -> Steps[tuple[int, int] | None]:
+    """(committed length, head of the branch), rebuilding the state when Redis lost it;
+    None when the session does not exist at all."""
+    keys = core.keys(session_id)
+    waiter = Backoff(core.settings.lease_wait_s)
+    while True:
+        reply = yield Call(("HMGET", keys.state, "len", f"h:{branch_id}"))
+        if reply[0] is not None:
+            return int(reply[0]), int(reply[1] or 0)
+        store = core.store(session_id)
+        if not (yield Blocking(store.path.exists)):
+            return None
+        yield from rebuild(core, session_id, waiter)
+
+
+# ----- reads ------------------------------------------------------------------------------
+
+
+def head(core: Core, session_id: str, branch_id: str) -> Steps[int]:
+    state = yield from _state(core, session_id, branch_id)
+    return 0 if state is None else state[1]
+
+
+def read(
+    core: Core, session_id: str, branch_id: str, from_sequence: int, limit: int
+) -> Steps[list[EventRecord]]:
+    state = yield from _state(core, session_id, branch_id)
+    if state is None or limit <= 0:
+        return []
+    committed, top = state
+    first = max(from_sequence, 1)
+    last = min(top, first + limit - 1)
+    store = core.store(session_id)
+    records: list[EventRecord] = yield Blocking(lambda: store.read(branch_id, first, last, committed))
+    return records
+
+
+def session_state(core: Core, session_id: str) -> Steps[tuple[int, dict[str, int]]]:
+    """(committed length, every branch head) of a session; rebuilt when missing."""
+    keys = core.keys(session_id)
+    waiter = Backoff(core.settings.lease_wait_s)
+    while True:
+        raw = yield Call(("HGETALL", keys.state))
+        fields = {text(k): text(v) for k, v in (raw or {}).items()}
+        if "len" in fields:
+            heads = {k[2:]: int(v) for k, v in fields.items() if k.startswith("h:")}
+            return int(fields["len"]), heads
+        if not (yield Blocking(core.store(session_id).path.exists)):
+            return 0, {}
+        yield from rebuild(core, session_id, waiter)
+
+
+# ----- append -----------------------------------------------------------------------------
+
+
+_RETRY = object()
+
+
+def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[EventRecord]]:
+    """Append a checked, contiguous batch (``data`` is its encoded lines)."""
+    first = records[0]
+    keys = core.keys(first.session_id)
+    waiter = Backoff(core.settings.lease_wait_s)
+    while True:
+        token = uuid.uuid4().hex
+        clock = LeaseClock(core.settings.lease_ms)
+        reply = yield Lua("begin", [keys.state, keys.lease],
+                          [token, core.settings.lease_ms, first.branch_id, first.sequence])
+        status = text(reply[0])
+        if status == "rebuild":
+            yield from rebuild(core, first.session_id, waiter)
+            continue
+        if status == "busy":
+            yield Sleep(waiter.next(int(reply[1])))
+            continue
+        if status == "conflict":
+            return (yield from _resolve_conflict(core, records, int(reply[1])))
+        faults.hit("after_begin")
+        try:
+            outcome = yield from _under_lease(
+                core, keys, token, clock, records, data, int(reply[1]), int(reply[2])
+            )
+        except LeaseLost:
+            # We lost the lease before our bytes reached the file: nothing of ours is there.
+            continue
+        except OSError as exc:
+            yield from _release(keys, token)
+            raise StorageError(f"writing {core.store(first.session_id).path}: {exc}") from exc
+        except (SequenceConflict, JournalError):
+            yield from _release(keys, token)
+            raise
+        if outcome is _RETRY:
+            yield from _release(keys, token)
+            continue
+        result: list[EventRecord] = outcome
+        return result
+
+
+def _recover(
+    core: Core, keys: SessionKeys, token: str, clock: LeaseClock, store: SessionStore,
+    committed: int,
+) -> Steps[tuple[int, dict[str, int], list[str]]]:
+    """Tail recovery under our lease; commits what it rolled forward. Returns the new
+    committed length, the heads, and the event ids of the lines it kept."""
+    raw = yield Call(("HGETALL", keys.state))
+    fields = {text(k): text(v) for k, v in (raw or {}).items()}
+    heads = {k[2:]: int(v) for k, v in fields.items() if k.startswith("h:")}
+    found = yield Blocking(lambda: store.recover_tail(committed, heads, clock.guard))
+    heads.update(found.heads)
+    ok = yield Lua("commit", keys.all,
+                   [token, core.settings.lease_ms, found.length, "update", "", "",
+                    *_pairs(found.heads)])
+    if not ok:
+        raise LeaseLost("lost the lease during tail recovery")
+    return found.length, heads, [line.event_id for line in found.kept]
+
+
+def _under_lease(
+    core: Core, keys: SessionKeys, token: str, clock: LeaseClock,
+    records: list[EventRecord], data: bytes, committed: int, head_now: int,
+) -> Steps[Any]:
+    first, last = records[0], records[-1]
+    branch = first.branch_id
+    store = core.store(first.session_id)
+    size = yield Blocking(store.size)
+    if size > committed:
+        # A writer died after or during its write: roll its tail forward or cut it first.
+        committed, heads, _ = yield from _recover(core, keys, token, clock, store, committed)
+        head_now = heads.get(branch, 0)
+        if head_now + 1 != first.sequence:
+            yield from _release(keys, token)
+            return (yield from _resolve_conflict(core, records, head_now))
+    sync = core.settings.durability != "none"
+    lengths = [len(line) + 1 for line in data.split(b"\n")[:-1]]
+
+    def write() -> tuple[int, int]:
+        clock.guard()
+        store.write_hint(committed)
+        start, end = store.append(data, sync)
+        if start == committed:
+            rows, offset = [], start
+            for n in lengths:
+                rows.append((offset, n))
+                offset += n
+            try:
+                store.index_append(branch, head_now, rows, committed)
+            except OSError:
+                pass  # the index is a cache: readers fall back, the next writer repairs it
+        return start, end
+
+    start, end = yield Blocking(write)
+    if start != committed:
+        # A stale writer's bytes landed before ours. Recover everything past the committed
+        # length: our lines are kept if they still continue their branch, or cut.
+        committed, heads, kept = yield from _recover(core, keys, token, clock, store, committed)
+        ours = {r.event_id for r in records}
+        if not ours.issubset(kept):
+            return _RETRY
+        start, end = committed - len(data), committed
+    faults.hit("before_commit")
+    inline = len(data) <= core.settings.inline_message_max
+    message = encode_announcement(first.session_id, branch, first.sequence, last.sequence,
+                                  start, end, data if inline else None)
+    try:
+        ok = yield Lua("commit", keys.all,
+                       [token, "0", end, "update", core.publish, message, branch, last.sequence])
+    except RedisUnavailable as exc:
+        raise AppendOutcomeUnknown(
+            f"commit of {first.session_id}/{branch} {first.sequence}..{last.sequence} "
+            f"did not get an answer ({exc}); retry the same records to resolve it"
+        ) from exc
+    if not ok:
+        raise AppendOutcomeUnknown(
+            f"the writer lease for {first.session_id} expired before commit of "
+            f"{branch} {first.sequence}..{last.sequence}; retry the same records to resolve it"
+        )
+    faults.hit("after_commit")
+    return records
+
+
+def _resolve_conflict(core: Core, records: list[EventRecord], head_now: int) -> Steps[Any]:
+    """An append that conflicts succeeds when the very same events are already stored (an
+    idempotent retry); otherwise it is a :class:`SequenceConflict`."""
+    first, last = records[0], records[-1]
+    if last.sequence <= head_now:
+        stored = yield from read(core, first.session_id, first.branch_id, first.sequence,
+                                 len(records))
+        if [r.event_id for r in stored] == [r.event_id for r in records]:
+            return stored
+    raise SequenceConflict(first.session_id, first.branch_id, head_now + 1, first.sequence)

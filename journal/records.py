@@ -1,0 +1,222 @@
+"""The aiOS event record (FORMAT.md) and its JSONL codec, built on msgspec.
+
+Reading is lossless: ``kind`` stays the exact JSON object that was read (unknown tags and extra
+fields included), and the timestamp keeps its fraction digits, so a line read and written back
+is byte-identical when it was already in canonical form. Writing is strict: see
+:func:`prepare_for_write`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .errors import InvalidRecord, RecordTooLarge
+from .ids import DEFAULT_MAX_ID_LENGTH, validate_id
+from .kinds import KindBase, kind_to_dict
+
+__all__ = [
+    "MAX_SEQUENCE",
+    "Actor",
+    "EventRecord",
+    "EventSchema",
+    "decode_line",
+    "encode_line",
+    "normalize_timestamp",
+    "prepare_for_write",
+]
+
+# Redis Lua numbers are IEEE doubles: sequences above 2**53 would compare inexactly there.
+MAX_SEQUENCE = 2**53 - 1
+DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
+
+Sequence = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQUENCE)]
+
+
+class Actor(msgspec.Struct, omit_defaults=True):
+    """Who caused an event: ``type`` is user, agent or system."""
+
+    type: Literal["user", "agent", "system"]
+    component: str | None = None
+
+
+class EventSchema(msgspec.Struct):
+    name: str = "aios-protocol"
+    version: str = "0.1.0"
+
+
+def _default_actor() -> Actor:
+    return Actor(type="system", component="arcan-daemon")
+
+
+def _new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+_TIMESTAMP = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+def normalize_timestamp(value: str) -> str:
+    """Validate an RFC 3339 timestamp and convert it to UTC with ``Z``.
+
+    The fraction digits are kept as text: Python's datetime stops at microseconds, aiOS
+    writes nanoseconds, and we must not lose them.
+    """
+    m = _TIMESTAMP.fullmatch(value)
+    if m is None:
+        raise InvalidRecord(f"timestamp {value!r} is not RFC 3339 (e.g. 2026-02-21T10:15:30Z)")
+    date, clock, fraction, offset = m.groups()
+    try:
+        whole = datetime.fromisoformat(f"{date}T{clock}")
+    except ValueError as exc:
+        raise InvalidRecord(f"timestamp {value!r} is not a valid date/time: {exc}") from None
+    fraction = fraction or ""
+    if offset in ("Z", "z"):
+        if value[10] == "T" and offset == "Z":
+            return value
+    else:
+        sign = 1 if offset[0] == "+" else -1
+        hours, minutes = int(offset[1:3]), int(offset[4:6])
+        whole -= sign * timedelta(hours=hours, minutes=minutes)
+    return whole.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
+
+
+def _now_timestamp() -> str:
+    # Nanosecond digits, as aiOS writes them; time_ns keeps them exact.
+    import time
+
+    ns = time.time_ns()
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    whole = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{whole}.{nanos:09d}Z"
+
+
+class EventRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One event, with the FORMAT.md fields in their serialized order."""
+
+    event_id: str
+    session_id: str
+    agent_id: str = msgspec.field(default_factory=_new_uuid)
+    branch_id: str
+    sequence: Sequence
+    timestamp: str
+    actor: Actor = msgspec.field(default_factory=_default_actor)
+    schema: EventSchema = msgspec.field(default_factory=EventSchema)
+    causation_id: str | None = None
+    correlation_id: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    digest: str | None = None
+    kind: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        # Runs on decode too: readers accept any offset and hold UTC.
+        self.timestamp = normalize_timestamp(self.timestamp)
+
+    @classmethod
+    def new(
+        cls,
+        session_id: str,
+        branch_id: str,
+        sequence: int,
+        kind: KindBase | Mapping[str, Any],
+        **fields: Any,
+    ) -> EventRecord:
+        """A fresh record as aiOS makes one: new UUIDs, default actor and schema, now in UTC."""
+        fields.setdefault("event_id", _new_uuid())
+        fields.setdefault("timestamp", _now_timestamp())
+        return cls(
+            session_id=session_id,
+            branch_id=branch_id,
+            sequence=sequence,
+            kind=kind_to_dict(kind),
+            **fields,
+        )
+
+    @property
+    def kind_type(self) -> str:
+        """The ``kind`` tag, e.g. ``"PhaseEntered"``."""
+        return str(self.kind.get("type", ""))
+
+    @property
+    def datetime(self) -> datetime:
+        """The timestamp as an aware datetime (microsecond precision)."""
+        m = _TIMESTAMP.fullmatch(self.timestamp)
+        assert m is not None
+        fraction = (m.group(3) or ".0")[1:7].ljust(6, "0")
+        return datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}.{fraction}+00:00")
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(EventRecord)
+
+
+def encode_line(record: EventRecord) -> bytes:
+    """One compact JSON line, newline-terminated."""
+    return _encoder.encode(record) + b"\n"
+
+
+def decode_line(line: bytes | str) -> EventRecord:
+    """Decode one line (trailing whitespace allowed). Raises msgspec errors on bad input."""
+    return _decoder.decode(line)
+
+
+def prepare_for_write(
+    records: Iterable[EventRecord],
+    *,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    max_id_length: int = DEFAULT_MAX_ID_LENGTH,
+) -> tuple[list[EventRecord], bytes]:
+    """Check a contiguous batch for one (session, branch) and encode it.
+
+    Everything is checked before a single byte is written: ids, types, the kind (strictly),
+    contiguity, unique event ids and the line size. Returns the records (with ``kind`` as a
+    plain mapping) and the bytes to append.
+    """
+    batch = list(records)
+    if not batch:
+        raise InvalidRecord("an append needs at least one record")
+    out: list[EventRecord] = []
+    lines: list[bytes] = []
+    seen_ids: set[str] = set()
+    first = batch[0]
+    for i, record in enumerate(batch):
+        if not isinstance(record, EventRecord):
+            raise InvalidRecord(f"expected an EventRecord, got {type(record).__name__}")
+        try:
+            # Round-trip through builtins: checks every field type (msgspec does not check
+            # types in __init__) and normalizes the timestamp, without touching kind's order.
+            checked = msgspec.convert(
+                msgspec.to_builtins(record), EventRecord, strict=True
+            )
+        except (msgspec.ValidationError, InvalidRecord) as exc:
+            raise InvalidRecord(f"invalid record: {exc}") from None
+        checked.kind = kind_to_dict(record.kind)
+        validate_id(checked.session_id, "session_id", max_id_length)
+        validate_id(checked.branch_id, "branch_id", max_id_length)
+        if checked.session_id != first.session_id or checked.branch_id != first.branch_id:
+            raise InvalidRecord("a batch must hold one session and one branch")
+        if checked.sequence != first.sequence + i:
+            raise InvalidRecord(
+                f"a batch must be contiguous: record {i} has sequence {checked.sequence}, "
+                f"expected {first.sequence + i}"
+            )
+        if checked.event_id in seen_ids:
+            raise InvalidRecord(f"event_id {checked.event_id!r} appears twice in one batch")
+        seen_ids.add(checked.event_id)
+        line = encode_line(checked)
+        if len(line) > max_record_bytes:
+            raise RecordTooLarge(
+                f"record {checked.sequence} encodes to {len(line)} bytes, "
+                f"over the limit of {max_record_bytes}"
+            )
+        out.append(checked)
+        lines.append(line)
+    return out, b"".join(lines)
