@@ -51,7 +51,7 @@ class SyncDriver:
         if isinstance(op, Lua):
             return self.scripts[op.script](keys=op.keys, args=op.args)
         if isinstance(op, Call):
-            return self.client.execute_command(*op.args)
+            return self.client.execute_command(*op.args)  # type: ignore[no-untyped-call]
         if isinstance(op, Blocking):
             return op.fn()
         if isinstance(op, Sleep):
@@ -74,7 +74,8 @@ class SyncDriver:
                     result = self.execute(value)
                 except redis.RedisError as exc:
                     error = redis_error(exc, self.where)
-                except OSError as exc:
+                except Exception as exc:
+                    # Thrown back into the protocol, so it can release its lease first.
                     error = exc
         finally:
             steps.close()
@@ -90,7 +91,7 @@ class AsyncDriver:
         if isinstance(op, Lua):
             return await self.scripts[op.script](keys=op.keys, args=op.args)
         if isinstance(op, Call):
-            return await self.client.execute_command(*op.args)
+            return await self.client.execute_command(*op.args)  # type: ignore[no-untyped-call]
         if isinstance(op, Blocking):
             return await asyncio.to_thread(op.fn)
         if isinstance(op, Sleep):
@@ -111,7 +112,8 @@ class AsyncDriver:
                     result = await self.execute(value)
                 except redis.RedisError as exc:
                     error = redis_error(exc, self.where)
-                except OSError as exc:
+                except Exception as exc:
+                    # Thrown back into the protocol, so it can release its lease first.
                     error = exc
         finally:
             steps.close()

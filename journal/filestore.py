@@ -279,6 +279,10 @@ class SessionStore:
                 else:
                     found = self._classify(raw, heads) if complete else "torn line"
                     if isinstance(found, str):
+                        if complete and self._valid_line_follows(fd, offset + len(raw) + 1):
+                            # Not a torn tail: a damaged line with good ones after it. Without
+                            # Redis we cannot prove where the commit ended, so never cut.
+                            raise self.corrupt(offset, found)
                         truncated_from = offset
                         break
                     line = found
@@ -293,6 +297,20 @@ class SessionStore:
         self._write_indexes(entries)
         self.write_hint(length)
         return TailResult(length=length, heads=heads, truncated_from=truncated_from)
+
+    def _valid_line_follows(self, fd: int, start: int) -> bool:
+        for _offset, raw, complete in iter_lines(fd, start):
+            if not complete:
+                return False
+            if not raw.strip():
+                continue
+            try:
+                pos = _position_decoder.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if pos.session_id == self.session_id:
+                return True
+        return False
 
     # ----- the index --------------------------------------------------------------------
 
@@ -361,7 +379,9 @@ class SessionStore:
                 if not raw.strip():
                     continue
                 if not complete:
-                    raise CorruptLine(str(self.path), lineno, "torn line inside the committed region")
+                    raise CorruptLine(
+                        str(self.path), lineno, "torn line inside the committed region"
+                    )
                 try:
                     pos = _position_decoder.decode(raw)
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -411,8 +431,8 @@ class SessionStore:
                     total += rows[j][1]
                     j += 1
                 blob = os.pread(fd, total, start)
-                for offset_in, (_, length) in zip(_offsets(rows[i:j], start), rows[i:j], strict=True):
-                    raw = blob[offset_in : offset_in + length]
+                for offset, length in rows[i:j]:
+                    raw = blob[offset - start : offset - start + length]
                     if not raw.endswith(b"\n"):
                         return None
                     try:
@@ -441,7 +461,3 @@ class SessionStore:
             except (msgspec.DecodeError, msgspec.ValidationError, JournalError) as exc:
                 raise self.corrupt(offset, f"invalid record: {exc}") from None
         return out
-
-
-def _offsets(rows: list[tuple[int, int]], start: int) -> list[int]:
-    return [offset - start for offset, _ in rows]

@@ -9,6 +9,7 @@ copy of the protocol. This is the "sans-IO" style of h11 and httpx.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import uuid
@@ -144,7 +145,7 @@ def rebuild(core: Core, session_id: str, waiter: Backoff) -> Steps[None]:
         return
     try:
         found = yield Blocking(lambda: store.rebuild(clock.guard))
-    except BaseException:
+    except Exception:  # not GeneratorExit: a closed protocol must not yield again
         yield from _release(keys, token)
         raise
     yield Lua("commit", keys.all,
@@ -153,10 +154,8 @@ def rebuild(core: Core, session_id: str, waiter: Backoff) -> Steps[None]:
 
 def _release(keys: SessionKeys, token: str) -> Steps[None]:
     """Give the lease back, best effort: if Redis is gone the lease simply expires."""
-    try:
+    with contextlib.suppress(RedisUnavailable):
         yield Lua("release", [keys.lease], [token])
-    except RedisUnavailable:
-        pass
 
 
 def _state(core: Core, session_id: str, branch_id: str) -> Steps[tuple[int, int] | None]:
@@ -192,7 +191,9 @@ def read(
     first = max(from_sequence, 1)
     last = min(top, first + limit - 1)
     store = core.store(session_id)
-    records: list[EventRecord] = yield Blocking(lambda: store.read(branch_id, first, last, committed))
+    records: list[EventRecord] = yield Blocking(
+        lambda: store.read(branch_id, first, last, committed)
+    )
     return records
 
 
@@ -296,17 +297,19 @@ def _under_lease(
 
     def write() -> tuple[int, int]:
         clock.guard()
-        store.write_hint(committed)
         start, end = store.append(data, sync)
         if start == committed:
+            # Our synced lines sit right at the committed length and continue their branch:
+            # any recovery rolls them forward, so they are committed from here on, and the
+            # hint may say so. A rebuild then never truncates below it.
+            store.write_hint(end)
             rows, offset = [], start
             for n in lengths:
                 rows.append((offset, n))
                 offset += n
-            try:
+            # The index is a cache: readers fall back to a scan, the next writer repairs it.
+            with contextlib.suppress(OSError):
                 store.index_append(branch, head_now, rows, committed)
-            except OSError:
-                pass  # the index is a cache: readers fall back, the next writer repairs it
         return start, end
 
     start, end = yield Blocking(write)
@@ -339,7 +342,9 @@ def _under_lease(
     return records
 
 
-def _resolve_conflict(core: Core, records: list[EventRecord], head_now: int) -> Steps[Any]:
+def _resolve_conflict(
+    core: Core, records: list[EventRecord], head_now: int
+) -> Steps[list[EventRecord]]:
     """An append that conflicts succeeds when the very same events are already stored (an
     idempotent retry); otherwise it is a :class:`SequenceConflict`."""
     first, last = records[0], records[-1]

