@@ -6,7 +6,9 @@ Both validate input and encode records here (pure code), then hand the protocols
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +20,7 @@ import redis.asyncio
 from . import protocol
 from .driver import AsyncDriver, SyncDriver, redis_error
 from .errors import InvalidInput
+from .group import GroupQueue, Pending, merge, settle
 from .ids import validate_id
 from .records import EventRecord, prepare_for_write
 from .settings import JournalSettings, redact_url
@@ -57,6 +60,8 @@ class _Base:
     ) -> None:
         self.settings = make_settings(root, redis_url, settings, options)
         self.core = protocol.Core(self.settings)
+        self._groups: dict[str, GroupQueue] = {}
+        self._groups_lock = threading.Lock()
 
     def _resolve_url(self) -> str:
         url = self.settings.redis_url_value()
@@ -88,6 +93,17 @@ class _Base:
             raise InvalidInput(f"from_sequence must be an integer >= 0, got {from_sequence!r}")
         if not isinstance(limit, int) or limit < 0:
             raise InvalidInput(f"limit must be an integer >= 0, got {limit!r}")
+
+    def _group(self, session_id: str) -> GroupQueue:
+        with self._groups_lock:
+            return self._groups.setdefault(session_id, GroupQueue())
+
+    @staticmethod
+    def _outcome(pending: Pending) -> list[EventRecord]:
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
 
     def sessions(self) -> list[str]:
         """Every session with a file under the root, sorted."""
@@ -166,8 +182,35 @@ class AsyncJournal(_Base):
     async def append_batch(self, records: Iterable[EventRecord]) -> list[EventRecord]:
         """Append contiguous events of one (session, branch), all or nothing."""
         checked, data = self._prepare(records)
-        result: list[EventRecord] = await self._run(protocol.append(self.core, checked, data))
-        return result
+        if self.settings.durability != "batch":
+            result: list[EventRecord] = await self._run(protocol.append(self.core, checked, data))
+            return result
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        pending = Pending(checked, data, notify=wake)
+        if self._group(checked[0].session_id).join(pending):
+            await self._lead(checked[0].session_id)
+        await future
+        return self._outcome(pending)
+
+    async def _lead(self, session_id: str) -> None:
+        queue = self._group(session_id)
+        while (chain := queue.next_round()) is not None:
+            try:
+                settle(chain, await self._run(protocol.append(self.core, *merge(chain))))
+            except Exception:
+                # Something in the chain failed: give every request its own round and answer.
+                for p in chain:
+                    try:
+                        p.result = await self._run(protocol.append(self.core, p.records, p.data))
+                    except Exception as exc:
+                        p.error = exc
+            for p in chain:
+                p.notify()
 
     async def read(
         self, session_id: str, branch_id: str = "main", from_sequence: int = 1, limit: int = 1000
@@ -269,8 +312,29 @@ class Journal(_Base):
 
     def append_batch(self, records: Iterable[EventRecord]) -> list[EventRecord]:
         checked, data = self._prepare(records)
-        result: list[EventRecord] = self._run(protocol.append(self.core, checked, data))
-        return result
+        if self.settings.durability != "batch":
+            result: list[EventRecord] = self._run(protocol.append(self.core, checked, data))
+            return result
+        event = threading.Event()
+        pending = Pending(checked, data, notify=event.set)
+        if self._group(checked[0].session_id).join(pending):
+            self._lead(checked[0].session_id)
+        event.wait()
+        return self._outcome(pending)
+
+    def _lead(self, session_id: str) -> None:
+        queue = self._group(session_id)
+        while (chain := queue.next_round()) is not None:
+            try:
+                settle(chain, self._run(protocol.append(self.core, *merge(chain))))
+            except Exception:
+                for p in chain:
+                    try:
+                        p.result = self._run(protocol.append(self.core, p.records, p.data))
+                    except Exception as exc:
+                        p.error = exc
+            for p in chain:
+                p.notify()
 
     def read(
         self, session_id: str, branch_id: str = "main", from_sequence: int = 1, limit: int = 1000

@@ -325,3 +325,47 @@ def test_file_is_fsynced_in_a_new_directory(backend: Backend) -> None:
     st = os.stat(file_of(backend, "fresh"))
     assert st.st_size > 0
     j.close()
+
+
+async def test_group_commit_shares_rounds_between_concurrent_tasks(backend: Backend) -> None:
+    """durability="batch": concurrent appends in one process share protocol rounds (and so
+    their fdatasync), each caller gets its own records back, and conflicts stay per caller."""
+    import asyncio
+
+    from journal import protocol
+
+    rounds = 0
+    real_append = protocol.append
+
+    def counting(*args: object, **kw: object):  # type: ignore[no-untyped-def]
+        nonlocal rounds
+        rounds += 1
+        return real_append(*args, **kw)  # type: ignore[arg-type]
+
+    async with backend.async_journal(durability="batch") as j:
+        protocol_append, protocol.append = protocol.append, counting  # count rounds only
+        try:
+            results = await asyncio.gather(*(j.append(ev(i)) for i in range(1, 41)))
+            with pytest.raises(SequenceConflict):
+                await asyncio.gather(j.append(ev(41)), j.append(ev(41)))
+        finally:
+            protocol.append = protocol_append
+        assert [r.sequence for r in results] == list(range(1, 41))
+        assert await j.head("s1") == 41
+        assert [r.event_id for r in await j.read("s1", limit=40)] == [r.event_id for r in results]
+    assert rounds < 20, f"{rounds} rounds for 42 appends: nothing was grouped"
+
+
+def test_group_commit_in_threads(backend: Backend) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    j = backend.journal(durability="batch")
+
+    def writer(k: int) -> list[int]:
+        return [j.append(ev(i, branch=f"b{k}")).sequence for i in range(1, 6)]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(writer, range(8)))
+    assert results == [[1, 2, 3, 4, 5]] * 8
+    assert j.branches("s1") == {f"b{k}": 5 for k in range(8)}
+    j.close()

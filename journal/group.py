@@ -1,0 +1,92 @@
+"""Group commit for ``durability="batch"``.
+
+Concurrent appends to one session from the same process join a queue. One of them leads: it
+takes the first queued request plus every request that continues it on the same branch,
+appends them as one protocol round (one begin, one write, one fdatasync, one commit), and
+hands each caller its slice. Every acknowledgement still follows the fdatasync, so the
+guarantee is the one of ``fsync``; only the cost is shared.
+
+The queue is pure and shared by both journals; only waiting differs (a thread event or an
+asyncio future), and that part lives in ``journal.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .records import EventRecord
+
+
+@dataclass(eq=False)
+class Pending:
+    records: list[EventRecord]
+    data: bytes
+    result: list[EventRecord] | None = None
+    error: BaseException | None = None
+    notify: Callable[[], None] = field(default=lambda: None)
+
+    @property
+    def branch(self) -> str:
+        return self.records[0].branch_id
+
+    @property
+    def first(self) -> int:
+        return self.records[0].sequence
+
+    @property
+    def last(self) -> int:
+        return self.records[-1].sequence
+
+
+class GroupQueue:
+    """The per-session queue. ``join`` says whether the caller must lead."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: list[Pending] = []
+        self._leading = False
+
+    def join(self, pending: Pending) -> bool:
+        with self._lock:
+            self._queue.append(pending)
+            if self._leading:
+                return False
+            self._leading = True
+            return True
+
+    def next_round(self) -> list[Pending] | None:
+        """The next chain of requests to append together, or None (leadership ends)."""
+        with self._lock:
+            if not self._queue:
+                self._leading = False
+                return None
+            # Start at the lowest queued sequence of the oldest request's branch: callers
+            # that raced to the queue out of order still chain.
+            branch = self._queue[0].branch
+            start = min((p for p in self._queue if p.branch == branch), key=lambda p: p.first)
+            self._queue.remove(start)
+            chain = [start]
+            extended = True
+            while extended:
+                extended = False
+                for i, p in enumerate(self._queue):
+                    if p.branch == chain[0].branch and p.first == chain[-1].last + 1:
+                        chain.append(self._queue.pop(i))
+                        extended = True
+                        break
+            return chain
+
+
+def merge(chain: list[Pending]) -> tuple[list[EventRecord], bytes]:
+    records = [r for p in chain for r in p.records]
+    return records, b"".join(p.data for p in chain)
+
+
+def settle(chain: list[Pending], stored: list[EventRecord]) -> None:
+    """Hand each request its slice of a committed round."""
+    i = 0
+    for p in chain:
+        p.result = stored[i : i + len(p.records)]
+        i += len(p.records)

@@ -1,0 +1,812 @@
+"""Live subscriptions (DESIGN.md, "The subscription protocol").
+
+``subscribe`` yields every committed event of one (session, branch) above a sequence, exactly
+once and in order, for as long as the caller iterates; ``subscribe_all`` is the firehose over
+every session whose id starts with a prefix, in order per (session, branch).
+
+Pub/sub is at-most-once: a message is lost when the connection drops, when Redis restarts,
+when Redis cuts a slow client off (client-output-buffer-limit), or when our own bounded
+buffer overflows. So pub/sub is only ever treated as a *hint* that carries the records when
+it can; the file is the truth, and every gap is filled from it:
+
+1. Listen first and wait for the subscribe confirmation; only then compare against the head
+   and replay from the file, page by page. An event committed in between is both in the
+   replay and in a message; the duplicate is dropped by sequence.
+2. Live: a message at or below the last yielded sequence is dropped; one that continues it is
+   yielded from its inline records; a jump, or a message too large to carry its records
+   (``e`` is None), is read from the file.
+3. When a session has been quiet for ``idle_s``, its head is compared with what we yielded
+   (a lost *last* message has no successor to reveal the gap), and the pub/sub connection
+   is pinged (a half-open TCP connection delivers nothing and reports nothing).
+4. Every (re)subscribe confirmation, including the ones redis-py sends by itself after a
+   silent reconnect, makes every known session due for a head check: anything committed
+   while we were deaf is read from the file. Redis restarting empty needs nothing special:
+   the head protocol rebuilds the state from the file.
+5. The live buffer is bounded (``buffer_size`` messages). On overflow it is dropped whole;
+   the heads we learnt from the dropped messages stay, so the events are read from the file
+   instead. Memory is bounded by the buffer plus one file page.
+
+The logic lives once, in :class:`Follower`, a sans-IO state machine in the style of
+``protocol.py``: it is fed pub/sub messages, read results, head-check results and the clock,
+and answers with the next :data:`Action` (connect, listen, read this range, check that head,
+emit these records, sleep, ...). :class:`SyncSubscription` and :class:`AsyncSubscription`
+are thin shells that perform those actions with redis-py's sync or asyncio pub/sub on a
+connection of their own, and run the journal's read and head protocols through the
+journal's driver. No thread and no background task is started: messages are drained from the
+socket whenever the consumer asks for the next event, so closing the iterator (``break``,
+``close()``/``aclose()``, cancellation) only has to close the one pub/sub connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import msgspec
+import redis
+
+from . import protocol
+from .errors import InvalidInput, JournalError, LeaseTimeout, RedisUnavailable
+from .ids import validate_id
+from .keys import channel_pattern
+from .messages import Announcement, decode_announcement
+from .records import EventRecord
+
+if TYPE_CHECKING:
+    from .journal import AsyncJournal, Journal
+
+__all__ = [
+    "AsyncSubscription",
+    "Follower",
+    "SubscribeOptions",
+    "SubscriptionStats",
+    "SyncSubscription",
+    "subscribe_all_async",
+    "subscribe_all_sync",
+    "subscribe_async",
+    "subscribe_sync",
+]
+
+
+# ----- options and counters -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeOptions:
+    """The keyword options of ``subscribe``/``subscribe_all``."""
+
+    page_size: int = 500  # events per file read
+    buffer_size: int = 1000  # live messages held before we fall back to the file
+    idle_s: float = 1.0  # quiet time before a head check and a pub/sub ping
+    health_timeout_s: float = 5.0  # wait for a subscribe confirmation or a pong
+    backoff_min_s: float = 0.05  # first reconnect delay (jittered, doubled up to the max)
+    backoff_max_s: float = 2.0
+    give_up_after_s: float | None = None  # None: retry for as long as the caller iterates
+    from_start: bool = False  # firehose: replay a newly seen (session, branch) from 1
+
+    @classmethod
+    def parse(cls, options: dict[str, Any], *, firehose: bool) -> SubscribeOptions:
+        known = {name for name in cls.__dataclass_fields__ if firehose or name != "from_start"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InvalidInput(
+                f"unknown subscribe option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        made = cls(**options)
+        for name in ("page_size", "buffer_size"):
+            value = getattr(made, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidInput(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("idle_s", "health_timeout_s", "backoff_min_s", "backoff_max_s",
+                     "give_up_after_s"):
+            value = getattr(made, name)
+            if value is None and name == "give_up_after_s":
+                continue
+            if (not isinstance(value, int | float) or isinstance(value, bool)
+                    or not math.isfinite(value) or value <= 0):
+                raise InvalidInput(f"{name} must be a number > 0, got {value!r}")
+        if made.backoff_max_s < made.backoff_min_s:
+            raise InvalidInput("backoff_max_s must not be below backoff_min_s")
+        if not isinstance(made.from_start, bool):
+            raise InvalidInput(f"from_start must be a bool, got {made.from_start!r}")
+        return made
+
+
+@dataclass(slots=True)
+class SubscriptionStats:
+    """What a subscription did; for tests, monitoring and the curious."""
+
+    connects: int = 0  # subscribe confirmations (the first one, and one per reconnect)
+    disconnects: int = 0  # connections we dropped: errors, or no confirmation/pong in time
+    overflows: int = 0  # times the live buffer was dropped for the file
+    buffer_peak: int = 0  # most live messages ever held at once
+    live_events: int = 0  # events yielded from pub/sub messages
+    file_events: int = 0  # events yielded from file reads
+    file_reads: int = 0
+    head_checks: int = 0
+    stale_messages: int = 0  # messages at or below what was already yielded
+    bad_messages: int = 0  # messages that did not decode as announcements
+
+
+# ----- the actions the state machine asks for ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Open a pub/sub connection and send the (S/P)SUBSCRIBE; the confirmation comes later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """Close the pub/sub connection (idempotent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Wait up to ``timeout`` for one message, then drain what is already there, at most
+    ``limit`` messages; report each with ``on_pubsub`` and finish with ``on_drained``."""
+
+    timeout: float
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Run ``protocol.read`` for sequences ``first ..`` (at most ``limit``); ``on_read``."""
+
+    session_id: str
+    branch_id: str
+    first: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """Fetch the head of ``branch_id``, or of every branch when it is None; ``on_heads``."""
+
+    session_id: str
+    branch_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Hand these records to the consumer, in this order (already counted as yielded)."""
+
+    records: list[EventRecord]
+
+
+Action = Connect | Disconnect | Sleep | Listen | Ping | Read | Check | Emit
+
+_PUBLISHED = frozenset({"message", "pmessage", "smessage"})
+_CONFIRMED = frozenset({"subscribe", "psubscribe", "ssubscribe"})
+
+
+@dataclass(slots=True)
+class _Stream:
+    """One (session, branch) we follow."""
+
+    session_id: str
+    branch_id: str
+    last: int  # the last sequence handed to the consumer
+    target: int  # the highest committed sequence we know of
+    pending: deque[Announcement] = field(default_factory=deque)  # inline, above ``last``
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Follower:
+    """The subscription protocol as a pure state machine (no I/O, no clock of its own).
+
+    Call :meth:`next_action` with the current monotonic time, perform the action, report the
+    outcome with the matching ``on_*`` method (or :meth:`lost` when Redis failed), repeat.
+    One instance follows either one (session, branch) or, for the firehose, every
+    (session, branch) it hears of.
+    """
+
+    def __init__(
+        self,
+        options: SubscribeOptions,
+        *,
+        session_id: str | None = None,
+        branch_id: str = "main",
+        after_sequence: int = 0,
+        what: str = "subscription",
+    ) -> None:
+        self.options = options
+        self.stats = SubscriptionStats()
+        self.what = what
+        self._single = session_id is not None
+        self._streams: dict[tuple[str, str], _Stream] = {}
+        # Streams that may have work, in round-robin order (a dict as an ordered set).
+        self._active: dict[tuple[str, str], None] = {}
+        # Session -> when we last heard of it or checked its head. Every update is "now"
+        # and moves the entry to the end, so the dict stays sorted by time and the first
+        # entry is always the next one due for a head check.
+        self._sessions: OrderedDict[str, float] = OrderedDict()
+        self._buffered = 0  # inline announcements held over all streams
+        self._ready: list[EventRecord] = []  # read from the file, not yet emitted
+        # The pub/sub connection: "down" (connect at retry_at), "confirming", "up".
+        self._state = "down"
+        self._retry_at = -math.inf
+        self._deadline = 0.0
+        self._must_close = False
+        self._delay = options.backoff_min_s
+        self._failing_since: float | None = None
+        self._last_error = ""
+        self._heard = 0.0  # last message of any kind on the pub/sub connection
+        self._ping: str | None = None
+        self._ping_sent = 0.0
+        self._pings = 0
+        self._polled = True  # drained the socket since the last read or emit
+        self._backlog = False  # the last drain stopped at its limit: more is waiting
+        if session_id is not None:
+            self._streams[(session_id, branch_id)] = _Stream(
+                session_id, branch_id, after_sequence, after_sequence
+            )
+            self._sessions[session_id] = -math.inf
+
+    # ----- what to do next --------------------------------------------------------------
+
+    def next_action(self, now: float) -> Action:
+        if self._ready:
+            records, self._ready = self._ready, []
+            return Emit(records)
+        if self._must_close:
+            self._must_close = False
+            return Disconnect()
+        if self._state == "down":
+            if self._failing_since is not None and self.options.give_up_after_s is not None:
+                if now - self._failing_since >= self.options.give_up_after_s:
+                    raise RedisUnavailable(
+                        f"{self.what}: no working Redis connection for "
+                        f"{now - self._failing_since:.1f}s, giving up; last error: "
+                        f"{self._last_error}"
+                    )
+            if now < self._retry_at:
+                return Sleep(self._retry_at - now)
+            self._state = "confirming"
+            self._deadline = now + self.options.health_timeout_s
+            return Connect()
+        drain = self.options.buffer_size
+        if self._state == "confirming":
+            if now >= self._deadline:
+                self.lost(now, "no subscribe confirmation in time")
+                return self.next_action(now)
+            return Listen(self._deadline - now, drain)
+        if not self._polled:
+            # Drain before anything else: it keeps Redis's output buffer for us small, and
+            # a pong waiting in the socket must be seen before we judge the connection.
+            self._polled = True
+            return Listen(0.0, drain)
+        idle = self.options.idle_s
+        if self._ping is not None and not self._backlog:
+            if now - self._ping_sent >= self.options.health_timeout_s:
+                self.lost(now, "no pong from the pub/sub connection in time")
+                return self.next_action(now)
+        if self._sessions:
+            session, since = next(iter(self._sessions.items()))
+            if now - since >= idle:
+                self._touch(session, now)
+                return Check(session, self._only_branch() if self._single else None)
+        work = self._work()
+        if work is not None:
+            self._polled = False
+            return work
+        if self._ping is None and now - self._heard >= idle:
+            self._pings += 1
+            self._ping = f"journal-subscription-{self._pings}"
+            self._ping_sent = now
+            return Ping(self._ping)
+        wake = self._ping_sent + self.options.health_timeout_s if self._ping else self._heard + idle
+        if self._sessions:
+            wake = min(wake, next(iter(self._sessions.values())) + idle)
+        return Listen(max(wake - now, 0.0), drain)
+
+    def _only_branch(self) -> str:
+        return next(iter(self._streams))[1]
+
+    def _touch(self, session: str, now: float) -> None:
+        self._sessions[session] = now
+        self._sessions.move_to_end(session)
+
+    def _work(self) -> Read | Emit | None:
+        """One step for the first stream with work, round-robin over streams."""
+        while self._active:
+            key = next(iter(self._active))
+            del self._active[key]
+            action = self._step(self._streams[key])
+            if action is not None:
+                self._active[key] = None  # to the back: the other streams go first
+                return action
+        return None
+
+    def _step(self, st: _Stream) -> Read | Emit | None:
+        page = self.options.page_size
+        pending = st.pending
+        while pending and pending[0].l <= st.last:
+            pending.popleft()
+            self._buffered -= 1
+            self.stats.stale_messages += 1
+        want = st.last + 1
+        if pending:
+            head = pending[0]
+            if head.f > want:  # a jump: fill the gap from the file first
+                return Read(st.session_id, st.branch_id, want, min(page, head.f - want))
+            pending.popleft()
+            self._buffered -= 1
+            assert head.e is not None
+            records = [r for r in head.e if r.sequence >= want]
+            st.last = head.l
+            self.stats.live_events += len(records)
+            return Emit(records)
+        if st.target > st.last:
+            return Read(st.session_id, st.branch_id, want, min(page, st.target - st.last))
+        return None
+
+    # ----- what happened ----------------------------------------------------------------
+
+    def on_pubsub(self, kind: str, data: Any, now: float) -> None:
+        """One message from the pub/sub connection (redis-py's ``type`` and ``data``)."""
+        self._heard = now
+        if kind in _PUBLISHED:
+            self._on_announcement(data, now)
+        elif kind in _CONFIRMED:
+            self._on_listening(now)
+        elif kind == "pong":
+            if self._ping is not None and _text(data) == self._ping:
+                self._ping = None
+                self._healthy()
+        else:  # an unsubscribe we never asked for: start over
+            self.lost(now, f"unexpected pub/sub message {kind!r}")
+
+    def on_drained(self, more: bool) -> None:
+        """The drain of a ``Listen`` ended; ``more`` when it stopped at its limit."""
+        self._backlog = more
+
+    def _on_listening(self, now: float) -> None:
+        # We are subscribed (again): whatever was committed while we were not is only in
+        # the file, so every known session is due for a head check right away.
+        self._state = "up"
+        self.stats.connects += 1
+        self._ping = None
+        for session in self._sessions:
+            self._sessions[session] = -math.inf
+
+    def _on_announcement(self, data: Any, now: float) -> None:
+        try:
+            ann = decode_announcement(data)
+        except (msgspec.DecodeError, msgspec.ValidationError, JournalError, TypeError):
+            self.stats.bad_messages += 1
+            return
+        if ann.f < 1 or ann.l < ann.f:
+            self.stats.bad_messages += 1
+            return
+        key = (ann.s, ann.b)
+        st = self._streams.get(key)
+        if st is None:
+            if self._single:
+                return  # another branch of our session
+            # The firehose starts "now": a (session, branch) first heard of live starts at
+            # this message, unless the caller asked for everything.
+            start = 0 if self.options.from_start else ann.f - 1
+            st = self._streams[key] = _Stream(ann.s, ann.b, start, start)
+        self._touch(ann.s, now)
+        if ann.l <= st.last:
+            self.stats.stale_messages += 1
+            return
+        # The target is raised before anything may be dropped: a dropped message's events
+        # are then simply read from the file.
+        st.target = max(st.target, ann.l)
+        self._active[key] = None
+        if ann.e is None or not self._inline_ok(ann):
+            return  # too large to travel inline (or malformed): the file has it
+        if self._buffered >= self.options.buffer_size:
+            # The consumer is slower than the feed. Drop every buffered message and let
+            # the streams catch up from the file, where the events are anyway.
+            for other in self._streams.values():
+                other.pending.clear()
+            self._buffered = 0
+            self.stats.overflows += 1
+        st.pending.append(ann)
+        self._buffered += 1
+        self.stats.buffer_peak = max(self.stats.buffer_peak, self._buffered)
+
+    @staticmethod
+    def _inline_ok(ann: Announcement) -> bool:
+        records = ann.e or []
+        return len(records) == ann.l - ann.f + 1 and all(
+            r.sequence == ann.f + i and r.session_id == ann.s and r.branch_id == ann.b
+            for i, r in enumerate(records)
+        )
+
+    def on_read(self, read: Read, records: list[EventRecord], now: float) -> None:
+        """The result of a :class:`Read`."""
+        self.stats.file_reads += 1
+        key = (read.session_id, read.branch_id)
+        st = self._streams[key]
+        if st.last + 1 != read.first:
+            return  # cannot happen with one caller; never emit out of order
+        good: list[EventRecord] = []
+        for r in records:
+            if (r.sequence != read.first + len(good) or r.branch_id != read.branch_id
+                    or r.session_id != read.session_id):
+                break
+            good.append(r)
+        if good:
+            st.last = good[-1].sequence
+            self.stats.file_events += len(good)
+            self._ready = good
+        if len(good) < read.limit:
+            # The head in Redis is below what a message promised (another journal root on
+            # the same Redis, say). Do not spin: forget what we cannot read now and let the
+            # next head check of this session tell.
+            st.target = st.last
+            while st.pending and st.pending[0].f > st.last + 1:
+                st.pending.clear()
+                self._buffered = sum(len(s.pending) for s in self._streams.values())
+            self._touch(read.session_id, now)
+
+    def on_heads(self, session_id: str, heads: dict[str, int], now: float) -> None:
+        """The result of a :class:`Check`: the committed head per branch."""
+        self.stats.head_checks += 1
+        self._touch(session_id, now)
+        self._healthy()
+        for branch, top in heads.items():
+            key = (session_id, branch)
+            st = self._streams.get(key)
+            if st is None:
+                if self._single:
+                    continue
+                # A branch of a known session that we never heard of live: "now" means
+                # from its current head on.
+                start = 0 if self.options.from_start else top
+                st = self._streams[key] = _Stream(session_id, branch, start, start)
+            if top > st.target:
+                st.target = top
+            if st.target > st.last:
+                self._active[key] = None
+
+    def lost(self, now: float, reason: str) -> None:
+        """Redis failed (an error from any action, or a timeout we noticed): drop the
+        pub/sub connection and reconnect after a bounded, jittered, growing delay."""
+        self._last_error = reason
+        self.stats.disconnects += 1
+        self._state = "down"
+        self._must_close = True
+        self._ping = None
+        self._polled = True
+        self._backlog = False
+        if self._failing_since is None:
+            self._failing_since = now
+        self._retry_at = now + random.uniform(self._delay / 2, self._delay)
+        self._delay = min(self._delay * 2, self.options.backoff_max_s)
+
+    def _healthy(self) -> None:
+        # A full round trip worked while subscribed: the next failure starts a fresh backoff.
+        self._failing_since = None
+        self._delay = self.options.backoff_min_s
+
+
+# ----- the shells ---------------------------------------------------------------------------
+
+# Errors that mean "Redis (or the connection to it) is in trouble": reconnect and catch up.
+# File errors (CorruptLine, StorageError, OSError from the store) are not among them for
+# reads and head checks: they reach the consumer.
+_PUBSUB_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+_COMMAND_ERRORS: tuple[type[BaseException], ...] = (RedisUnavailable, LeaseTimeout)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Listening:
+    """How to subscribe: the redis-py method and its argument."""
+
+    method: str  # "subscribe", "ssubscribe" or "psubscribe"
+    name: str
+
+
+def _validate_after(after_sequence: int) -> None:
+    if not isinstance(after_sequence, int) or isinstance(after_sequence, bool) or (
+        after_sequence < 0
+    ):
+        raise InvalidInput(f"after_sequence must be an integer >= 0, got {after_sequence!r}")
+
+
+def _single(
+    settings: Any, session_id: str, branch_id: str, after_sequence: int,
+    core: protocol.Core, options: dict[str, Any],
+) -> tuple[Follower, _Listening]:
+    _validate_after(after_sequence)
+    opts = SubscribeOptions.parse(options, firehose=False)
+    follower = Follower(opts, session_id=session_id, branch_id=branch_id,
+                        after_sequence=after_sequence,
+                        what=f"subscription to {session_id}/{branch_id}")
+    method = "ssubscribe" if settings.sharded_pubsub else "subscribe"
+    return follower, _Listening(method, core.keys(session_id).channel)
+
+
+def _firehose(
+    settings: Any, session_prefix: str, options: dict[str, Any]
+) -> tuple[Follower, _Listening]:
+    if not isinstance(session_prefix, str):
+        raise InvalidInput(f"session_prefix must be a string, got {type(session_prefix).__name__}")
+    if session_prefix:
+        validate_id(session_prefix, "session_prefix", settings.max_id_length)
+    if settings.sharded_pubsub:
+        raise InvalidInput(
+            "subscribe_all needs pattern subscriptions, which sharded pub/sub "
+            "(sharded_pubsub=True, Redis Cluster) does not have; subscribe per session instead"
+        )
+    opts = SubscribeOptions.parse(options, firehose=True)
+    follower = Follower(opts, what=f"firehose {session_prefix or '*'}")
+    return follower, _Listening("psubscribe", channel_pattern(settings.key_prefix, session_prefix))
+
+
+def _check_steps(core: protocol.Core, action: Check) -> protocol.Steps[dict[str, int]]:
+    if action.branch_id is not None:
+        top = yield from protocol.head(core, action.session_id, action.branch_id)
+        return {action.branch_id: top}
+    _, heads = yield from protocol.session_state(core, action.session_id)
+    return heads
+
+
+class SyncSubscription(Iterator[EventRecord]):
+    """The blocking subscription: an iterator of :class:`EventRecord`.
+
+    Close it with ``close()``, a ``with`` block, or by dropping it after ``break``; the
+    pub/sub connection is closed then. ``stats`` tells what it did.
+    """
+
+    def __init__(self, journal: Journal, follower: Follower, listening: _Listening) -> None:
+        self._journal = journal
+        self._follower = follower
+        self._listening = listening
+        self._gen = self._run()
+
+    @property
+    def stats(self) -> SubscriptionStats:
+        return self._follower.stats
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> EventRecord:
+        return next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _run(self) -> Generator[EventRecord, None, None]:
+        journal, follower = self._journal, self._follower
+        pubsub: Any = None
+        try:
+            while True:
+                action = follower.next_action(time.monotonic())
+                if isinstance(action, Emit):
+                    yield from action.records
+                    continue
+                if isinstance(action, Read | Check):
+                    try:
+                        if isinstance(action, Read):
+                            records = journal._run(protocol.read(
+                                journal.core, action.session_id, action.branch_id,
+                                action.first, action.limit))
+                            follower.on_read(action, records, time.monotonic())
+                        else:
+                            heads = journal._run(_check_steps(journal.core, action))
+                            follower.on_heads(action.session_id, heads, time.monotonic())
+                    except _COMMAND_ERRORS as exc:
+                        follower.lost(time.monotonic(), _describe(exc))
+                    continue
+                if isinstance(action, Sleep):
+                    time.sleep(action.seconds)
+                    continue
+                if isinstance(action, Disconnect):
+                    _close_sync(pubsub)
+                    pubsub = None
+                    continue
+                try:
+                    if isinstance(action, Connect):
+                        _close_sync(pubsub)
+                        pubsub = None
+                        journal.open()
+                        pubsub = journal.redis.pubsub()
+                        getattr(pubsub, self._listening.method)(self._listening.name)
+                    elif isinstance(action, Ping):
+                        pubsub.ping(action.token)
+                    else:
+                        self._listen(pubsub, action)
+                except _PUBSUB_ERRORS as exc:
+                    follower.lost(time.monotonic(), _describe(exc))
+        finally:
+            _close_sync(pubsub)
+
+    def _listen(self, pubsub: Any, action: Listen) -> None:
+        follower = self._follower
+        timeout = action.timeout
+        for _ in range(action.limit):
+            message = pubsub.get_message(timeout=timeout)
+            if message is None:
+                follower.on_drained(False)
+                return
+            follower.on_pubsub(message["type"], message["data"], time.monotonic())
+            timeout = 0.0
+        follower.on_drained(True)
+
+
+def _close_sync(pubsub: Any) -> None:
+    if pubsub is not None:
+        with contextlib.suppress(Exception):
+            pubsub.close()
+
+
+class AsyncSubscription(AsyncIterator[EventRecord]):
+    """The asyncio subscription: an async iterator of :class:`EventRecord`.
+
+    Close it with ``await aclose()`` or ``async with``; cancelling the consuming task closes
+    it too. Dropped after ``break``, it is closed by the event loop's async-generator
+    finalizer soon after.
+    """
+
+    def __init__(self, journal: AsyncJournal, follower: Follower, listening: _Listening) -> None:
+        self._journal = journal
+        self._follower = follower
+        self._listening = listening
+        self._gen = self._run()
+
+    @property
+    def stats(self) -> SubscriptionStats:
+        return self._follower.stats
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> EventRecord:
+        return await self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        await self._gen.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def _run(self) -> AsyncGenerator[EventRecord, None]:
+        journal, follower = self._journal, self._follower
+        pubsub: Any = None
+        try:
+            while True:
+                action = follower.next_action(time.monotonic())
+                if isinstance(action, Emit):
+                    for record in action.records:
+                        yield record
+                    continue
+                if isinstance(action, Read | Check):
+                    try:
+                        if isinstance(action, Read):
+                            records = await journal._run(protocol.read(
+                                journal.core, action.session_id, action.branch_id,
+                                action.first, action.limit))
+                            follower.on_read(action, records, time.monotonic())
+                        else:
+                            heads = await journal._run(_check_steps(journal.core, action))
+                            follower.on_heads(action.session_id, heads, time.monotonic())
+                    except _COMMAND_ERRORS as exc:
+                        follower.lost(time.monotonic(), _describe(exc))
+                    continue
+                if isinstance(action, Sleep):
+                    await asyncio.sleep(action.seconds)
+                    continue
+                if isinstance(action, Disconnect):
+                    await _close_async(pubsub)
+                    pubsub = None
+                    continue
+                try:
+                    if isinstance(action, Connect):
+                        await _close_async(pubsub)
+                        pubsub = None
+                        await journal.open()
+                        pubsub = journal.redis.pubsub()
+                        await getattr(pubsub, self._listening.method)(self._listening.name)
+                    elif isinstance(action, Ping):
+                        await pubsub.ping(action.token)
+                    else:
+                        await self._listen(pubsub, action)
+                except _PUBSUB_ERRORS as exc:
+                    follower.lost(time.monotonic(), _describe(exc))
+        finally:
+            await _close_async(pubsub)
+
+    async def _listen(self, pubsub: Any, action: Listen) -> None:
+        follower = self._follower
+        timeout = action.timeout
+        for _ in range(action.limit):
+            message = await pubsub.get_message(timeout=timeout)
+            if message is None:
+                follower.on_drained(False)
+                return
+            follower.on_pubsub(message["type"], message["data"], time.monotonic())
+            timeout = 0.0
+        follower.on_drained(True)
+
+
+async def _close_async(pubsub: Any) -> None:
+    if pubsub is not None:
+        # Shielded: a cancelled consumer must still release its connection.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(pubsub.aclose())
+
+
+# ----- the entry points (called by Journal/AsyncJournal.subscribe and subscribe_all) --------
+
+
+def subscribe_sync(
+    journal: Journal, session_id: str, branch_id: str = "main", after_sequence: int = 0,
+    **options: Any,
+) -> SyncSubscription:
+    """Every committed event of ``session_id``/``branch_id`` above ``after_sequence``."""
+    follower, listening = _single(journal.settings, session_id, branch_id, after_sequence,
+                                  journal.core, options)
+    return SyncSubscription(journal, follower, listening)
+
+
+def subscribe_async(
+    journal: AsyncJournal, session_id: str, branch_id: str = "main", after_sequence: int = 0,
+    **options: Any,
+) -> AsyncSubscription:
+    """The asyncio form of :func:`subscribe_sync`."""
+    follower, listening = _single(journal.settings, session_id, branch_id, after_sequence,
+                                  journal.core, options)
+    return AsyncSubscription(journal, follower, listening)
+
+
+def subscribe_all_sync(journal: Journal, session_prefix: str = "", **options: Any) -> SyncSubscription:
+    """The firehose: every session whose id starts with ``session_prefix``, in order per
+    (session, branch). A (session, branch) first heard of live starts at that message
+    (``from_start=True``: at sequence 1); from then on nothing is lost or duplicated."""
+    follower, listening = _firehose(journal.settings, session_prefix, options)
+    return SyncSubscription(journal, follower, listening)
+
+
+def subscribe_all_async(
+    journal: AsyncJournal, session_prefix: str = "", **options: Any
+) -> AsyncSubscription:
+    """The asyncio form of :func:`subscribe_all_sync`."""
+    follower, listening = _firehose(journal.settings, session_prefix, options)
+    return AsyncSubscription(journal, follower, listening)
