@@ -216,6 +216,9 @@ def session_state(core: Core, session_id: str) -> Steps[tuple[int, dict[str, int
 
 
 _RETRY = object()
+# Rounds an append may start over (lease lost before writing, or its lines were cut after a
+# stale writer's bytes landed first). Busy waits are bounded by lease_wait_s instead.
+_MAX_ROUNDS = 1000
 
 
 def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[EventRecord]]:
@@ -223,7 +226,7 @@ def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[Ev
     first = records[0]
     keys = core.keys(first.session_id)
     waiter = Backoff(core.settings.lease_wait_s)
-    while True:
+    for _attempt in range(_MAX_ROUNDS):
         token = uuid.uuid4().hex
         clock = LeaseClock(core.settings.lease_ms)
         reply = yield Lua("begin", [keys.state, keys.lease],
@@ -256,6 +259,10 @@ def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[Ev
             continue
         result: list[EventRecord] = outcome
         return result
+    raise LeaseTimeout(
+        f"append to {first.session_id}/{first.branch_id} lost its lease {_MAX_ROUNDS} times in "
+        "a row (lease_ms too short for this disk?)"
+    )
 
 
 def _recover(
@@ -285,6 +292,11 @@ def _under_lease(
     branch = first.branch_id
     store = core.store(first.session_id)
     size = yield Blocking(store.size)
+    if size < committed:
+        raise StorageError(
+            f"{store.path} holds {size} bytes but {committed} are committed: it was truncated "
+            "or replaced outside the journal; run `journal verify`"
+        )
     if size > committed:
         # A writer died after or during its write: roll its tail forward or cut it first.
         committed, heads, _ = yield from _recover(core, keys, token, clock, store, committed)

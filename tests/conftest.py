@@ -22,6 +22,7 @@ import redis.asyncio
 from journal import AsyncJournal, Journal
 from journal.redis_server import RedisServer
 
+
 @dataclass
 class Backend:
     """One Redis to run the journal against."""

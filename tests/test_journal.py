@@ -369,3 +369,17 @@ def test_group_commit_in_threads(backend: Backend) -> None:
     assert results == [[1, 2, 3, 4, 5]] * 8
     assert j.branches("s1") == {f"b{k}": 5 for k in range(8)}
     j.close()
+
+
+def test_a_file_truncated_behind_the_journals_back_is_an_error_not_a_loop(
+    backend: Backend,
+) -> None:
+    from journal import StorageError
+
+    j = backend.journal()
+    j.append_batch([ev(1), ev(2)])
+    path = file_of(backend)
+    path.write_bytes(path.read_bytes()[:10])
+    with pytest.raises(StorageError, match="outside the journal"):
+        j.append(ev(3))
+    j.close()

@@ -109,7 +109,8 @@ def wait_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
 def test_four_processes_race_on_one_session(fleet: Fleet) -> None:
     procs = [fleet.spawn(60) for _ in range(4)]
     wait_all(procs, 90)
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], [p.stderr.read() for p in procs if p.stderr]
+    errors = [p.stderr.read() for p in procs if p.stderr]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
     acked = fleet.acked()
     assert len(acked) == 240
     assert check_history(fleet.backend, "race", acked) == 240

@@ -10,7 +10,6 @@ import pytest
 from journal import EventRecord, InvalidId, InvalidRecord, RecordTooLarge
 from journal.kinds import PhaseEntered
 from journal.records import decode_line, encode_line, normalize_timestamp, prepare_for_write
-
 from tests.support import sample_path
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from journal import (  # noqa: E402
+from journal import (
     AppendOutcomeUnknown,
     EventRecord,
     Journal,
