@@ -111,6 +111,14 @@ def _seconds(value: str) -> float:
     return number
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and a pointer to --help), like every other
+    error of the CLI, instead of the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     # The same options on the main parser and on every subcommand, so they may be given
     # before or after the subcommand. SUPPRESS on the subcommands keeps a subcommand from
@@ -134,12 +142,13 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="A durable event journal for agent sessions (aiOS JSONL files, "
         "Redis-ordered writers, live pub/sub).",
         epilog="exit status: 0 ok, 1 error, 2 usage or bad input, 3 sequence conflict, "
-        "4 Redis unavailable, 5 verify findings or corrupt data, 130 interrupted. "
+        "4 Redis unavailable, 5 verify findings or corrupt data, 130 interrupted, "
+        "141 output closed early. "
         "See docs/cli.md.",
     )
     _global_options(parser, suppress=False)
@@ -190,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="follow every session (the firehose); implies --follow")
     p.add_argument("--prefix", default="", metavar="P",
                    help="with --all: only sessions whose id starts with P")
+    p.add_argument("--from-start", action="store_true",
+                   help="with --all: replay each newly seen session branch from sequence 1 "
+                   "(default: from its first live event)")
     p.add_argument("--pretty", action="store_true", help="readable lines instead of JSONL")
 
     p = command("sessions", "list the sessions with their branches, heads and file sizes")
@@ -271,6 +283,16 @@ def _out(line: str = "", stream: TextIO | None = None) -> None:
     print(line, file=stream or sys.stdout)
 
 
+def _emit(data: bytes) -> None:
+    """Write encoded JSONL as bytes: the records are UTF-8 whatever the locale says.
+    (A command writes either records this way or text, never both, so no interleaving.)"""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(data.decode())
+    else:
+        buffer.write(data)
+
+
 def _note(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
 
@@ -310,21 +332,21 @@ def _iter_branch(j: Journal, session: str, branch: str, first: int,
 def _summary(kind: dict[str, Any], width: int) -> str:
     rest = {k: v for k, v in kind.items() if k != "type"}
     text = json.dumps(rest, ensure_ascii=False, separators=(",", ":")) if rest else ""
-    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+    return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
 
 
 def _pretty_line(record: EventRecord, with_session: bool = False) -> str:
     width = shutil.get_terminal_size((120, 24)).columns
     time_part = record.timestamp[11:23] if len(record.timestamp) >= 23 else record.timestamp
     who = record.actor.type + (f":{record.actor.component}" if record.actor.component else "")
-    where = f"{record.session_id}/{record.branch_id} " if with_session else ""
-    head = f"{where}{record.sequence:>6}  {time_part:<12}  {who[:18]:<18}  {record.kind_type:<22}"
+    where = f"{record.session_id + '/' + record.branch_id:<28} " if with_session else ""
+    head = f"{where}{record.sequence:>6}  {time_part:<12}  {who[:24]:<24}  {record.kind_type:<22}"
     return f"{head}  {_summary(record.kind, max(width - len(head) - 3, 20))}"
 
 
 def _pretty_header(with_session: bool = False) -> str:
-    where = "SESSION/BRANCH " if with_session else ""
-    return f"{where}{'SEQ':>6}  {'TIME (UTC)':<12}  {'ACTOR':<18}  {'KIND':<22}  DETAILS"
+    where = f"{'SESSION/BRANCH':<28} " if with_session else ""
+    return f"{where}{'SEQ':>6}  {'TIME (UTC)':<12}  {'ACTOR':<24}  {'KIND':<22}  DETAILS"
 
 
 def _human_bytes(size: int) -> str:
@@ -379,7 +401,7 @@ def cmd_append(ctx: Context, args: argparse.Namespace) -> int:
         else:
             assert conflict is not None
             raise conflict
-    sys.stdout.write(encode_line(stored).decode())
+    _emit(encode_line(stored))
     return EXIT_OK
 
 
@@ -395,9 +417,8 @@ def cmd_read(ctx: Context, args: argparse.Namespace) -> int:
             count += 1
         _out(f"({count} events, session {args.session}, branch {args.branch})")
     else:
-        write = sys.stdout.write
         for record in records:
-            write(encode_line(record).decode())
+            _emit(encode_line(record))
     return EXIT_OK
 
 
@@ -413,7 +434,10 @@ def cmd_tail(ctx: Context, args: argparse.Namespace) -> int:
             raise CliError("give either SESSION or --all, not both")
         if args.prefix:
             validate_id(args.prefix, "--prefix")
-        feed: Iterable[EventRecord] = ctx.journal().subscribe_all(args.prefix)
+        options = {"from_start": True} if args.from_start else {}
+        feed: Iterable[EventRecord] = ctx.journal().subscribe_all(args.prefix, **options)
+    elif args.from_start:
+        raise CliError("--from-start goes with --all (for one session, use --after)")
     elif args.session is None:
         raise CliError("tail needs a SESSION (or --all for every session)")
     else:
@@ -429,7 +453,7 @@ def cmd_tail(ctx: Context, args: argparse.Namespace) -> int:
         if args.pretty:
             _out(_pretty_line(record, with_session=args.all))
         else:
-            sys.stdout.write(encode_line(record).decode())
+            _emit(encode_line(record))
         if args.follow or args.all:
             sys.stdout.flush()  # live output: one event, one flush
     return EXIT_OK
@@ -458,7 +482,7 @@ def cmd_sessions(ctx: Context, args: argparse.Namespace) -> int:
     for name, size, heads in rows:
         for i, (branch, head) in enumerate(sorted(heads.items(), key=lambda kv: kv[0] != "main")):
             shown = (name, _human_bytes(size)) if i == 0 else ("", "")
-            _out(f"{shown[0]:<{width}}  {branch:<{bwidth}}  {head:>8}  {shown[1]:>10}")
+            _out(f"{shown[0]:<{width}}  {branch:<{bwidth}}  {head:>8}  {shown[1]:>10}".rstrip())
         if not heads:
             _out(f"{name:<{width}}  {'-':<{bwidth}}  {0:>8}  {_human_bytes(size):>10}")
     total = sum(sum(heads.values()) for _, _, heads in rows)
@@ -610,9 +634,6 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "fleet": cmd_fleet,
 }
 
-# Long-running commands whose normal way to stop is Ctrl-C or SIGTERM: that is success.
-_STOPPED_BY_SIGNAL = {"tail", "fleet"}
-
 
 # ----- the entry point -----------------------------------------------------------------------
 
@@ -662,25 +683,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     with contextlib.suppress(ValueError):  # only possible in the main thread
         signal.signal(signal.SIGTERM, _on_sigterm)
+    for stream in (sys.stdout, sys.stderr):
+        # A terminal that cannot show a character gets an escape, never a UnicodeEncodeError.
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     ctx = Context(args)
     try:
-        return COMMANDS[args.command](ctx, args)
+        status = COMMANDS[args.command](ctx, args)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        return _broken_pipe()
     except (JournalError, CliError, OSError) as exc:
-        if isinstance(exc, BrokenPipeError):
-            return _broken_pipe()
         print(f"{PROG}: error: {_one_line(_describe(exc), ctx.secrets())}", file=sys.stderr)
         return _exit_code(exc)
     except (KeyboardInterrupt, Terminated) as exc:
-        if args.command in _STOPPED_BY_SIGNAL:
-            return EXIT_OK
+        if args.command == "fleet" or (args.command == "tail" and (args.follow or args.all)):
+            return EXIT_OK  # the normal way to stop a follower or a worker
         return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM
     finally:
-        try:
+        with contextlib.suppress(Exception):  # a dead connection must not mask the outcome
             ctx.close()
-        except Exception:  # closing a dead connection must not replace the real outcome
-            pass
-        with contextlib.suppress(BrokenPipeError):
-            sys.stdout.flush()
 
 
 def _broken_pipe() -> int:

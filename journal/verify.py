@@ -30,7 +30,6 @@ is reported; verification never stops at the first.
 from __future__ import annotations
 
 import os
-import struct
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from typing import Literal
 import msgspec
 
 from .errors import InvalidId, InvalidRecord, JournalError
+from .filestore import HINT, INDEX_ENTRY
 from .ids import validate_id
 from .kinds import validate_kind
 from .records import EventRecord
@@ -48,9 +48,9 @@ __all__ = ["Finding", "Report", "verify", "verify_report"]
 
 Severity = Literal["error", "note"]
 
-# The index layout of filestore.py: (offset u64, length u32) little-endian per sequence.
-_ENTRY = struct.Struct("<QI")
-_HINT = struct.Struct("<Q")
+# The index layout is filestore.py's: (offset u64, length u32) per sequence, and the hint.
+_ENTRY = INDEX_ENTRY
+_HINT = HINT
 _CHUNK = 1 << 20
 _MAX_SHOWN = 120  # characters of a decoder message kept in a finding
 
@@ -348,7 +348,7 @@ class _SessionCheck:
                     idx,
                     number,
                     f"{whole - branch.head} entries past the branch's last line "
-                    f"(sequence {branch.head}); a writer died before committing them",
+                    f"(sequence {branch.head}), left by a writer that died or by a truncated file",
                     "note",
                 )
                 break
