@@ -16,7 +16,8 @@ it can; the file is the truth, and every gap is filled from it:
    yielded from its inline records; a jump, or a message too large to carry its records
    (``e`` is None), is read from the file.
 3. When a session has been quiet for ``idle_s``, its head is compared with what we yielded
-   (a lost *last* message has no successor to reveal the gap), and the pub/sub connection
+   (a lost *last* message has no successor to reveal the gap, and lines that a tail
+   recovery rolled forward are committed without any message), and the pub/sub connection
    is pinged (a half-open TCP connection delivers nothing and reports nothing).
 4. Every (re)subscribe confirmation, including the ones redis-py sends by itself after a
    silent reconnect, makes every known session due for a head check: anything committed
@@ -25,6 +26,21 @@ it can; the file is the truth, and every gap is filled from it:
 5. The live buffer is bounded (``buffer_size`` messages). On overflow it is dropped whole;
    the heads we learnt from the dropped messages stay, so the events are read from the file
    instead. Memory is bounded by the buffer plus one file page.
+
+The firehose (``subscribe_all``, one PSUBSCRIBE on ``channel_pattern``) keeps the same state
+per (session, branch). It starts "now": a (session, branch) first heard of live starts at
+that message's first sequence (``from_start=True``: at 1); a branch of a known session that
+only a head check reveals starts at its head (at 1 with ``from_start``). From its start on,
+a stream gets every event exactly once, in order, gaps filled from the file. Two limits,
+by design for now: a session that is never announced while we listen (its only messages
+fell into a disconnect) is not discovered, as that would mean listing every session file;
+and the firehose keeps a small record (a few hundred bytes) per (session, branch) it has
+seen, and the idle
+check costs one HGETALL per quiet known session every ``idle_s``. Sharded pub/sub has no
+patterns, so ``subscribe_all`` refuses ``sharded_pubsub`` (a cluster firehose is later work).
+
+Memory: the live buffer holds at most ``buffer_size`` messages (each at most
+``inline_message_max`` bytes of records), and a file read at most ``page_size`` events.
 
 The logic lives once, in :class:`Follower`, a sans-IO state machine in the style of
 ``protocol.py``: it is fed pub/sub messages, read results, head-check results and the clock,
@@ -211,6 +227,18 @@ class _Stream:
     pending: deque[Announcement] = field(default_factory=deque)  # inline, above ``last``
 
 
+class _Positions(msgspec.Struct):
+    """An announcement without its records (msgspec skips the unknown ``e`` unchecked)."""
+
+    s: str
+    b: str
+    f: int
+    l: int  # noqa: E741
+
+
+_positions_decoder = msgspec.json.Decoder(_Positions)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -276,13 +304,13 @@ class Follower:
             self._must_close = False
             return Disconnect()
         if self._state == "down":
-            if self._failing_since is not None and self.options.give_up_after_s is not None:
-                if now - self._failing_since >= self.options.give_up_after_s:
-                    raise RedisUnavailable(
-                        f"{self.what}: no working Redis connection for "
-                        f"{now - self._failing_since:.1f}s, giving up; last error: "
-                        f"{self._last_error}"
-                    )
+            give_up = self.options.give_up_after_s
+            if (self._failing_since is not None and give_up is not None
+                    and now - self._failing_since >= give_up):
+                raise RedisUnavailable(
+                    f"{self.what}: no working Redis connection for "
+                    f"{now - self._failing_since:.1f}s, giving up; last error: {self._last_error}"
+                )
             if now < self._retry_at:
                 return Sleep(self._retry_at - now)
             self._state = "confirming"
@@ -300,10 +328,10 @@ class Follower:
             self._polled = True
             return Listen(0.0, drain)
         idle = self.options.idle_s
-        if self._ping is not None and not self._backlog:
-            if now - self._ping_sent >= self.options.health_timeout_s:
-                self.lost(now, "no pong from the pub/sub connection in time")
-                return self.next_action(now)
+        if (self._ping is not None and not self._backlog
+                and now - self._ping_sent >= self.options.health_timeout_s):
+            self.lost(now, "no pong from the pub/sub connection in time")
+            return self.next_action(now)
         if self._sessions:
             session, since = next(iter(self._sessions.items()))
             if now - since >= idle:
@@ -368,6 +396,8 @@ class Follower:
 
     def on_pubsub(self, kind: str, data: Any, now: float) -> None:
         """One message from the pub/sub connection (redis-py's ``type`` and ``data``)."""
+        if self._state == "down":
+            return  # the rest of a drain after we gave up on this connection
         self._heard = now
         if kind in _PUBLISHED:
             self._on_announcement(data, now)
@@ -397,8 +427,14 @@ class Follower:
         try:
             ann = decode_announcement(data)
         except (msgspec.DecodeError, msgspec.ValidationError, JournalError, TypeError):
-            self.stats.bad_messages += 1
-            return
+            # The inline records may be what failed; the positions alone still tell us what
+            # to read from the file (which reports real corruption with file and line).
+            try:
+                pos = _positions_decoder.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
+                self.stats.bad_messages += 1
+                return
+            ann = Announcement(pos.s, pos.b, pos.f, pos.l, 0, 0, None)
         if ann.f < 1 or ann.l < ann.f:
             self.stats.bad_messages += 1
             return
@@ -462,9 +498,9 @@ class Follower:
             # the same Redis, say). Do not spin: forget what we cannot read now and let the
             # next head check of this session tell.
             st.target = st.last
-            while st.pending and st.pending[0].f > st.last + 1:
+            if st.pending and st.pending[0].f > st.last + 1:
+                self._buffered -= len(st.pending)
                 st.pending.clear()
-                self._buffered = sum(len(s.pending) for s in self._streams.values())
             self._touch(read.session_id, now)
 
     def on_heads(self, session_id: str, heads: dict[str, int], now: float) -> None:
@@ -582,10 +618,11 @@ class SyncSubscription(Iterator[EventRecord]):
     """
 
     def __init__(self, journal: Journal, follower: Follower, listening: _Listening) -> None:
-        self._journal = journal
         self._follower = follower
-        self._listening = listening
-        self._gen = self._run()
+        # The generator must not refer back to this object: then dropping the subscription
+        # (``break`` out of a for loop) frees and closes it at once, without waiting for
+        # the cycle collector.
+        self._gen = _sync_events(journal, follower, listening)
 
     @property
     def stats(self) -> SubscriptionStats:
@@ -608,62 +645,64 @@ class SyncSubscription(Iterator[EventRecord]):
     ) -> None:
         self.close()
 
-    def _run(self) -> Generator[EventRecord, None, None]:
-        journal, follower = self._journal, self._follower
-        pubsub: Any = None
-        try:
-            while True:
-                action = follower.next_action(time.monotonic())
-                if isinstance(action, Emit):
-                    yield from action.records
-                    continue
-                if isinstance(action, Read | Check):
-                    try:
-                        if isinstance(action, Read):
-                            records = journal._run(protocol.read(
-                                journal.core, action.session_id, action.branch_id,
-                                action.first, action.limit))
-                            follower.on_read(action, records, time.monotonic())
-                        else:
-                            heads = journal._run(_check_steps(journal.core, action))
-                            follower.on_heads(action.session_id, heads, time.monotonic())
-                    except _COMMAND_ERRORS as exc:
-                        follower.lost(time.monotonic(), _describe(exc))
-                    continue
-                if isinstance(action, Sleep):
-                    time.sleep(action.seconds)
-                    continue
-                if isinstance(action, Disconnect):
+
+def _sync_events(
+    journal: Journal, follower: Follower, listening: _Listening
+) -> Generator[EventRecord, None, None]:
+    pubsub: Any = None
+    try:
+        while True:
+            action = follower.next_action(time.monotonic())
+            if isinstance(action, Emit):
+                yield from action.records
+                continue
+            if isinstance(action, Read | Check):
+                try:
+                    if isinstance(action, Read):
+                        records = journal._run(protocol.read(
+                            journal.core, action.session_id, action.branch_id,
+                            action.first, action.limit))
+                        follower.on_read(action, records, time.monotonic())
+                    else:
+                        heads = journal._run(_check_steps(journal.core, action))
+                        follower.on_heads(action.session_id, heads, time.monotonic())
+                except _COMMAND_ERRORS as exc:
+                    follower.lost(time.monotonic(), _describe(exc))
+                continue
+            if isinstance(action, Sleep):
+                time.sleep(action.seconds)
+                continue
+            if isinstance(action, Disconnect):
+                _close_sync(pubsub)
+                pubsub = None
+                continue
+            try:
+                if isinstance(action, Connect):
                     _close_sync(pubsub)
                     pubsub = None
-                    continue
-                try:
-                    if isinstance(action, Connect):
-                        _close_sync(pubsub)
-                        pubsub = None
-                        journal.open()
-                        pubsub = journal.redis.pubsub()
-                        getattr(pubsub, self._listening.method)(self._listening.name)
-                    elif isinstance(action, Ping):
-                        pubsub.ping(action.token)
-                    else:
-                        self._listen(pubsub, action)
-                except _PUBSUB_ERRORS as exc:
-                    follower.lost(time.monotonic(), _describe(exc))
-        finally:
-            _close_sync(pubsub)
+                    journal.open()
+                    pubsub = journal.redis.pubsub()  # type: ignore[no-untyped-call]
+                    getattr(pubsub, listening.method)(listening.name)
+                elif isinstance(action, Ping):
+                    pubsub.ping(action.token)
+                else:
+                    _listen_sync(pubsub, follower, action)
+            except _PUBSUB_ERRORS as exc:
+                follower.lost(time.monotonic(), _describe(exc))
+    finally:
+        _close_sync(pubsub)
 
-    def _listen(self, pubsub: Any, action: Listen) -> None:
-        follower = self._follower
-        timeout = action.timeout
-        for _ in range(action.limit):
-            message = pubsub.get_message(timeout=timeout)
-            if message is None:
-                follower.on_drained(False)
-                return
-            follower.on_pubsub(message["type"], message["data"], time.monotonic())
-            timeout = 0.0
-        follower.on_drained(True)
+
+def _listen_sync(pubsub: Any, follower: Follower, action: Listen) -> None:
+    timeout = action.timeout
+    for _ in range(action.limit):
+        message = pubsub.get_message(timeout=timeout)
+        if message is None:
+            follower.on_drained(False)
+            return
+        follower.on_pubsub(message["type"], message["data"], time.monotonic())
+        timeout = 0.0
+    follower.on_drained(True)
 
 
 def _close_sync(pubsub: Any) -> None:
@@ -681,10 +720,8 @@ class AsyncSubscription(AsyncIterator[EventRecord]):
     """
 
     def __init__(self, journal: AsyncJournal, follower: Follower, listening: _Listening) -> None:
-        self._journal = journal
         self._follower = follower
-        self._listening = listening
-        self._gen = self._run()
+        self._gen = _async_events(journal, follower, listening)  # no cycle: see SyncSubscription
 
     @property
     def stats(self) -> SubscriptionStats:
@@ -707,63 +744,65 @@ class AsyncSubscription(AsyncIterator[EventRecord]):
     ) -> None:
         await self.aclose()
 
-    async def _run(self) -> AsyncGenerator[EventRecord, None]:
-        journal, follower = self._journal, self._follower
-        pubsub: Any = None
-        try:
-            while True:
-                action = follower.next_action(time.monotonic())
-                if isinstance(action, Emit):
-                    for record in action.records:
-                        yield record
-                    continue
-                if isinstance(action, Read | Check):
-                    try:
-                        if isinstance(action, Read):
-                            records = await journal._run(protocol.read(
-                                journal.core, action.session_id, action.branch_id,
-                                action.first, action.limit))
-                            follower.on_read(action, records, time.monotonic())
-                        else:
-                            heads = await journal._run(_check_steps(journal.core, action))
-                            follower.on_heads(action.session_id, heads, time.monotonic())
-                    except _COMMAND_ERRORS as exc:
-                        follower.lost(time.monotonic(), _describe(exc))
-                    continue
-                if isinstance(action, Sleep):
-                    await asyncio.sleep(action.seconds)
-                    continue
-                if isinstance(action, Disconnect):
+
+async def _async_events(
+    journal: AsyncJournal, follower: Follower, listening: _Listening
+) -> AsyncGenerator[EventRecord, None]:
+    pubsub: Any = None
+    try:
+        while True:
+            action = follower.next_action(time.monotonic())
+            if isinstance(action, Emit):
+                for record in action.records:
+                    yield record
+                continue
+            if isinstance(action, Read | Check):
+                try:
+                    if isinstance(action, Read):
+                        records = await journal._run(protocol.read(
+                            journal.core, action.session_id, action.branch_id,
+                            action.first, action.limit))
+                        follower.on_read(action, records, time.monotonic())
+                    else:
+                        heads = await journal._run(_check_steps(journal.core, action))
+                        follower.on_heads(action.session_id, heads, time.monotonic())
+                except _COMMAND_ERRORS as exc:
+                    follower.lost(time.monotonic(), _describe(exc))
+                continue
+            if isinstance(action, Sleep):
+                await asyncio.sleep(action.seconds)
+                continue
+            if isinstance(action, Disconnect):
+                await _close_async(pubsub)
+                pubsub = None
+                continue
+            try:
+                if isinstance(action, Connect):
                     await _close_async(pubsub)
                     pubsub = None
-                    continue
-                try:
-                    if isinstance(action, Connect):
-                        await _close_async(pubsub)
-                        pubsub = None
-                        await journal.open()
-                        pubsub = journal.redis.pubsub()
-                        await getattr(pubsub, self._listening.method)(self._listening.name)
-                    elif isinstance(action, Ping):
-                        await pubsub.ping(action.token)
-                    else:
-                        await self._listen(pubsub, action)
-                except _PUBSUB_ERRORS as exc:
-                    follower.lost(time.monotonic(), _describe(exc))
-        finally:
-            await _close_async(pubsub)
+                    await journal.open()
+                    pubsub = journal.redis.pubsub()
+                    await getattr(pubsub, listening.method)(listening.name)
+                elif isinstance(action, Ping):
+                    await pubsub.ping(action.token)
+                else:
+                    await _listen_async(pubsub, follower, action)
+            except _PUBSUB_ERRORS as exc:
+                follower.lost(time.monotonic(), _describe(exc))
+    finally:
+        await _close_async(pubsub)
 
-    async def _listen(self, pubsub: Any, action: Listen) -> None:
-        follower = self._follower
-        timeout = action.timeout
-        for _ in range(action.limit):
-            message = await pubsub.get_message(timeout=timeout)
-            if message is None:
-                follower.on_drained(False)
-                return
-            follower.on_pubsub(message["type"], message["data"], time.monotonic())
-            timeout = 0.0
-        follower.on_drained(True)
+
+async def _listen_async(pubsub: Any, follower: Follower, action: Listen) -> None:
+    timeout = action.timeout
+    for _ in range(action.limit):
+        message = await pubsub.get_message(timeout=timeout)
+        if message is None:
+            follower.on_drained(False)
+            return
+        follower.on_pubsub(message["type"], message["data"], time.monotonic())
+        timeout = 0.0
+    follower.on_drained(True)
 
 
 async def _close_async(pubsub: Any) -> None:
@@ -796,7 +835,9 @@ def subscribe_async(
     return AsyncSubscription(journal, follower, listening)
 
 
-def subscribe_all_sync(journal: Journal, session_prefix: str = "", **options: Any) -> SyncSubscription:
+def subscribe_all_sync(
+    journal: Journal, session_prefix: str = "", **options: Any
+) -> SyncSubscription:
     """The firehose: every session whose id starts with ``session_prefix``, in order per
     (session, branch). A (session, branch) first heard of live starts at that message
     (``from_start=True``: at sequence 1); from then on nothing is lost or duplicated."""
