@@ -1,4 +1,4 @@
-"""Group commit for ``durability="batch"``.
+"""Per-session append queue, and group commit for ``durability="batch"``.
 
 Concurrent appends to one session from the same process join a queue. One of them leads: it
 takes the first queued request plus every request that continues it on the same branch,
@@ -56,8 +56,10 @@ class GroupQueue:
             self._leading = True
             return True
 
-    def next_round(self) -> list[Pending] | None:
-        """The next chain of requests to append together, or None (leadership ends)."""
+    def next_round(self, merge: bool = True) -> list[Pending] | None:
+        """The next chain of requests to append together, or None (leadership ends).
+        Without ``merge`` a round is one request: appends of a session are still one at a
+        time in this process, which the held lease relies on, but each has its own sync."""
         with self._lock:
             if not self._queue:
                 self._leading = False
@@ -68,7 +70,7 @@ class GroupQueue:
             start = min((p for p in self._queue if p.branch == branch), key=lambda p: p.first)
             self._queue.remove(start)
             chain = [start]
-            extended = True
+            extended = merge
             while extended:
                 extended = False
                 for i, p in enumerate(self._queue):

@@ -7,6 +7,7 @@ Both validate input and encode records here (pure code), then hand the protocols
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -19,7 +20,7 @@ import redis.asyncio
 
 from . import protocol
 from .driver import AsyncDriver, SyncDriver, redis_error
-from .errors import InvalidInput
+from .errors import InvalidInput, JournalError
 from .group import GroupQueue, Pending, merge, settle
 from .ids import validate_id
 from .records import EventRecord, prepare_for_write
@@ -94,6 +95,11 @@ class _Base:
         if not isinstance(limit, int) or limit < 0:
             raise InvalidInput(f"limit must be an integer >= 0, got {limit!r}")
 
+    @property
+    def _merge(self) -> bool:
+        # "batch" is group commit: queued appends that chain share one round and one sync.
+        return self.settings.durability == "batch"
+
     def _group(self, session_id: str) -> GroupQueue:
         with self._groups_lock:
             return self._groups.setdefault(session_id, GroupQueue())
@@ -150,6 +156,9 @@ class AsyncJournal(_Base):
         return self
 
     async def close(self) -> None:
+        if self._driver is not None and self.core.held:
+            with contextlib.suppress(JournalError):
+                await self._driver.run(protocol.release_held(self.core))
         if self._client is not None and self._owns_client:
             await self._client.aclose()
             self._client = None
@@ -182,9 +191,6 @@ class AsyncJournal(_Base):
     async def append_batch(self, records: Iterable[EventRecord]) -> list[EventRecord]:
         """Append contiguous events of one (session, branch), all or nothing."""
         checked, data = self._prepare(records)
-        if self.settings.durability != "batch":
-            result: list[EventRecord] = await self._run(protocol.append(self.core, checked, data))
-            return result
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def wake() -> None:
@@ -199,12 +205,14 @@ class AsyncJournal(_Base):
 
     async def _lead(self, session_id: str) -> None:
         queue = self._group(session_id)
-        while (chain := queue.next_round()) is not None:
+        while (chain := queue.next_round(merge=self._merge)) is not None:
             try:
                 settle(chain, await self._run(protocol.append(self.core, *merge(chain))))
-            except Exception:
-                # Something in the chain failed: give every request its own round and answer.
-                for p in chain:
+            except Exception as exc:
+                if len(chain) == 1:
+                    chain[0].error = exc
+                # Something in a merged chain failed: give every request its own round.
+                for p in chain if len(chain) > 1 else []:
                     try:
                         p.result = await self._run(protocol.append(self.core, p.records, p.data))
                     except Exception as exc:
@@ -283,6 +291,9 @@ class Journal(_Base):
         return self
 
     def close(self) -> None:
+        if self._driver is not None and self.core.held:
+            with contextlib.suppress(JournalError):
+                self._driver.run(protocol.release_held(self.core))
         if self._client is not None and self._owns_client:
             self._client.close()
             self._client = None
@@ -312,9 +323,6 @@ class Journal(_Base):
 
     def append_batch(self, records: Iterable[EventRecord]) -> list[EventRecord]:
         checked, data = self._prepare(records)
-        if self.settings.durability != "batch":
-            result: list[EventRecord] = self._run(protocol.append(self.core, checked, data))
-            return result
         event = threading.Event()
         pending = Pending(checked, data, notify=event.set)
         if self._group(checked[0].session_id).join(pending):
@@ -324,11 +332,13 @@ class Journal(_Base):
 
     def _lead(self, session_id: str) -> None:
         queue = self._group(session_id)
-        while (chain := queue.next_round()) is not None:
+        while (chain := queue.next_round(merge=self._merge)) is not None:
             try:
                 settle(chain, self._run(protocol.append(self.core, *merge(chain))))
-            except Exception:
-                for p in chain:
+            except Exception as exc:
+                if len(chain) == 1:
+                    chain[0].error = exc
+                for p in chain if len(chain) > 1 else []:
                     try:
                         p.result = self._run(protocol.append(self.core, p.records, p.data))
                     except Exception as exc:

@@ -83,9 +83,25 @@ class LeaseClock:
     def __init__(self, lease_ms: int) -> None:
         self.deadline = time.monotonic() + lease_ms / 1000 * 0.8 - 0.02
 
+    def valid(self) -> bool:
+        return time.monotonic() < self.deadline
+
     def guard(self) -> None:
-        if time.monotonic() >= self.deadline:
+        if not self.valid():
             raise LeaseLost("the writer lease may have expired")
+
+
+@dataclass(slots=True)
+class Held:
+    """A lease this process kept after its last commit (for ``lease_hold_ms``). While it is
+    valid by our own clock nobody else can write the session, so the next append checks
+    its sequence against these heads locally and skips the begin round trip. The commit
+    still checks the lease in Redis, so a wrong clock can cost a retry, never an event."""
+
+    token: str
+    clock: LeaseClock
+    committed: int
+    heads: dict[str, int]
 
 
 class Backoff:
@@ -112,6 +128,9 @@ class Core:
         self.settings = settings
         self.root = Path(settings.root)
         self.publish = "SPUBLISH" if settings.sharded_pubsub else "PUBLISH"
+        # Leases kept after a commit, per session. Appends of one session are serialized
+        # within a process (journal.py), so one append at a time reads and replaces these.
+        self.held: dict[str, Held] = {}
 
     def keys(self, session_id: str) -> SessionKeys:
         return session_keys(self.settings.key_prefix, session_id)
@@ -225,25 +244,39 @@ def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[Ev
     """Append a checked, contiguous batch (``data`` is its encoded lines)."""
     first = records[0]
     keys = core.keys(first.session_id)
+    lease_ms = core.settings.lease_ms
     waiter = Backoff(core.settings.lease_wait_s)
+    # Taken out while we work: whatever goes wrong, no stale lease state stays behind.
+    held = core.held.pop(first.session_id, None)
+    token = held.token if held is not None else uuid.uuid4().hex
     for _attempt in range(_MAX_ROUNDS):
-        token = uuid.uuid4().hex
-        clock = LeaseClock(core.settings.lease_ms)
-        reply = yield Lua("begin", [keys.state, keys.lease],
-                          [token, core.settings.lease_ms, first.branch_id, first.sequence])
-        status = text(reply[0])
-        if status == "rebuild":
-            yield from rebuild(core, first.session_id, waiter)
-            continue
-        if status == "busy":
-            yield Sleep(waiter.next(int(reply[1])))
-            continue
-        if status == "conflict":
-            return (yield from _resolve_conflict(core, records, int(reply[1])))
+        known: dict[str, int] = {}
+        if held is not None and held.clock.valid() and first.branch_id in held.heads:
+            clock, committed, known = held.clock, held.committed, held.heads
+            head_now = known[first.branch_id]
+            if head_now + 1 != first.sequence:
+                core.held[first.session_id] = held  # we keep holding; nothing was written
+                return (yield from _resolve_conflict(core, records, head_now))
+            held = None  # one fast attempt; any retry goes through begin
+        else:
+            held = None
+            clock = LeaseClock(lease_ms)
+            reply = yield Lua("begin", [keys.state, keys.lease, keys.want],
+                              [token, lease_ms, first.branch_id, first.sequence])
+            status = text(reply[0])
+            if status == "rebuild":
+                yield from rebuild(core, first.session_id, waiter)
+                continue
+            if status == "busy":
+                yield Sleep(waiter.next(int(reply[1])))
+                continue
+            if status == "conflict":
+                return (yield from _resolve_conflict(core, records, int(reply[1])))
+            committed, head_now = int(reply[1]), int(reply[2])
         faults.hit("after_begin")
         try:
             outcome = yield from _under_lease(
-                core, keys, token, clock, records, data, int(reply[1]), int(reply[2])
+                core, keys, token, clock, records, data, committed, head_now
             )
         except LeaseLost:
             # We lost the lease before our bytes reached the file: nothing of ours is there.
@@ -257,12 +290,24 @@ def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[Ev
         if outcome is _RETRY:
             yield from _release(keys, token)
             continue
-        result: list[EventRecord] = outcome
+        stored, kept = outcome
+        if kept is not None:
+            kept.heads = {**known, **kept.heads}
+            core.held[first.session_id] = kept
+        result: list[EventRecord] = stored
         return result
     raise LeaseTimeout(
         f"append to {first.session_id}/{first.branch_id} lost its lease {_MAX_ROUNDS} times in "
         "a row (lease_ms too short for this disk?)"
     )
+
+
+def release_held(core: Core) -> Steps[None]:
+    """Give back every lease this process still holds (on close), so others need not wait
+    for them to expire."""
+    while core.held:
+        session_id, held = core.held.popitem()
+        yield from _release(core.keys(session_id), held.token)
 
 
 def _recover(
@@ -303,7 +348,7 @@ def _under_lease(
         head_now = heads.get(branch, 0)
         if head_now + 1 != first.sequence:
             yield from _release(keys, token)
-            return (yield from _resolve_conflict(core, records, head_now))
+            return (yield from _resolve_conflict(core, records, head_now)), None
     sync = core.settings.durability != "none"
     lengths = [len(line) + 1 for line in data.split(b"\n")[:-1]]
 
@@ -328,18 +373,23 @@ def _under_lease(
     if start != committed:
         # A stale writer's bytes landed before ours. Recover everything past the committed
         # length: our lines are kept if they still continue their branch, or cut.
-        committed, heads, kept = yield from _recover(core, keys, token, clock, store, committed)
+        committed, heads, survivors = yield from _recover(
+            core, keys, token, clock, store, committed
+        )
         ours = {r.event_id for r in records}
-        if not ours.issubset(kept):
+        if not ours.issubset(survivors):
             return _RETRY
         start, end = committed - len(data), committed
     faults.hit("before_commit")
     inline = len(data) <= core.settings.inline_message_max
     message = encode_announcement(first.session_id, branch, first.sequence, last.sequence,
                                   start, end, data if inline else None)
+    hold_ms = core.settings.lease_hold_ms
+    hold_clock = LeaseClock(hold_ms)  # started before the commit is sent: conservative
     try:
         ok = yield Lua("commit", keys.all,
-                       [token, "0", end, "update", core.publish, message, branch, last.sequence])
+                       [token, hold_ms, end, "update", core.publish, message, branch,
+                        last.sequence])
     except RedisUnavailable as exc:
         raise AppendOutcomeUnknown(
             f"commit of {first.session_id}/{branch} {first.sequence}..{last.sequence} "
@@ -351,7 +401,9 @@ def _under_lease(
             f"{branch} {first.sequence}..{last.sequence}; retry the same records to resolve it"
         )
     faults.hit("after_commit")
-    return records
+    # 1: we still hold the lease; 2: another writer waits, so the script let it go.
+    kept = Held(token, hold_clock, end, {branch: last.sequence}) if ok == 1 and hold_ms else None
+    return records, kept
 
 
 def _resolve_conflict(

@@ -28,6 +28,9 @@ class JournalSettings(BaseSettings):
     )
     durability: Durability = "fsync"
     lease_ms: int = Field(default=5000, ge=50, description="writer lease length")
+    lease_hold_ms: int = Field(
+        default=100, ge=0, description="keep the lease this long after a commit (0: release)"
+    )
     lease_wait_s: float = Field(default=30.0, gt=0, description="how long to wait on a busy lease")
     rebuild_lease_ms: int = Field(default=120_000, ge=100, description="lease while rebuilding")
     key_prefix: str = "journal"

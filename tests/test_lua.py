@@ -25,7 +25,9 @@ def scripts(client: redis.Redis) -> dict[str, Callable[..., Any]]:
 
 
 def begin(client: redis.Redis, token: str, branch: str, first: int, lease: int = 1000) -> list[Any]:
-    return scripts(client)["begin"](keys=[K.state, K.lease], args=[token, lease, branch, first])  # type: ignore[no-any-return]
+    return scripts(client)["begin"](  # type: ignore[no-any-return]
+        keys=[K.state, K.lease, K.want], args=[token, lease, branch, first]
+    )
 
 
 def test_every_key_carries_the_session_hash_tag() -> None:
@@ -66,6 +68,26 @@ def test_begin_busy_while_another_holds_the_lease(r: redis.Redis) -> None:
     assert begin(r, "other", "main", 1)[0] == b"ok"
 
 
+def test_a_waiting_writer_registers_and_gets_the_next_turn(r: redis.Redis) -> None:
+    r.hset(K.state, mapping={"len": 0})
+    r.set(K.lease, "holder", px=3000)
+    assert begin(r, "w1", "main", 1)[0] == b"busy"
+    assert begin(r, "w2", "main", 1)[0] == b"busy"
+    assert r.get(K.want) == b"w1"  # first come, first served
+    r.delete(K.lease)  # the holder let go
+    assert begin(r, "holder", "main", 1)[0] == b"busy"  # it waits for w1 now
+    assert begin(r, "w2", "main", 1)[0] == b"busy"
+    assert begin(r, "w1", "main", 1)[0] == b"ok"
+    assert r.get(K.want) is None and r.get(K.lease) == b"w1"
+
+
+def test_a_waiter_that_conflicts_gives_up_its_turn(r: redis.Redis) -> None:
+    r.hset(K.state, mapping={"len": 0, "h:main": 3})
+    r.set(K.want, "w1", px=3000)
+    assert begin(r, "w1", "main", 9) == [b"conflict", 3]
+    assert r.get(K.want) is None
+
+
 def test_acquire_rebuild_is_create_only(r: redis.Redis) -> None:
     s = scripts(r)["acquire_rebuild"]
     assert s(keys=[K.state, K.lease], args=["t1", 1000]) == [b"ok"]
@@ -101,6 +123,17 @@ def test_commit_updates_releases_and_publishes(r: redis.Redis) -> None:
     p.close()
 
 
+def test_commit_lets_a_held_lease_go_when_someone_waits(r: redis.Redis) -> None:
+    commit = scripts(r)["commit"]
+    r.hset(K.state, mapping={"len": 10})
+    r.set(K.lease, "t1", px=3000)
+    assert commit(keys=K.all, args=["t1", "100", 20, "update", "", "", "main", 1]) == 1
+    assert r.get(K.lease) == b"t1" and r.pttl(K.lease) <= 100
+    r.set(K.want, "w1", px=3000)
+    assert commit(keys=K.all, args=["t1", "100", 30, "update", "", "", "main", 2]) == 2
+    assert r.get(K.lease) is None and r.hget(K.state, "h:main") == b"2"
+
+
 def test_commit_can_keep_the_lease_and_replace_state(r: redis.Redis) -> None:
     commit = scripts(r)["commit"]
     r.hset(K.state, mapping={"len": 10, "h:main": 1, "h:gone": 3})
@@ -123,7 +156,7 @@ def test_scripts_survive_a_script_flush(r: redis.Redis) -> None:
     """NOSCRIPT safety: redis-py Script objects reload after the cache is gone."""
     s = scripts(r)
     r.hset(K.state, "len", 0)
-    assert s["begin"](keys=[K.state, K.lease], args=["t", 1000, "main", 1])[0] == b"ok"
+    assert s["begin"](keys=[K.state, K.lease, K.want], args=["t", 1000, "main", 1])[0] == b"ok"
     r.script_flush()
     assert s["release"](keys=[K.lease], args=["t"]) == 1
 

@@ -116,6 +116,19 @@ def test_four_processes_race_on_one_session(fleet: Fleet) -> None:
     assert check_history(fleet.backend, "race", acked) == 240
 
 
+@pytest.mark.timeout(60)
+def test_no_writer_starves_while_four_race_for_the_held_lease(fleet: Fleet) -> None:
+    """With the held lease a busy writer could keep the session forever; the want flag hands
+    the lease over, so each of 4 processes racing for 3 s gets a fair share."""
+    procs = [fleet.spawn(10**6, duration=3) for _ in range(4)]
+    wait_all(procs, 40)
+    assert [p.returncode for p in procs] == [0, 0, 0, 0]
+    per_writer = [len(a.read_text().split()) if a.exists() else 0 for a in fleet.acks]
+    total = sum(per_writer)
+    assert min(per_writer) >= total / 16, f"a writer starved: {per_writer}"
+    check_history(fleet.backend, "race", fleet.acked())
+
+
 @pytest.mark.timeout(120)
 def test_four_processes_race_with_batches_and_group_commit(fleet: Fleet) -> None:
     procs = [fleet.spawn(40, batch=4, durability="batch") for _ in range(4)]

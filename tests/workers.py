@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--lease-ms", type=int, default=500)
     ap.add_argument("--durability", default="fsync")
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
     a = ap.parse_args()
     acks = os.open(a.acks, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     j = Journal(a.root, a.url, lease_ms=a.lease_ms, durability=a.durability,
@@ -50,7 +51,8 @@ def main() -> None:
             time.sleep(0.05)
     done = 0
     i = 0
-    while done < a.count:
+    stop_at = time.monotonic() + a.duration if a.duration else float("inf")
+    while done < a.count and time.monotonic() < stop_at:
         try:
             head = j.head(a.session, a.branch)
         except RedisUnavailable:

@@ -1,13 +1,15 @@
 -- Commit under the lease: set heads and the committed length, publish, keep or release.
--- KEYS[1] state hash, KEYS[2] lease, KEYS[3] channel (declared as a key: same slot in a cluster)
+-- KEYS[1] state hash, KEYS[2] lease, KEYS[3] channel (declared as a key: same slot in a
+-- cluster), KEYS[4] want
 -- ARGV[1] token
--- ARGV[2] "0" releases the lease, otherwise the ms to extend it by (the writer goes on)
+-- ARGV[2] "0" releases the lease, otherwise the ms to hold it for (the writer goes on)
 -- ARGV[3] committed byte length
 -- ARGV[4] "replace" drops the old state first (rebuild), "update" merges
 -- ARGV[5] publish command: "PUBLISH", "SPUBLISH" or "" (nothing to announce)
 -- ARGV[6] message
 -- ARGV[7..] pairs of branch, head
--- Reply: 1 when committed, 0 when the lease is no longer ours (outcome unknown to the caller)
+-- Reply: 1 committed (lease kept when asked), 2 committed and released because another
+-- writer waits, 0 when the lease is no longer ours (the outcome is unknown to the caller)
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return 0
 end
@@ -18,7 +20,11 @@ redis.call('HSET', KEYS[1], 'len', ARGV[3])
 for i = 7, #ARGV, 2 do
   redis.call('HSET', KEYS[1], 'h:' .. ARGV[i], ARGV[i + 1])
 end
-if ARGV[2] == '0' then
+local reply = 1
+if ARGV[2] ~= '0' and redis.call('EXISTS', KEYS[4]) == 1 then
+  reply = 2
+end
+if ARGV[2] == '0' or reply == 2 then
   redis.call('DEL', KEYS[2])
 else
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
@@ -26,4 +32,4 @@ end
 if ARGV[5] ~= '' then
   redis.call(ARGV[5], KEYS[3], ARGV[6])
 end
-return 1
+return reply
