@@ -90,18 +90,35 @@ def iter_lines(fd: int, start: int, end: int | None = None) -> Iterator[tuple[in
 
 
 class SessionStore:
-    """File operations for one session. Cheap to construct; holds no open descriptors."""
+    """File operations for one session. Holds no open descriptors, so any number of threads
+    may share one; the path strings are computed once (pathlib is slow on the hot path)."""
 
     def __init__(self, root: Path, session_id: str) -> None:
         self.session_id = session_id
         self.path = root / "events" / f"{session_id}.jsonl"
         self.index_dir = root / "index" / session_id
+        self._path = str(self.path)
+        self._hint = str(self.index_dir / "committed")
+        self._index_ready = False
+
+    def _open_in_index(self, path: str, flags: int) -> int:
+        """Open a file under index/<sid>/, creating the folder the first time (or again, if
+        someone removed it: the index is a cache and may be deleted by hand)."""
+        flags |= os.O_CREAT | os.O_CLOEXEC
+        if self._index_ready:
+            try:
+                return os.open(path, flags, 0o644)
+            except FileNotFoundError:
+                pass
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        self._index_ready = True
+        return os.open(path, flags, 0o644)
 
     # ----- plain queries -------------------------------------------------------------------
 
     def size(self) -> int:
         try:
-            return self.path.stat().st_size
+            return os.stat(self._path).st_size
         except FileNotFoundError:
             return 0
 
@@ -125,7 +142,7 @@ class SessionStore:
 
     def _open_append(self) -> int:
         try:
-            return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            return os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except FileNotFoundError:
             pass
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,8 +250,7 @@ class SessionStore:
     def write_hint(self, committed: int) -> None:
         """Persist a lower bound of the committed length (not synced: it only has to be a
         lower bound, and it is written with a length that is already committed)."""
-        self.index_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.index_dir / "committed", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self._open_in_index(self._hint, os.O_WRONLY)
         try:
             os.pwrite(fd, HINT.pack(committed), 0)
         finally:
@@ -333,8 +349,7 @@ class SessionStore:
                      committed: int) -> None:
         """Record the offsets of sequences ``head_before + 1 ...``. Entries past the head are
         leftovers of a writer that died; they are cut first. A short index is rebuilt."""
-        self.index_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._index_path(branch_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self._open_in_index(f"{self.index_dir}/{branch_id}.idx", os.O_RDWR)
         try:
             want = head_before * INDEX_ENTRY.size
             size = os.fstat(fd).st_size

@@ -131,12 +131,18 @@ class Core:
         # Leases kept after a commit, per session. Appends of one session are serialized
         # within a process (journal.py), so one append at a time reads and replaces these.
         self.held: dict[str, Held] = {}
+        self._stores: dict[str, SessionStore] = {}
 
     def keys(self, session_id: str) -> SessionKeys:
         return session_keys(self.settings.key_prefix, session_id)
 
     def store(self, session_id: str) -> SessionStore:
-        return SessionStore(self.root, session_id)
+        store = self._stores.get(session_id)
+        if store is None:
+            if len(self._stores) >= 4096:
+                self._stores.clear()  # a plain bound; stores are cheap to make again
+            store = self._stores[session_id] = SessionStore(self.root, session_id)
+        return store
 
 
 def _pairs(heads: dict[str, int]) -> list[str | int | bytes]:

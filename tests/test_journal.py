@@ -383,3 +383,15 @@ def test_a_file_truncated_behind_the_journals_back_is_an_error_not_a_loop(
     with pytest.raises(StorageError, match="outside the journal"):
         j.append(ev(3))
     j.close()
+
+
+def test_the_whole_index_folder_may_be_deleted_by_hand(backend: Backend) -> None:
+    import shutil
+
+    j = backend.journal()
+    j.append_batch([ev(1), ev(2)])
+    shutil.rmtree(backend.root / "index")
+    j.append(ev(3))
+    assert [r.sequence for r in j.read("s1")] == [1, 2, 3]
+    assert (backend.root / "index" / "s1" / "main.idx").stat().st_size == 3 * 12
+    j.close()
