@@ -2,7 +2,7 @@
 
 Every subcommand takes the global options ``--root`` (``$JOURNAL_ROOT``, default ``data``),
 ``--redis-url`` (``$JOURNAL_REDIS_URL``; absent: the embedded server of the root) and
-``--durability`` (``$JOURNAL_DURABILITY``). docs/cli.md is the reference.
+``--durability`` (``$JOURNAL_DURABILITY``). The README is the reference.
 
 Errors never show a traceback: each one is a single line on stderr and a documented exit
 status (the ``EXIT_*`` constants below). A password in a Redis URL is never printed.
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 ok, 1 error, 2 usage or bad input, 3 sequence conflict, "
         "4 Redis unavailable, 5 verify findings or corrupt data, 130 interrupted, "
         "141 output closed early. "
-        "See docs/cli.md.",
+        "See the README for the full reference.",
     )
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
