@@ -1,0 +1,1304 @@
+#!/usr/bin/env python3
+"""Benchmark the journal against the floors of its own machine, side by side in one run.
+
+Every figure is reported as a ratio to a reference measured in the same run, on the same disk
+and Redis: the machine has few cores and other work may run at the same time, so absolute
+numbers say little, ratios a lot. The figures (see ``--only``):
+
+ 1. F_fs: one O_APPEND write of a ~250-byte line plus fdatasync per event (the disk's floor).
+ 2. F_proto: EVALSHA of a trivial script, the write + fdatasync, another EVALSHA (the floor of
+    the append protocol: two Redis round trips and one fdatasync).
+ 3. Single-writer durable ``Journal.append``, against F_fs and F_proto.
+ 4. ``append_batch`` of 100 events, against F_proto.
+ 5. Four writer processes on four sessions, durability ``fsync`` and ``batch``, against F_fs
+    run by four processes.
+ 6. Read latency of the last 100 events of an N-event session against the first 100, and
+    against a naive full scan like the seed's.
+ 7. Cold head after Redis restarts empty (the rebuild), against one sequential read of the file.
+ 8. Subscription latency (returned append -> delivery in another process) against raw
+    redis-py PUBLISH -> SUBSCRIBE between two processes.
+ 9. Fan-out to 16 subscriber processes: completeness and latency.
+10. Peak RSS growth of a subscriber that starts 100k events behind.
+
+Figures 1-4 run interleaved in rounds (each round runs every meter once, briefly): values are
+medians over the rounds, ratios the medians of the per-round ratios.
+
+Run: ``.venv/bin/python scripts/bench.py [--quick] [--only 1,3,6] [--events N] [--out FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import multiprocessing
+import os
+import platform
+import queue
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.context import SpawnContext, SpawnProcess
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+import redis
+
+from journal import AsyncJournal, EventRecord, Journal
+from journal.records import decode_line, encode_line
+from journal.redis_server import RedisServer
+
+REPO = Path(__file__).resolve().parent.parent
+LINE_250 = b'{"bench":"' + b"x" * 237 + b'"}\n'  # 250 bytes with the newline
+KIND: dict[str, Any] = {"type": "PhaseEntered", "phase": "perceive"}
+ALL_FIGURES = tuple(range(1, 11))
+MIB = 1024 * 1024
+
+
+# ----- small helpers ----------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile (q in [0, 1]) of a non-empty sequence."""
+    data = sorted(values)
+    if not data:
+        raise ValueError("no values")
+    pos = q * (len(data) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 0.01:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def record(session_id: str, sequence: int) -> EventRecord:
+    return EventRecord.new(session_id, "main", sequence, KIND)
+
+
+def fs_type(path: Path) -> str:
+    """Filesystem type of ``path``: the longest mount point in /proc/mounts that holds it."""
+    real = os.path.realpath(path)
+    best, kind = "", "unknown"
+    with contextlib.suppress(OSError), open("/proc/mounts") as mounts:
+        for line in mounts:
+            parts = line.split()
+            if len(parts) < 3:
+                continue
+            mount = parts[1].replace("\\040", " ")
+            inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) > len(best):
+                best, kind = mount, parts[2]
+    return kind
+
+
+def pick_data_base() -> Path:
+    """A directory on the repo's disk for the data: /tmp unless it is a RAM disk or another
+    device, else ``bench-results/tmp`` in the repo."""
+    tmp = Path(tempfile.gettempdir())
+    in_ram = fs_type(tmp) in {"tmpfs", "ramfs"}
+    try:
+        same_disk = os.stat(tmp).st_dev == os.stat(REPO).st_dev
+    except OSError:
+        same_disk = False
+    if not in_ram and same_disk:
+        return tmp
+    base = REPO / "bench-results" / "tmp"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def proc_status_kib(field_name: str, pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise KeyError(field_name)
+
+
+def machine_info(data_dir: Path, server: RedisServer | None) -> list[tuple[str, str]]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    redis_version = "unknown"
+    binary = server.binary if server is not None else shutil.which("redis-server")
+    if binary:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                                 timeout=10).stdout
+            redis_version = out.strip()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    tree = "unknown"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        # Read-only: which code was measured (others may be editing journal/ right now).
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "journal"],
+                               capture_output=True, text=True, timeout=10).stdout.splitlines()
+        if head:
+            tree = f"{head}" + (f" + {len(dirty)} uncommitted change(s) in journal/" if dirty
+                                else " (journal/ clean)")
+    return [
+        ("date", time.strftime("%Y-%m-%d %H:%M:%S %Z")),
+        ("nproc", f"{os.cpu_count()} (usable: {affinity})"),
+        ("cpu", cpu),
+        ("kernel", platform.release()),
+        ("data dir", f"{data_dir} ({fs_type(data_dir)})"),
+        ("python", sys.version.split()[0]),
+        ("journal tree", tree),
+        ("redis-server", f"{redis_version} ({binary})"),
+        ("load average at start", " ".join(f"{x:.2f}" for x in load)),
+    ]
+
+
+# ----- result rows --------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    fig: int
+    name: str
+    value: float | None = None
+    unit: str = ""
+    ref_name: str = ""
+    ref_value: float | None = None
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+    note: str = ""
+    text: str | None = None  # shown instead of ``value``
+    error: str | None = None
+
+    def status(self) -> str:
+        if self.error is not None:
+            return "error"
+        if self.met is None:
+            return "info" if not self.target else "n/a"
+        return "met" if self.met else "MISSED"
+
+
+def error_row(fig: int, name: str, exc: BaseException | str) -> Row:
+    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return Row(fig, name, error=text.replace("\n", " ").replace("|", "/")[:300])
+
+
+def ratio_row(
+    fig: int, name: str, value: float | None, unit: str, ref_name: str, ref: float | None,
+    *, target: str = "", at_least: float | None = None, at_most: float | None = None,
+    note: str = "",
+) -> Row:
+    ratio = value / ref if value is not None and ref not in (None, 0) else None
+    met: bool | None = None
+    if ratio is not None and at_least is not None:
+        met = ratio >= at_least
+    if ratio is not None and at_most is not None:
+        met = ratio <= at_most
+    if not ref_name:
+        ratio = None
+    return Row(fig, name, value, unit, ref_name, ref, ratio, target, met, note)
+
+
+def render(rows: list[Row]) -> str:
+    head = ["#", "figure", "value", "unit", "reference", "ratio", "target", "status", "notes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r.error is not None:
+            cells = [str(r.fig), r.name, "-", r.unit, r.ref_name or "-", "-", r.target or "-",
+                     "error", f"error: {r.error}"]
+        else:
+            value = r.text if r.text is not None else fmt(r.value)
+            ref = f"{r.ref_name} = {fmt(r.ref_value)}" if r.ref_name else "-"
+            ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
+            cells = [str(r.fig), r.name, value, r.unit, ref, ratio, r.target or "-", r.status(),
+                     r.note]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+# ----- configuration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+    rounds: int  # figures 1-4: interleaved rounds
+    slice_s: float  # figures 1-4: seconds per meter per round
+    multi_rounds: int  # figure 5: rounds of (fs, fsync, batch)
+    multi_s: float  # figure 5: seconds per phase
+    batch_window: int  # figure 5: appends in flight per process with durability "batch"
+    read_sizes: tuple[int, ...]  # figure 6/7 session sizes; the first one carries the target
+    read_reps: int
+    naive_reps: int
+    rebuild_reps: int
+    sub_events: int  # figure 8: events per phase
+    sub_interval_s: float
+    fan_events: int  # figure 9
+    fan_interval_s: float
+    fan_subscribers: int
+    rss_events: int  # figure 10
+
+    @staticmethod
+    def make(quick: bool, events: int | None) -> Config:
+        n = events if events is not None else (20_000 if quick else 1_000_000)
+        sizes = (n,) if quick or n == 100_000 else (n, 100_000)
+        return Config(
+            quick=quick,
+            rounds=4 if quick else 8,
+            slice_s=0.3 if quick else 0.6,
+            multi_rounds=1 if quick else 2,
+            multi_s=1.5 if quick else 3.0,
+            batch_window=16,
+            read_sizes=sizes,
+            read_reps=40 if quick else 200,
+            naive_reps=1,
+            rebuild_reps=1 if quick else 2,
+            sub_events=150 if quick else 500,
+            sub_interval_s=0.004,
+            fan_events=100 if quick else 300,
+            fan_interval_s=0.006,
+            fan_subscribers=16,
+            rss_events=n if quick else 100_000,
+        )
+
+
+@dataclass
+class Bench:
+    cfg: Config
+    root: Path  # journal root (events/, index/)
+    scratch: Path  # floor files
+    server: RedisServer
+    mp: SpawnContext
+    rows: list[Row] = field(default_factory=list)
+    sessions: dict[int, str] = field(default_factory=dict)  # size -> session id
+    procs: list[SpawnProcess] = field(default_factory=list)
+
+    def journal(self, **options: Any) -> Journal:
+        return Journal(self.root, self.server.url, **options).open()
+
+    def start(self, target: Callable[..., None], *args: Any) -> SpawnProcess:
+        proc = self.mp.Process(target=target, args=args, daemon=True)
+        self.procs.append(proc)
+        proc.start()
+        return proc
+
+    def reap(self, procs: Sequence[SpawnProcess] | None = None) -> None:
+        """Terminate (then kill) and join every given process (default: all we started)."""
+        targets = list(self.procs if procs is None else procs)
+        for proc in targets:
+            if proc.pid is not None and proc.is_alive():
+                proc.terminate()
+        for proc in targets:
+            if proc.pid is None:
+                continue
+            proc.join(3)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(3)
+            with contextlib.suppress(ValueError):
+                proc.close()
+            with contextlib.suppress(ValueError):
+                self.procs.remove(proc)
+
+
+# ----- figures 1-4: interleaved single-process meters ------------------------------------------
+
+
+class Meter(Protocol):
+    def run(self, seconds: float) -> tuple[int, float]:
+        """Run for about ``seconds``; return (events, seconds spent in the measured calls)."""
+
+    def close(self) -> None: ...
+
+
+def _open_append_fd(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def fs_loop(fd: int, seconds: float) -> tuple[int, float]:
+    count = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        os.write(fd, LINE_250)
+        os.fdatasync(fd)
+        count += 1
+        if count & 7 == 0 and time.perf_counter() >= deadline:
+            break
+    return count, time.perf_counter() - start
+
+
+class FsFloor:
+    def __init__(self, path: Path) -> None:
+        self.fd = _open_append_fd(path)
+        fs_loop(self.fd, 0.05)
+
+    def run(self, seconds: float) -> tuple[int, float]:
+        return fs_loop(self.fd, seconds)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class ProtoFloor:
+    """Per event: EVALSHA, write + fdatasync, EVALSHA (what the protocol cannot avoid)."""
+
+    def __init__(self, path: Path, url: str) -> None:
+        self.fd = _open_append_fd(path)
+        self.client = redis.Redis.from_url(url)
+        # Shaped like begin/commit: two keys, a token and a few arguments.
+        self.script = self.client.register_script("return {'ok', ARGV[2], ARGV[3]}")
+        self.keys = ["bench:{floor}:state", "bench:{floor}:lease"]
+        self.token = uuid.uuid4().hex
+        self.run(0.05)
+
+    def run(self, seconds: float) -> tuple[int, float]:
+        fd, script, keys, token = self.fd, self.script, self.keys, self.token
+        count = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while True:
+            script(keys=keys, args=[token, 5000, "main", count])
+            os.write(fd, LINE_250)
+            os.fdatasync(fd)
+            script(keys=keys, args=[token, 0, count, "main", count])
+            count += 1
+            if count & 7 == 0 and time.perf_counter() >= deadline:
+                break
+        return count, time.perf_counter() - start
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.client.close()
+
+
+class AppendMeter:
+    """``Journal.append`` (or ``append_batch`` of ``batch`` events); only the calls are timed,
+    making the records is not."""
+
+    def __init__(self, bench: Bench, session_id: str, batch: int) -> None:
+        self.journal = bench.journal(durability="fsync")
+        self.session_id = session_id
+        self.batch = batch
+        self.sequence = self.journal.head(session_id)
+        self.run(0.05)
+
+    def run(self, seconds: float) -> tuple[int, float]:
+        j, sid, size = self.journal, self.session_id, self.batch
+        count = 0
+        busy = 0.0
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            first = self.sequence + 1
+            if size == 1:
+                one = record(sid, first)
+                t0 = time.perf_counter()
+                j.append(one)
+                busy += time.perf_counter() - t0
+            else:
+                many = [record(sid, first + i) for i in range(size)]
+                t0 = time.perf_counter()
+                j.append_batch(many)
+                busy += time.perf_counter() - t0
+            self.sequence += size
+            count += size
+        return count, busy
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+def figures_1_to_4(bench: Bench, selected: set[int]) -> None:
+    cfg = bench.cfg
+    wanted: list[int] = [f for f in (1, 2, 3, 4) if f in selected]
+    # The ratios of 3 and 4 need the floors: measure those too, just not reported.
+    needed = set(wanted)
+    if 3 in needed:
+        needed |= {1, 2}
+    if 4 in needed:
+        needed |= {2}
+    factories: dict[int, Callable[[], Meter]] = {
+        1: lambda: FsFloor(bench.scratch / "fs-floor.dat"),
+        2: lambda: ProtoFloor(bench.scratch / "proto-floor.dat", bench.server.url),
+        3: lambda: AppendMeter(bench, "bench-append-1", 1),
+        4: lambda: AppendMeter(bench, "bench-append-100", 100),
+    }
+    names = {1: "F_fs (write+fdatasync)", 2: "F_proto (EVALSHA+write+fdatasync+EVALSHA)",
+             3: "Journal.append, 1 writer, fsync", 4: "append_batch(100), fsync"}
+    meters: dict[int, Meter] = {}
+    errors: dict[int, str] = {}
+    rates: dict[int, list[float]] = {}
+    try:
+        for fig in sorted(needed):
+            try:
+                meters[fig] = factories[fig]()
+                rates[fig] = []
+            except Exception as exc:
+                errors[fig] = f"{type(exc).__name__}: {exc}"
+        for rnd in range(cfg.rounds):
+            if not meters:
+                break
+            log(f"figures {','.join(map(str, sorted(meters)))}: round {rnd + 1}/{cfg.rounds}")
+            order: list[int] = sorted(meters)
+            order = order[rnd % len(order):] + order[: rnd % len(order)]  # rotate: no bias
+            for fig in order:
+                meter = meters[fig]
+                try:
+                    count, busy = meter.run(cfg.slice_s)
+                    rates[fig].append(count / busy)
+                except Exception as exc:
+                    errors[fig] = f"{type(exc).__name__}: {exc}"
+                    with contextlib.suppress(Exception):
+                        meter.close()
+                    del meters[fig]
+    finally:
+        for meter in meters.values():
+            with contextlib.suppress(Exception):
+                meter.close()
+
+    def median(fig: int) -> float | None:
+        values = rates.get(fig)
+        return statistics.median(values) if values and fig not in errors else None
+
+    def paired(fig: int, ref: int) -> float | None:
+        """Median of the per-round ratios: each ratio is measured side by side."""
+        a, b = rates.get(fig) or [], rates.get(ref) or []
+        pairs = [x / y for x, y in zip(a, b, strict=False) if y > 0]
+        return statistics.median(pairs) if pairs and not {fig, ref} & set(errors) else None
+
+    def spread(fig: int) -> str:
+        values = rates.get(fig) or []
+        if not values:
+            return ""
+        return f"per round: {', '.join(fmt(v) for v in values)}"
+
+    def row(fig: int, name: str, ref_name: str, ref: int, target: str = "",
+            at_least: float | None = None, note: str = "") -> Row:
+        made = ratio_row(fig, name, median(fig), "events/s", ref_name, median(ref),
+                         target=target, at_least=at_least, note=note)
+        made.ratio = paired(fig, ref)
+        if made.ratio is not None and at_least is not None:
+            made.met = made.ratio >= at_least
+        return made
+
+    for fig in wanted:
+        if fig in errors:
+            bench.rows.append(error_row(fig, names[fig], errors[fig]))
+        elif fig == 1:
+            size = len(encode_line(record("bench-append-1", 1)))
+            bench.rows.append(Row(1, names[1], median(1), "events/s",
+                                  note=f"{spread(1)}; {len(LINE_250)}-byte lines (the journal "
+                                       f"records of this bench encode to {size} bytes)"))
+        elif fig == 2:
+            bench.rows.append(row(2, names[2], "F_fs", 1, note=spread(2)))
+        elif fig == 3:
+            bench.rows.append(row(3, names[3], "F_fs", 1, ">= 0.7x F_fs", 0.7, spread(3)))
+            bench.rows.append(row(3, names[3] + " vs F_proto", "F_proto", 2))
+        elif fig == 4:
+            bench.rows.append(row(4, names[4], "F_proto", 2, ">= 40x F_proto", 40, spread(4)))
+
+
+# ----- figure 5: four writer processes ---------------------------------------------------------
+
+
+class _Gate:
+    """Wait on the barrier exactly once per phase, even when setup failed."""
+
+    def __init__(self, barrier: Any) -> None:
+        self.barrier = barrier
+        self.passed = False
+
+    def __call__(self) -> None:
+        if not self.passed:
+            self.passed = True
+            self.barrier.wait(timeout=120)
+
+
+def _writer_fs(path: Path, seconds: float, gate: _Gate) -> tuple[int, float]:
+    fd = _open_append_fd(path)
+    try:
+        fs_loop(fd, 0.05)
+        gate()
+        return fs_loop(fd, seconds)
+    finally:
+        os.close(fd)
+
+
+def _writer_fsync(root: str, url: str, sid: str, seconds: float, gate: _Gate) -> tuple[int, float]:
+    with Journal(root, url, durability="fsync") as j:
+        for seq in range(1, 11):
+            j.append(record(sid, seq))
+        seq = 10
+        gate()
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            seq += 1
+            j.append(record(sid, seq))
+        return seq - 10, time.perf_counter() - start
+
+
+async def _writer_batch(
+    root: str, url: str, sid: str, seconds: float, gate: _Gate, window: int
+) -> tuple[int, float]:
+    """``window`` concurrent single-event appends in flight (a sliding window), so that the
+    group commit of durability "batch" has something to group."""
+    async with AsyncJournal(root, url, durability="batch") as j:
+        for seq in range(1, 11):
+            await j.append(record(sid, seq))
+        seq = 10
+        gate()
+        done = 0
+        inflight: set[asyncio.Task[EventRecord]] = set()
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            while len(inflight) < window:
+                seq += 1
+                inflight.add(asyncio.create_task(j.append(record(sid, seq))))
+            finished, inflight = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                task.result()
+                done += 1
+        if inflight:
+            finished, _ = await asyncio.wait(inflight)
+            for task in finished:
+                task.result()
+                done += 1
+        return done, time.perf_counter() - start
+
+
+def writer_child(
+    idx: int, root: str, url: str, scratch: str, modes: list[str], seconds: float,
+    window: int, barrier: Any, out_q: Any,
+) -> None:
+    """Runs in a spawned process: one phase per mode, each started by the shared barrier."""
+    for phase, mode in enumerate(modes):
+        gate = _Gate(barrier)
+        result: tuple[int, float] = (0, 0.0)
+        error: str | None = None
+        sid = f"bench-w{idx}-{mode}-{phase}"
+        try:
+            if mode == "fs":
+                result = _writer_fs(Path(scratch) / f"multi-fs-{idx}.dat", seconds, gate)
+            elif mode == "fsync":
+                result = _writer_fsync(root, url, sid, seconds, gate)
+            else:
+                result = asyncio.run(_writer_batch(root, url, sid, seconds, gate, window))
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        try:
+            gate()
+        except Exception as exc:  # a broken barrier: the parent gave up on this phase
+            error = error or f"{type(exc).__name__}: {exc}"
+        out_q.put((idx, phase, mode, result[0], result[1], error))
+
+
+def figure_5(bench: Bench) -> None:
+    cfg = bench.cfg
+    nproc = 4
+    modes = ["fs", "fsync", "batch"] * cfg.multi_rounds
+    barrier = bench.mp.Barrier(nproc + 1)
+    out_q = bench.mp.Queue()
+    procs = [bench.start(writer_child, i, str(bench.root), bench.server.url, str(bench.scratch),
+                         modes, cfg.multi_s, cfg.batch_window, barrier, out_q)
+             for i in range(nproc)]
+    rates: dict[str, list[float]] = {"fs": [], "fsync": [], "batch": []}
+    errors: list[str] = []
+    try:
+        for phase, mode in enumerate(modes):
+            log(f"figure 5: phase {phase + 1}/{len(modes)}: 4 processes, {mode}")
+            barrier.wait(timeout=120)
+            total = 0.0
+            for _ in range(nproc):
+                idx, got_phase, got_mode, count, elapsed, error = out_q.get(
+                    timeout=cfg.multi_s + 120)
+                if got_phase != phase:
+                    raise RuntimeError(f"writer {idx} answered phase {got_phase} in {phase}")
+                if error:
+                    errors.append(f"{got_mode}[{idx}]: {error}")
+                elif elapsed > 0:
+                    total += count / elapsed
+            rates[mode].append(total)
+    finally:
+        with contextlib.suppress(Exception):
+            barrier.abort()
+        bench.reap(procs)
+    if errors:
+        raise RuntimeError("; ".join(errors[:3]))
+
+    def med(mode: str) -> float | None:
+        return statistics.median(rates[mode]) if rates[mode] else None
+
+    def spread(mode: str) -> str:
+        return "rounds: " + ", ".join(fmt(v) for v in rates[mode])
+
+    f4 = med("fs")
+    bench.rows.append(Row(5, "F_fs, 4 processes (aggregate)", f4, "events/s", note=spread("fs")))
+    bench.rows.append(ratio_row(5, "4 writers x 4 sessions, fsync", med("fsync"), "events/s",
+                                "F_fs x4", f4, note=spread("fsync")))
+    bench.rows.append(ratio_row(
+        5, "4 writers x 4 sessions, batch", med("batch"), "events/s", "F_fs x4", f4,
+        target=">= 1.0x F_fs x4", at_least=1.0,
+        note=f"{spread('batch')}; {cfg.batch_window} single-event appends in flight per process "
+             "(AsyncJournal)"))
+
+
+# ----- figure 6/7: big sessions, reads and rebuilds ------------------------------------------
+
+
+def build_session(root: Path, session_id: str, n: int) -> None:
+    """Write ``n`` events of one branch straight into the session file, in bulk (no append
+    protocol); the journal rebuilds its Redis state and index on the first head()."""
+    path = root / "events" / f"{session_id}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encoder = msgspec.json.Encoder()
+    agent = str(uuid.uuid4())
+    prefix = str(uuid.uuid4())[:24]  # "xxxxxxxx-xxxx-4xxx-yxxx-": the event id ends in hex
+    chunk = 50_000
+    with open(path, "wb") as out:
+        for start in range(1, n + 1, chunk):
+            stop = min(n, start + chunk - 1)
+            batch = [
+                EventRecord(event_id=f"{prefix}{i:012x}", session_id=session_id,
+                            agent_id=agent, branch_id="main", sequence=i,
+                            timestamp="2026-02-21T10:15:30.123456789Z", kind=KIND)
+                for i in range(start, stop + 1)
+            ]
+            out.write(encoder.encode_lines(batch))
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def ensure_session(bench: Bench, n: int) -> str:
+    """The id of a session with ``n`` events whose Redis state exists."""
+    sid = bench.sessions.get(n)
+    if sid is None:
+        sid = f"bench-read-{n}"
+        log(f"building a {n:,}-event session file")
+        t0 = time.perf_counter()
+        build_session(bench.root, sid, n)
+        t1 = time.perf_counter()
+        with bench.journal() as j:
+            head = j.head(sid)  # the first head() rebuilds state and index
+        t2 = time.perf_counter()
+        if head != n:
+            raise RuntimeError(f"head of the built session is {head}, expected {n}")
+        log(f"built in {t1 - t0:.1f}s, first head (rebuild) {t2 - t1:.2f}s")
+        bench.sessions[n] = sid
+    else:
+        with bench.journal() as j:
+            j.head(sid)  # make sure Redis has the state (it may have restarted)
+    return sid
+
+
+def naive_read(path: Path, branch: str, first: int, last: int) -> list[EventRecord]:
+    """The seed's way: read every line, decode it, keep the wanted ones."""
+    out: list[EventRecord] = []
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            rec = decode_line(line)
+            if rec.branch_id == branch and first <= rec.sequence <= last:
+                out.append(rec)
+    return out
+
+
+def figure_6(bench: Bench) -> None:
+    cfg = bench.cfg
+    for k, n in enumerate(bench.cfg.read_sizes):
+        label = f"N={n:,}"
+        try:
+            sid = ensure_session(bench, n)
+            log(f"figure 6: read latency at {label}")
+            first_t: list[float] = []
+            last_t: list[float] = []
+            with bench.journal() as j:
+                lo = max(1, n - 99)
+                for _ in range(3):  # warm-up
+                    j.read(sid, "main", 1, 100)
+                    j.read(sid, "main", lo, 100)
+                for _ in range(cfg.read_reps):
+                    t0 = time.perf_counter()
+                    a = j.read(sid, "main", 1, 100)
+                    t1 = time.perf_counter()
+                    b = j.read(sid, "main", lo, 100)
+                    t2 = time.perf_counter()
+                    first_t.append((t1 - t0) * 1000)
+                    last_t.append((t2 - t1) * 1000)
+                if len(a) != min(n, 100) or len(b) != min(n, 100) or b[-1].sequence != n:
+                    raise RuntimeError(f"read returned {len(a)}/{len(b)} events")
+            path = bench.root / "events" / f"{sid}.jsonl"
+            naive: list[float] = []
+            for _ in range(cfg.naive_reps):
+                t0 = time.perf_counter()
+                got = naive_read(path, "main", lo, n)
+                naive.append((time.perf_counter() - t0) * 1000)
+                if len(got) != min(n, 100):
+                    raise RuntimeError(f"naive scan found {len(got)} events")
+            first_ms, last_ms = statistics.median(first_t), statistics.median(last_t)
+            primary = k == 0
+            bench.rows.append(ratio_row(
+                6, f"read last 100 @ {label} (median)", last_ms, "ms", "first 100", first_ms,
+                target="<= 1.5x first 100" if primary else "",
+                at_most=1.5 if primary else None,
+                note=f"p99 last {fmt(quantile(last_t, 0.99))} ms, first "
+                     f"{fmt(quantile(first_t, 0.99))} ms; {cfg.read_reps} reps"))
+            naive_ms = statistics.median(naive)
+            bench.rows.append(Row(
+                6, f"naive full scan, last 100 @ {label}", naive_ms, "ms", "indexed last 100",
+                last_ms, naive_ms / last_ms if last_ms else None,
+                note="seed-style: every line decoded (msgspec EventRecord), then filtered"))
+        except Exception as exc:
+            bench.rows.append(error_row(6, f"read latency @ {label}", exc))
+
+
+def sequential_read(path: Path) -> float:
+    """Seconds to read the whole file in 1 MiB chunks."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        t0 = time.perf_counter()
+        while os.read(fd, MIB):
+            pass
+        return time.perf_counter() - t0
+    finally:
+        os.close(fd)
+
+
+def evict(path: Path) -> bool:
+    """Drop this one file's clean pages from the page cache (no root needed)."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def cold_head(bench: Bench, sid: str, n: int) -> float:
+    """Restart Redis empty, then time the first head() (it rebuilds from the file)."""
+    bench.server.restart()
+    with bench.journal() as j:
+        t0 = time.perf_counter()
+        head = j.head(sid)
+        elapsed = time.perf_counter() - t0
+    if head != n:
+        raise RuntimeError(f"cold head {head}, expected {n}")
+    return elapsed
+
+
+def figure_7(bench: Bench) -> None:
+    cfg = bench.cfg
+    for k, n in enumerate(cfg.read_sizes):
+        label = f"N={n:,}"
+        primary = k == 0
+        try:
+            sid = ensure_session(bench, n)
+            path = bench.root / "events" / f"{sid}.jsonl"
+            size = path.stat().st_size
+            sequential_read(path)  # warm the cache
+            reads: dict[str, list[float]] = {"warm": [], "cold": []}
+            rebuilds: dict[str, list[float]] = {"warm": [], "cold": []}
+            reps = cfg.rebuild_reps if primary else 1
+            evicted = True
+            for rep in range(reps):
+                log(f"figure 7: cold head after a Redis restart at {label} ({rep + 1}/{reps})")
+                reads["warm"].append(sequential_read(path))
+                rebuilds["warm"].append(cold_head(bench, sid, n))
+                evicted = evict(path) and evicted
+                reads["cold"].append(sequential_read(path))
+                evicted = evict(path) and evicted
+                rebuilds["cold"].append(cold_head(bench, sid, n))
+            for cache in ("warm", "cold"):
+                read_s = statistics.median(reads[cache])
+                rebuild_s = statistics.median(rebuilds[cache])
+                what = ("page cache warm" if cache == "warm" else
+                        "file evicted by fadvise(DONTNEED)" if evicted else
+                        "eviction FAILED: cache warm")
+                bench.rows.append(ratio_row(
+                    7, f"cold head after empty Redis (rebuild) @ {label}, {cache} cache",
+                    rebuild_s * 1000, "ms", f"sequential read ({cache})", read_s * 1000,
+                    target="<= 2x sequential read" if primary else "",
+                    at_most=2.0 if primary else None,
+                    note=f"file {size / MIB:.0f} MiB, {what}; read {size / MIB / read_s:,.0f} "
+                         f"MiB/s, rebuild {size / MIB / rebuild_s:,.0f} MiB/s = "
+                         f"{n / rebuild_s:,.0f} lines/s"))
+        except Exception as exc:
+            bench.rows.append(error_row(7, f"cold head @ {label}", exc))
+
+
+# ----- figures 8/9: subscription latency and fan-out ------------------------------------------
+
+
+def subscription_missing() -> str | None:
+    """None when ``journal.subscription`` imports; else why not."""
+    try:
+        module = importlib.import_module("journal.subscription")
+    except ImportError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if not hasattr(module, "subscribe_sync"):
+        return "journal.subscription has no subscribe_sync"
+    return None
+
+
+MISSING = "n/a (subscription module missing)"
+
+
+def _consume_raw(url: str, channel: str, count: int, recv: list[tuple[int, int]],
+                 ready: Callable[[], None], errors: list[str]) -> None:
+    try:
+        client = redis.Redis.from_url(url)
+        pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub.subscribe(channel)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=1.0)
+            if message is not None and message["type"] == "subscribe":
+                break
+        ready()
+        for message in pubsub.listen():
+            if message["type"] != "message":
+                continue
+            now = time.monotonic_ns()
+            seq = int(message["data"][:12])
+            recv.append((seq, now))
+            if seq >= count:
+                break
+        pubsub.close()
+        client.close()
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+
+
+def _consume_journal(url: str, root: str, sid: str, last: int, recv: list[tuple[int, int]],
+                     ready: Callable[[], None], errors: list[str]) -> None:
+    """Subscribe from 0; event 1 is the warm-up the parent appended before (it proves we
+    listen), events 2..last are measured."""
+    try:
+        with Journal(root, url) as j:
+            sub = j.subscribe(sid, "main", after_sequence=0)
+            try:
+                for ev in sub:
+                    now = time.monotonic_ns()
+                    if ev.sequence == 1:
+                        ready()
+                        continue
+                    recv.append((ev.sequence, now))
+                    if ev.sequence >= last:
+                        break
+            finally:
+                close = getattr(sub, "close", None)
+                if close is not None:
+                    close()
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+
+
+def subscriber_child(
+    idx: int, url: str, root: str, phases: list[tuple[str, str, int]], timeout_s: float,
+    ready_q: Any, out_q: Any,
+) -> None:
+    """Runs in a spawned process. Per phase: subscribe in a thread, say ready, collect the
+    receive times (CLOCK_MONOTONIC, system-wide) until the last event or the timeout."""
+    for phase, (kind, name, last) in enumerate(phases):
+        recv: list[tuple[int, int]] = []
+        errors: list[str] = []
+
+        def ready(phase: int = phase) -> None:
+            ready_q.put((idx, phase))
+
+        if kind == "raw":
+            args: tuple[Any, ...] = (url, name, last, recv, ready, errors)
+            thread = threading.Thread(target=_consume_raw, args=args, daemon=True)
+        else:
+            # Journal phases: event 1 is the warm-up, events 2..count+1 are measured.
+            args = (url, root, name, last + 1, recv, ready, errors)
+            thread = threading.Thread(target=_consume_journal, args=args, daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+        if thread.is_alive():
+            errors.append(f"timed out after {timeout_s:.0f}s")
+        out_q.put((idx, phase, list(recv), errors))
+    out_q.close()
+    out_q.join_thread()
+    os._exit(0)  # a timed-out consumer thread may still block in a socket read
+
+
+@dataclass
+class PhaseResult:
+    kind: str
+    latencies_us: list[float]  # from the returned publish/append
+    from_call_us: list[float]  # from the start of the publish/append call
+    complete: int  # subscribers that got every event once, in order
+    subscribers: int
+    problems: list[str]
+
+
+def run_subscription_phases(
+    bench: Bench, subscribers: int, phases: list[tuple[str, str, int]], interval_s: float,
+    label: str,
+) -> list[PhaseResult]:
+    """Start ``subscribers`` processes and run the phases: each a raw pub/sub channel or a
+    journal session, with ``count`` events published at a fixed pace once all are ready."""
+    root, url = str(bench.root), bench.server.url
+    expected_s = max(c for _, _, c in phases) * interval_s
+    timeout_s = expected_s + 60
+    ready_q = bench.mp.Queue()
+    out_q = bench.mp.Queue()
+    log(f"{label}: starting {subscribers} subscriber process(es)")
+    procs = [bench.start(subscriber_child, i, url, root, phases, timeout_s, ready_q, out_q)
+             for i in range(subscribers)]
+    results: list[PhaseResult] = []
+    client = redis.Redis.from_url(url)
+    journal = bench.journal()
+    try:
+        for phase, (kind, name, count) in enumerate(phases):
+            log(f"{label}: phase {phase + 1}/{len(phases)} ({kind}, {count} events)")
+            if kind == "journal":
+                journal.append(record(name, 1))  # the warm-up event, seen by every subscriber
+            waiting = set(range(subscribers))
+            deadline = time.monotonic() + 120
+            while waiting and time.monotonic() < deadline:
+                with contextlib.suppress(queue.Empty):
+                    idx, got_phase = ready_q.get(timeout=1.0)
+                    if got_phase == phase:
+                        waiting.discard(idx)
+                if not any(p.is_alive() for p in procs):
+                    break
+            problems = [f"{len(waiting)} subscriber(s) never became ready"] if waiting else []
+            time.sleep(0.2)  # let every subscriber settle into its blocking read
+            sent_call: dict[int, int] = {}
+            sent_ret: dict[int, int] = {}
+            pad = b"x" * 340
+            seqs = range(1, count + 1) if kind == "raw" else range(2, count + 2)
+            t_next = time.monotonic() + 0.05
+            for seq in seqs:
+                delay = t_next - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                t_next += interval_s
+                if kind == "raw":
+                    t0 = time.monotonic_ns()
+                    client.publish(name, b"%012d" % seq + pad)
+                    t1 = time.monotonic_ns()
+                else:
+                    rec = record(name, seq)
+                    t0 = time.monotonic_ns()
+                    journal.append(rec)
+                    t1 = time.monotonic_ns()
+                sent_call[seq], sent_ret[seq] = t0, t1
+            lat: list[float] = []
+            lat_call: list[float] = []
+            complete = 0
+            got = 0
+            end = time.monotonic() + timeout_s + 30
+            while got < subscribers and time.monotonic() < end:
+                try:
+                    idx, got_phase, recv, errors = out_q.get(timeout=1.0)
+                except queue.Empty:
+                    if not any(p.is_alive() for p in procs):
+                        break
+                    continue
+                if got_phase != phase:
+                    problems.append(f"subscriber {idx}: result of phase {got_phase} in {phase}")
+                    continue
+                got += 1
+                seen = [s for s, _ in recv]
+                if seen == list(seqs):
+                    complete += 1
+                else:
+                    problems.append(f"subscriber {idx}: {len(seen)}/{len(seqs)} events"
+                                    + (" (out of order or duplicated)" if len(set(seen)) != len(
+                                        seen) or seen != sorted(seen) else ""))
+                problems.extend(f"subscriber {idx}: {e}" for e in errors)
+                for seq, at in recv:
+                    if seq in sent_ret:
+                        lat.append((at - sent_ret[seq]) / 1000)
+                        lat_call.append((at - sent_call[seq]) / 1000)
+            if got < subscribers:
+                problems.append(f"{subscribers - got} subscriber(s) sent no result")
+            results.append(PhaseResult(kind, lat, lat_call, complete, subscribers, problems))
+    finally:
+        journal.close()
+        client.close()
+        bench.reap(procs)
+    return results
+
+
+def _pooled(results: list[PhaseResult], kind: str) -> tuple[list[float], list[float]]:
+    lat: list[float] = []
+    call: list[float] = []
+    for r in results:
+        if r.kind == kind:
+            lat += r.latencies_us
+            call += r.from_call_us
+    return lat, call
+
+
+def figure_8(bench: Bench) -> None:
+    missing = subscription_missing()
+    if missing:
+        bench.rows.append(Row(8, "subscription latency", text=MISSING,
+                              target="p50 <= 1.5x raw, p99 <= 3x raw", note=missing))
+        return
+    cfg = bench.cfg
+    tag = uuid.uuid4().hex[:8]
+    half = cfg.sub_events // 2
+    phases = [("raw", f"bench-raw-{tag}-a", half), ("journal", f"bench-sub-{tag}-a", half),
+              ("raw", f"bench-raw-{tag}-b", half), ("journal", f"bench-sub-{tag}-b", half)]
+    results = run_subscription_phases(bench, 1, phases, cfg.sub_interval_s, "figure 8")
+    problems = [p for r in results for p in r.problems]
+    raw, _ = _pooled(results, "raw")
+    jour, jour_call = _pooled(results, "journal")
+    if not raw or not jour:
+        raise RuntimeError("no latencies measured: " + "; ".join(problems[:3]))
+    note = (f"{len(jour)} events at {1 / cfg.sub_interval_s:.0f}/s, 1 subscriber process; "
+            f"from append *call* p50 {fmt(quantile(jour_call, 0.5))} us")
+    if problems:
+        note += "; problems: " + "; ".join(problems[:3])
+    bench.rows.append(ratio_row(8, "subscription latency p50 (append returned -> delivered)",
+                                quantile(jour, 0.5), "us", "raw PUBLISH->SUBSCRIBE p50",
+                                quantile(raw, 0.5), target="<= 1.5x raw", at_most=1.5,
+                                note=note))
+    bench.rows.append(ratio_row(8, "subscription latency p99", quantile(jour, 0.99), "us",
+                                "raw p99", quantile(raw, 0.99), target="<= 3x raw",
+                                at_most=3.0))
+
+
+def figure_9(bench: Bench) -> None:
+    missing = subscription_missing()
+    if missing:
+        bench.rows.append(Row(9, "fan-out to 16 subscribers", text=MISSING,
+                              target="every subscriber receives everything", note=missing))
+        return
+    cfg = bench.cfg
+    n = cfg.fan_subscribers
+    tag = uuid.uuid4().hex[:8]
+    half = cfg.fan_events // 2
+    phases = [("raw", f"bench-fanraw-{tag}-a", half), ("journal", f"bench-fan-{tag}-a", half),
+              ("raw", f"bench-fanraw-{tag}-b", half), ("journal", f"bench-fan-{tag}-b", half)]
+    results = run_subscription_phases(bench, n, phases, cfg.fan_interval_s, "figure 9")
+    journal_phases = [r for r in results if r.kind == "journal"]
+    raw_complete = sum(r.complete for r in results if r.kind == "raw")
+    complete = sum(r.complete for r in journal_phases)
+    expected = n * len(journal_phases)
+    problems = [p for r in journal_phases for p in r.problems]
+    note = (f"{len(journal_phases)} sessions x {half} events at "
+            f"{1 / cfg.fan_interval_s:.0f}/s; raw pub/sub complete {raw_complete}/{expected}")
+    if problems:
+        note += "; problems: " + "; ".join(problems[:4])
+    bench.rows.append(Row(9, f"fan-out to {n} subscriber processes: complete",
+                          text=f"{complete}/{expected} got all {half} in order, once",
+                          target="every subscriber receives everything",
+                          met=complete == expected, note=note))
+    raw, _ = _pooled(results, "raw")
+    jour, jour_call = _pooled(results, "journal")
+    if jour and raw:
+        bench.rows.append(ratio_row(
+            9, f"fan-out {n}: delivery latency p50", quantile(jour, 0.5), "us",
+            f"raw fan-out {n} p50", quantile(raw, 0.5),
+            note=f"from append *call* p50 {fmt(quantile(jour_call, 0.5))} us"))
+        bench.rows.append(ratio_row(
+            9, f"fan-out {n}: delivery latency p99", quantile(jour, 0.99), "us",
+            f"raw fan-out {n} p99", quantile(raw, 0.99)))
+
+
+# ----- figure 10: RSS of a replaying subscriber ---------------------------------------------
+
+
+def rss_child(url: str, root: str, sid: str, n: int, out_q: Any) -> None:
+    try:
+        importlib.import_module("journal.subscription")
+        with Journal(root, url) as j:
+            j.head(sid)
+            baseline = proc_status_kib("VmRSS")
+            reset = False
+            with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+                reset = True
+            count = 0
+            t0 = time.perf_counter()
+            sub = j.subscribe(sid, "main", after_sequence=0)
+            for ev in sub:
+                count += 1
+                if ev.sequence >= n:
+                    break
+            elapsed = time.perf_counter() - t0
+            close = getattr(sub, "close", None)
+            if close is not None:
+                close()
+            peak = proc_status_kib("VmHWM")
+        out_q.put((baseline, peak, count, elapsed, reset, None))
+    except Exception as exc:
+        out_q.put((0, 0, 0, 0.0, False, f"{type(exc).__name__}: {exc}"))
+
+
+def figure_10(bench: Bench) -> None:
+    missing = subscription_missing()
+    n = bench.cfg.rss_events
+    name = f"subscriber RSS growth, replay of {n:,} events"
+    if missing:
+        bench.rows.append(Row(10, name, text=MISSING, target="<= 64 MiB", note=missing))
+        return
+    sid = ensure_session(bench, n)
+    log(f"figure 10: a subscriber process replays {n:,} events")
+    out_q = bench.mp.Queue()
+    proc = bench.start(rss_child, bench.server.url, str(bench.root), sid, n, out_q)
+    try:
+        baseline, peak, count, elapsed, reset, error = out_q.get(timeout=240)
+    finally:
+        bench.reap([proc])
+    if error:
+        raise RuntimeError(error)
+    growth = (peak - baseline) / 1024
+    met = growth <= 64 and count == n
+    bench.rows.append(Row(
+        10, name, growth, "MiB", "baseline RSS", baseline / 1024, target="<= 64 MiB", met=met,
+        note=f"peak VmHWM {peak / 1024:.0f} MiB{'' if reset else ' (HWM not reset)'}; "
+             f"{count:,} events in {elapsed:.1f}s ({count / elapsed:,.0f}/s)"))
+
+
+# ----- main ---------------------------------------------------------------------------------
+
+
+def parse_only(text: str) -> set[int]:
+    chosen: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            chosen |= set(range(int(lo), int(hi) + 1))
+        else:
+            chosen.add(int(part))
+    bad = chosen - set(ALL_FIGURES)
+    if bad or not chosen:
+        raise argparse.ArgumentTypeError(f"figures are 1..10, got {text!r}")
+    return chosen
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true",
+                        help="a small, fast run (about a minute): shorter slices, N=20,000")
+    parser.add_argument("--only", type=parse_only, default=set(ALL_FIGURES),
+                        help="figures to run, e.g. 1,3,6 or 1-4 (default: all)")
+    parser.add_argument("--events", type=int, default=None,
+                        help="N, the session size of figures 6/7 (default 1,000,000; "
+                             "20,000 with --quick)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "latest.md",
+                        help="write the table as markdown here (default bench-results/latest.md)")
+    parser.add_argument("--keep-data", action="store_true",
+                        help="keep the temporary data directory")
+    args = parser.parse_args(argv)
+    if args.events is not None and args.events < 100:
+        parser.error("--events must be at least 100")
+    return args
+
+
+FIGURES: dict[int, tuple[str, Callable[[Bench], None]]] = {
+    5: ("4 writer processes", figure_5),
+    6: ("read latency", figure_6),
+    7: ("cold head / rebuild", figure_7),
+    8: ("subscription latency", figure_8),
+    9: ("fan-out to 16 subscribers", figure_9),
+    10: ("subscriber RSS", figure_10),
+}
+
+
+@contextlib.contextmanager
+def data_dir(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="journal-bench-", dir=pick_data_base()))
+    try:
+        yield path
+    finally:
+        if keep:
+            log(f"kept data in {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = Config.make(args.quick, args.events)
+    selected: set[int] = args.only
+    started = time.monotonic()
+    with data_dir(args.keep_data) as base, RedisServer() as server:
+        root, scratch = base / "journal", base / "floors"
+        root.mkdir()
+        scratch.mkdir()
+        info = machine_info(base, server)
+        header = "\n".join(f"- {k}: {v}" for k, v in info)
+        print(header, flush=True)
+        bench = Bench(cfg, root, scratch, server, multiprocessing.get_context("spawn"))
+        try:
+            if selected & {1, 2, 3, 4}:
+                try:
+                    figures_1_to_4(bench, selected)
+                except Exception as exc:
+                    bench.rows.append(error_row(1, "figures 1-4", exc))
+            for fig, (name, run) in FIGURES.items():
+                if fig not in selected:
+                    continue
+                log(f"figure {fig}: {name}")
+                try:
+                    run(bench)
+                except Exception as exc:
+                    traceback.print_exc(file=sys.stderr)
+                    bench.rows.append(error_row(fig, name, exc))
+        finally:
+            bench.reap()
+    elapsed = time.monotonic() - started
+    mode = "quick" if cfg.quick else "full"
+    table = render(bench.rows)
+    summary = (f"\n{mode} run, figures {','.join(map(str, sorted(selected)))}, N = "
+               f"{', '.join(f'{n:,}' for n in cfg.read_sizes)}, {elapsed:.0f}s")
+    print(summary)
+    print()
+    print(table, flush=True)
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# journal benchmark\n\n{header}\n{summary}\n\n{table}\n")
+    log(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
