@@ -2,12 +2,18 @@
 
 The only difference between them is how an operation is executed (``await`` or not, and the
 async shell moves blocking file work to a worker thread so the event loop never waits on an
-fdatasync). Everything else, the stepping and the error translation, is shared here.
+fdatasync). Everything else, the stepping, the error translation and the bookkeeping of
+pipelined commits, is shared here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any, TypeVar
 
@@ -15,7 +21,7 @@ import redis
 import redis.asyncio
 
 from .errors import RedisUnavailable
-from .protocol import Blocking, Call, Lua, Op, Sleep, Steps
+from .protocol import Blocking, Call, Collect, Lua, Op, Send, Sleep, Steps
 
 T = TypeVar("T")
 
@@ -40,12 +46,41 @@ def _advance(steps: Steps[T], result: Any, error: BaseException | None) -> tuple
     return False, op
 
 
+@dataclass
+class _Pipelined:
+    """Commits sent on the dedicated connection whose replies are not read yet, in order.
+
+    A reply is read before the next operation on the same session (the protocol yields
+    :class:`Collect`), so a caller reads its own writes. ``results`` keeps a reply read on
+    behalf of another session until that session collects it.
+    """
+
+    waiting: deque[tuple[str, Lua]] = field(default_factory=deque)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def pending(self, session_id: str) -> bool:
+        return any(sid == session_id for sid, _ in self.waiting)
+
+    def argv(self, op: Lua, sha: str) -> tuple[Any, ...]:
+        return ("EVALSHA", sha, len(op.keys), *op.keys, *op.args)
+
+
+def _supports_pipelining(client: Any) -> bool:
+    # A plain client with a connection pool; a cluster client routes per node: it commits
+    # synchronously instead (correct, one round trip slower).
+    return hasattr(client, "connection_pool") and not hasattr(client, "nodes_manager")
+
+
 class SyncDriver:
     def __init__(self, client: redis.Redis, where: str) -> None:
         self.client = client
         self.where = where
         # redis-py Script objects: EVALSHA, and on NOSCRIPT (a restarted Redis) load and retry.
         self.scripts = {name: client.register_script(src) for name, src in LUA_SOURCES.items()}
+        self._lock = threading.Lock()  # one dedicated connection, shared by threads
+        self._conn: Any = None
+        self._pipe = _Pipelined()
+        self._pipelining = _supports_pipelining(client)
 
     def execute(self, op: Op) -> Any:
         if isinstance(op, Lua):
@@ -54,12 +89,73 @@ class SyncDriver:
             return self.client.execute_command(*op.args)  # type: ignore[no-untyped-call]
         if isinstance(op, Blocking):
             return op.fn()
+        if isinstance(op, Send):
+            return self._send(op)
+        if isinstance(op, Collect):
+            return self._collect(op.session_id)
         if isinstance(op, Sleep):
-            import time
-
             time.sleep(op.seconds)
             return None
         raise TypeError(op)
+
+    def _send(self, op: Send) -> None:
+        with self._lock:
+            if self._pipelining:
+                try:
+                    if self._conn is None:
+                        self._conn = self.client.connection_pool.get_connection()
+                    script = self.scripts[op.lua.script]
+                    self._conn.send_command(*self._pipe.argv(op.lua, script.sha))
+                    self._pipe.waiting.append((op.session_id, op.lua))
+                    return
+                except redis.RedisError:
+                    self._reset()
+            # No pipelining here (or the send failed): commit now, remember the reply.
+            self._pipe.results[op.session_id] = self._run_lua(op.lua)
+
+    def _collect(self, session_id: str) -> Any:
+        with self._lock:
+            return self._collect_locked(session_id)
+
+    def _collect_locked(self, session_id: str) -> Any:
+        while self._pipe.pending(session_id):
+            sid, lua = self._pipe.waiting.popleft()
+            try:
+                reply = self._conn.read_response()
+            except redis.exceptions.NoScriptError:
+                reply = self._run_lua(lua)  # Redis restarted: load the script, run it now
+            except Exception:
+                # Any failure to read it (a dropped or closed connection: redis-py is not
+                # consistent in what it raises there) leaves the reply unknown; the line on
+                # disk is rolled forward by the next recovery either way.
+                self._reset()
+                reply = 0
+            self._pipe.results[sid] = reply
+        return self._pipe.results.pop(session_id, None)
+
+    def _run_lua(self, lua: Lua) -> Any:
+        try:
+            return self.scripts[lua.script](keys=lua.keys, args=lua.args)
+        except redis.RedisError:
+            return 0
+
+    def _reset(self) -> None:
+        for sid, _ in self._pipe.waiting:
+            self._pipe.results[sid] = 0
+        self._pipe.waiting.clear()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.disconnect()
+                self.client.connection_pool.release(self._conn)
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            while self._pipe.waiting:
+                self._collect_locked(self._pipe.waiting[0][0])
+            if self._conn is not None:
+                self.client.connection_pool.release(self._conn)
+                self._conn = None
 
     def run(self, steps: Steps[T]) -> T:
         result: Any = None
@@ -86,6 +182,10 @@ class AsyncDriver:
         self.client = client
         self.where = where
         self.scripts = {name: client.register_script(src) for name, src in LUA_SOURCES.items()}
+        self._lock = asyncio.Lock()
+        self._conn: Any = None
+        self._pipe = _Pipelined()
+        self._pipelining = _supports_pipelining(client)
 
     async def execute(self, op: Op) -> Any:
         if isinstance(op, Lua):
@@ -94,10 +194,69 @@ class AsyncDriver:
             return await self.client.execute_command(*op.args)  # type: ignore[no-untyped-call]
         if isinstance(op, Blocking):
             return await asyncio.to_thread(op.fn)
+        if isinstance(op, Send):
+            return await self._send(op)
+        if isinstance(op, Collect):
+            return await self._collect(op.session_id)
         if isinstance(op, Sleep):
             await asyncio.sleep(op.seconds)
             return None
         raise TypeError(op)
+
+    async def _send(self, op: Send) -> None:
+        async with self._lock:
+            if self._pipelining:
+                try:
+                    if self._conn is None:
+                        self._conn = await self.client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+                    script = self.scripts[op.lua.script]
+                    await self._conn.send_command(*self._pipe.argv(op.lua, script.sha))
+                    self._pipe.waiting.append((op.session_id, op.lua))
+                    return
+                except redis.RedisError:
+                    await self._reset()
+            self._pipe.results[op.session_id] = await self._run_lua(op.lua)
+
+    async def _collect(self, session_id: str) -> Any:
+        async with self._lock:
+            return await self._collect_locked(session_id)
+
+    async def _collect_locked(self, session_id: str) -> Any:
+        while self._pipe.pending(session_id):
+            sid, lua = self._pipe.waiting.popleft()
+            try:
+                reply = await self._conn.read_response()
+            except redis.exceptions.NoScriptError:
+                reply = await self._run_lua(lua)
+            except Exception:  # as in SyncDriver._collect_locked
+                await self._reset()
+                reply = 0
+            self._pipe.results[sid] = reply
+        return self._pipe.results.pop(session_id, None)
+
+    async def _run_lua(self, lua: Lua) -> Any:
+        try:
+            return await self.scripts[lua.script](keys=lua.keys, args=lua.args)
+        except redis.RedisError:
+            return 0
+
+    async def _reset(self) -> None:
+        for sid, _ in self._pipe.waiting:
+            self._pipe.results[sid] = 0
+        self._pipe.waiting.clear()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.disconnect()
+                await self.client.connection_pool.release(self._conn)
+            self._conn = None
+
+    async def close(self) -> None:
+        async with self._lock:
+            while self._pipe.waiting:
+                await self._collect_locked(self._pipe.waiting[0][0])
+            if self._conn is not None:
+                await self.client.connection_pool.release(self._conn)
+                self._conn = None
 
     async def run(self, steps: Steps[T]) -> T:
         result: Any = None
@@ -113,7 +272,6 @@ class AsyncDriver:
                 except redis.RedisError as exc:
                     error = redis_error(exc, self.where)
                 except Exception as exc:
-                    # Thrown back into the protocol, so it can release its lease first.
                     error = exc
         finally:
             steps.close()

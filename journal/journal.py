@@ -156,9 +156,10 @@ class AsyncJournal(_Base):
         return self
 
     async def close(self) -> None:
-        if self._driver is not None and self.core.held:
+        if self._driver is not None:
             with contextlib.suppress(JournalError):
                 await self._driver.run(protocol.release_held(self.core))
+            await self._driver.close()
         if self._client is not None and self._owns_client:
             await self._client.aclose()
             self._client = None
@@ -291,9 +292,10 @@ class Journal(_Base):
         return self
 
     def close(self) -> None:
-        if self._driver is not None and self.core.held:
+        if self._driver is not None:
             with contextlib.suppress(JournalError):
                 self._driver.run(protocol.release_held(self.core))
+            self._driver.close()
         if self._client is not None and self._owns_client:
             self._client.close()
             self._client = None

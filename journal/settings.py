@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Durability = Literal["fsync", "batch", "none"]
@@ -24,7 +24,8 @@ class JournalSettings(BaseSettings):
     root: Path = Field(default=Path("data"), description="directory holding events/ and index/")
     redis_url: SecretStr | None = Field(
         default=None,
-        description="redis://, rediss:// or unix:// URL; None starts the embedded server",
+        description="redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// URL "
+        "(see journal/connect.py); None starts the embedded server",
     )
     durability: Durability = "fsync"
     lease_ms: int = Field(default=5000, ge=50, description="writer lease length")
@@ -40,6 +41,10 @@ class JournalSettings(BaseSettings):
         default=64 * 1024, ge=0, description="events up to this size travel inside pub/sub"
     )
     sharded_pubsub: bool = Field(default=False, description="SPUBLISH/SSUBSCRIBE (Redis Cluster)")
+    cluster: bool = Field(
+        default=False,
+        description="Redis Cluster (as does a redis+cluster:// URL); turns sharded_pubsub on",
+    )
     socket_timeout_s: float = Field(default=10.0, gt=0)
 
     @field_validator("key_prefix")
@@ -50,21 +55,37 @@ class JournalSettings(BaseSettings):
             raise ValueError("key_prefix may only hold [A-Za-z0-9._:-], 1 to 64 characters")
         return value
 
+    @model_validator(mode="after")
+    def _cluster_means_sharded(self) -> Self:
+        # Classic PUBLISH in a cluster is broadcast to every node; the journal publishes to
+        # the session's own slot instead, so cluster mode always uses sharded pub/sub.
+        if self.cluster_mode() and not self.sharded_pubsub:
+            if "sharded_pubsub" in self.model_fields_set:
+                raise ValueError("Redis Cluster mode needs sharded_pubsub=True (or leave it unset)")
+            self.sharded_pubsub = True
+        return self
+
+    def cluster_mode(self) -> bool:
+        """True for ``cluster=True`` or a ``redis+cluster://``/``rediss+cluster://`` URL."""
+        url = self.redis_url_value()
+        scheme = "" if url is None else url.partition("://")[0].lower()
+        return self.cluster or scheme in ("redis+cluster", "rediss+cluster")
+
     def redis_url_value(self) -> str | None:
         return None if self.redis_url is None else self.redis_url.get_secret_value()
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe to print."""
+    """The URL with any password replaced by ``***``, safe to print. Handles host lists
+    (``redis+cluster://u:pw@h1:1,h2:2``) and passwords in the query (``?password=``,
+    ``?sentinel_password=``)."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable redis url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    userinfo, at, hostlist = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        scheme, sep, rest = url.partition("://")
+        hidden = f"{userinfo.partition(':')[0]}:***@{hostlist}"
+        url = scheme + sep + rest.replace(parts.netloc, hidden, 1)
+    return re.sub(r"([?&])((?:sentinel_)?password)=[^&#]*", r"\1\2=***", url)

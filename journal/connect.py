@@ -1,0 +1,324 @@
+"""Turn the settings into a redis-py client: one server, a Redis Cluster, or Sentinel.
+
+Which one follows from the URL (and the ``cluster`` setting):
+
+=========================================================  ==============================
+``redis://[user:pass@]host:port[/db][?opts]``               one server (``rediss://``: TLS)
+``unix://[user:pass@]/path/redis.sock[?db=N]``              one server on a unix socket
+``redis+cluster://[user:pass@]h1:p1[,h2:p2...][?opts]``     Redis Cluster, seed nodes
+``rediss+cluster://...``                                    Redis Cluster over TLS
+``redis+sentinel://[user:pass@]s1:p1[,s2:p2...]/master[/db][?opts]``  Sentinel
+``rediss+sentinel://...``                                   Sentinel, TLS to every node
+=========================================================  ==============================
+
+``cluster=True`` (``JOURNAL_CLUSTER=1``) with a plain ``redis://`` or ``rediss://`` URL means
+the same as the ``+cluster`` form with that one seed. Cluster mode needs sharded pub/sub
+(``JournalSettings`` forces ``sharded_pubsub`` on; an explicit ``sharded_pubsub=False`` is
+refused). In cluster mode the database must be 0. Query options are redis-py's URL options
+(``socket_timeout``, ``ssl_cert_reqs``, ``ssl_ca_certs``, ...) and win over the settings;
+the sentinel URL also takes ``sentinel_username`` and ``sentinel_password`` for the
+sentinels themselves (the user and password before ``@`` are for the data nodes).
+
+Every client gets the journal's timeouts (``socket_timeout_s`` for connect and read) and a
+30 s connection health check. Construction errors become :class:`RedisUnavailable` (cannot
+connect) or :class:`InvalidInput` (a malformed URL), never a raw redis-py error.
+
+Pub/sub on a cluster (:func:`sync_pubsub`, :func:`async_pubsub`): a subscription is one
+plain pub/sub connection to the primary that owns its channel's slot, not redis-py's
+``ClusterPubSub``. The subscription's own health checks ping on that very connection, and
+its own reconnect logic stays the only one: ``ClusterPubSub`` pings through another
+connection and migrates shard subscriptions by itself in the background. On every
+reconnect the slot map is refreshed first, so a subscription follows a failover or a slot
+migration to the new owner (Redis tells subscribers of a slot it loses with a
+``sunsubscribe``; a killed node drops the connection).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+from urllib.parse import parse_qsl, unquote, urlencode
+
+import redis
+import redis.asyncio
+import redis.asyncio.client
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.client
+import redis.cluster
+import redis.sentinel
+from redis.exceptions import RedisClusterException
+
+from .errors import InvalidInput, RedisUnavailable
+from .settings import JournalSettings, redact_url
+
+__all__ = [
+    "CLIENT_ERRORS",
+    "AsyncClient",
+    "SyncClient",
+    "Target",
+    "async_client",
+    "async_pubsub",
+    "client_options",
+    "is_cluster",
+    "parse_target",
+    "sync_client",
+    "sync_pubsub",
+]
+
+SyncClient: TypeAlias = "redis.Redis | redis.cluster.RedisCluster"
+AsyncClient: TypeAlias = "redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster"
+
+#: What redis-py raises when Redis is unreachable or refuses. ``RedisClusterException``
+#: (no slot owner known, no seed reachable, ...) does not derive from ``RedisError``.
+CLIENT_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+SENTINEL_SCHEMES = {"redis+sentinel": "redis", "rediss+sentinel": "rediss"}
+_PLAIN_SCHEMES = {"redis", "rediss", "unix"}
+_SENTINEL_QUERY = ("sentinel_username", "sentinel_password")
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d+))?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A parsed journal Redis URL.
+
+    ``url`` is a URL redis-py understands (``redis://``, ``rediss://`` or ``unix://``): the
+    server, the first cluster seed, or (sentinel) the data nodes' options with the first
+    sentinel as a placeholder host. ``seeds`` are every cluster seed or sentinel.
+    """
+
+    mode: Literal["single", "cluster", "sentinel"]
+    url: str
+    seeds: tuple[tuple[str, int], ...] = ()
+    service: str | None = None
+    sentinel_auth: dict[str, str] = field(default_factory=dict)
+
+
+def _hosts(hostlist: str, default_port: int, url: str) -> tuple[tuple[str, int], ...]:
+    out: list[tuple[str, int]] = []
+    for part in hostlist.split(","):
+        match = _HOST_PORT.match(part.strip())
+        if match is None:
+            raise InvalidInput(f"cannot parse host {part!r} in redis URL {redact_url(url)}")
+        host = match.group("v6") or match.group("host")
+        port = int(match.group("port") or default_port)
+        if not 0 < port < 65536:
+            raise InvalidInput(f"port {port} out of range in redis URL {redact_url(url)}")
+        out.append((host, port))
+    return tuple(out)
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_target(url: str, *, cluster: bool = False) -> Target:
+    """Parse a journal Redis URL (see the module docstring). Raises :class:`InvalidInput`."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in _PLAIN_SCHEMES | CLUSTER_SCHEMES.keys() | SENTINEL_SCHEMES.keys():
+        raise InvalidInput(
+            f"unsupported redis URL {redact_url(url)}: use redis://, rediss://, unix://, "
+            "redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
+        )
+    if scheme in _PLAIN_SCHEMES and not cluster:
+        return Target("single", url)
+    if scheme == "unix":
+        raise InvalidInput("cluster mode needs TCP seed nodes: a unix:// URL cannot name a cluster")
+    if scheme in SENTINEL_SCHEMES and cluster:
+        raise InvalidInput("cluster=True does not go with a redis+sentinel:// URL; pick one")
+    # scheme://[userinfo@]hostlist[/path][?query][#fragment]
+    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
+              default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    userinfo, at, hostlist = netloc.rpartition("@")
+    auth = f"{userinfo}{at}"
+    path, _, query = tail.partition("?")
+    query = query.partition("#")[0]
+    if not hostlist:
+        raise InvalidInput(f"no host in redis URL {redact_url(url)}")
+    if scheme in SENTINEL_SCHEMES:
+        seeds = _hosts(hostlist, 26379, url)
+        parts = [unquote(p) for p in path.split("/") if p]
+        if not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+            raise InvalidInput(
+                f"a sentinel URL names the master and optionally a db: "
+                f"redis+sentinel://host:port[,host:port]/MASTER[/DB], got {redact_url(url)}"
+            )
+        pairs = parse_qsl(query, keep_blank_values=True)
+        sentinel_auth = {k: v for k, v in pairs if k in _SENTINEL_QUERY}
+        kept = urlencode([(k, v) for k, v in pairs if k not in _SENTINEL_QUERY])
+        db = parts[1] if len(parts) == 2 else "0"
+        base = SENTINEL_SCHEMES[scheme]
+        plain = f"{base}://{auth}{_netloc(*seeds[0])}/{db}" + (f"?{kept}" if kept else "")
+        return Target("sentinel", plain, seeds, parts[0], sentinel_auth)
+    seeds = _hosts(hostlist, 6379, url)
+    if path.strip("/") not in ("", "0"):
+        raise InvalidInput(f"Redis Cluster has only database 0, got {redact_url(url)}")
+    base = CLUSTER_SCHEMES.get(scheme, scheme)
+    plain = f"{base}://{auth}{_netloc(*seeds[0])}" + (f"?{query}" if query else "")
+    return Target("cluster", plain, seeds)
+
+
+def target_of(settings: JournalSettings, url: str | None = None) -> Target:
+    """The target of ``url`` (default: the settings' URL), checked against the settings."""
+    url = url if url is not None else settings.redis_url_value()
+    if url is None:
+        raise InvalidInput("no redis_url: set one (or JOURNAL_REDIS_URL), or use the embedded "
+                           "server by opening the journal without a URL")
+    target = parse_target(url, cluster=settings.cluster)
+    if target.mode == "cluster" and not settings.sharded_pubsub:
+        raise InvalidInput(
+            "Redis Cluster mode needs sharded_pubsub=True (commit.lua publishes to the "
+            "session's slot with SPUBLISH); the settings given have it off"
+        )
+    return target
+
+
+def client_options(settings: JournalSettings) -> dict[str, Any]:
+    """The connection options every journal client gets (URL query options win)."""
+    timeout = settings.socket_timeout_s
+    return {"socket_timeout": timeout, "socket_connect_timeout": timeout,
+            "health_check_interval": 30}
+
+
+def _url_options(url: str) -> dict[str, Any]:
+    try:
+        options: dict[str, Any] = dict(redis.connection.parse_url(url))  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise InvalidInput(f"bad redis URL {redact_url(url)}: {exc}") from None
+    for name in ("host", "port", "path"):
+        options.pop(name, None)
+    if options.pop("connection_class", None) is not None:
+        options["ssl"] = True  # rediss: the sentinel pools pick their own TLS class
+    return options
+
+
+def _sentinel_kwargs(target: Target, options: dict[str, Any]) -> dict[str, Any]:
+    kwargs = {k: v for k, v in options.items() if k.startswith(("socket_", "ssl"))}
+    kwargs.update({k.removeprefix("sentinel_"): v for k, v in target.sentinel_auth.items()})
+    return kwargs
+
+
+class _SentinelRedis(redis.Redis):
+    """The master client of a Sentinel set-up; ``close`` also closes the sentinel clients."""
+
+    def close(self) -> None:
+        super().close()
+        manager = getattr(self.connection_pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            sentinel.close()
+
+
+class _AsyncSentinelRedis(redis.asyncio.Redis):
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        manager = getattr(self.connection_pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()
+
+
+def _unavailable(exc: Exception, where: str) -> RedisUnavailable:
+    return RedisUnavailable(f"redis at {where}: {type(exc).__name__}: {exc}")
+
+
+def sync_client(settings: JournalSettings, url: str | None = None) -> SyncClient:
+    """A blocking client for ``url`` (default: the settings' URL)."""
+    target = target_of(settings, url)
+    where = redact_url(url or settings.redis_url_value() or "")
+    opts = client_options(settings)
+    try:
+        if target.mode == "single":
+            return redis.Redis.from_url(target.url, **opts)
+        if target.mode == "cluster":
+            seeds = [
+                redis.cluster.ClusterNode(h, p)  # type: ignore[no-untyped-call]
+                for h, p in target.seeds[1:]
+            ]
+            return redis.cluster.RedisCluster.from_url(target.url, startup_nodes=seeds, **opts)
+        options = {**opts, **_url_options(target.url)}
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(target.seeds), sentinel_kwargs=_sentinel_kwargs(target, options),
+            **options,
+        )
+        assert target.service is not None
+        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            target.service, redis_class=_SentinelRedis
+        )
+        return client
+    except ValueError as exc:
+        raise InvalidInput(f"bad redis URL {where}: {exc}") from None
+    except CLIENT_ERRORS as exc:
+        raise _unavailable(exc, where) from None
+
+
+def async_client(settings: JournalSettings, url: str | None = None) -> AsyncClient:
+    """An asyncio client for ``url`` (default: the settings' URL). It connects lazily."""
+    target = target_of(settings, url)
+    where = redact_url(url or settings.redis_url_value() or "")
+    opts = client_options(settings)
+    try:
+        if target.mode == "single":
+            return redis.asyncio.Redis.from_url(target.url, **opts)
+        if target.mode == "cluster":
+            seeds = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in target.seeds[1:]]
+            return redis.asyncio.cluster.RedisCluster.from_url(
+                target.url, startup_nodes=seeds, **opts
+            )
+        options = {**opts, **_url_options(target.url)}
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(target.seeds), sentinel_kwargs=_sentinel_kwargs(target, options),
+            **options,
+        )
+        assert target.service is not None
+        client: redis.asyncio.Redis = sentinel.master_for(
+            target.service, redis_class=_AsyncSentinelRedis
+        )
+        return client
+    except ValueError as exc:
+        raise InvalidInput(f"bad redis URL {where}: {exc}") from None
+    except CLIENT_ERRORS as exc:
+        raise _unavailable(exc, where) from None
+
+
+def is_cluster(client: object) -> bool:
+    return isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster)
+
+
+# ----- pub/sub -------------------------------------------------------------------------------
+
+
+def sync_pubsub(client: SyncClient, channel: str, *, refresh: bool = False) -> redis.client.PubSub:
+    """A pub/sub object on one connection: the client's own, or on a cluster the one of the
+    primary that owns ``channel``'s slot (the slot map is reloaded first when ``refresh``:
+    after a lost connection the owner may have changed)."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        if refresh:
+            client.nodes_manager.initialize()
+        node = client.get_node_from_key(channel)  # type: ignore[no-untyped-call]
+        pubsub: redis.client.PubSub = client.get_redis_connection(node).pubsub()  # type: ignore[no-untyped-call]
+        return pubsub
+    plain: redis.client.PubSub = client.pubsub()  # type: ignore[no-untyped-call]
+    return plain
+
+
+async def async_pubsub(
+    client: AsyncClient, channel: str, *, refresh: bool = False
+) -> redis.asyncio.client.PubSub:
+    """The asyncio form of :func:`sync_pubsub`. On a cluster it opens a plain client on the
+    owning primary, with the cluster's connection options (TLS, auth, timeouts)."""
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        await client.initialize()
+        if refresh:
+            await client.nodes_manager.initialize()
+        node = client.get_node_from_key(channel)
+        if node is None:
+            raise RedisUnavailable(f"no node of the cluster owns the slot of {channel!r}")
+        pool = redis.asyncio.ConnectionPool(
+            connection_class=node.connection_class, **node.connection_kwargs
+        )
+        return redis.asyncio.Redis(connection_pool=pool).pubsub()
+    return client.pubsub()
