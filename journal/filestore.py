@@ -13,9 +13,13 @@ The async journal runs them in a worker thread.
 
 from __future__ import annotations
 
+import array
+import bisect
+import contextlib
 import errno
 import os
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,10 +263,83 @@ class SessionStore:
     def rebuild(self, guard: Callable[[], None]) -> TailResult:
         """Recompute every head and the committed length from the file (Redis lost them).
 
-        Below the hint every line must be valid: a bad one there is corruption and is
-        reported, never truncated. Beyond it the tail-recovery rule applies.
+        Fast path: the committed prefix that the hint and the index describe is trusted once
+        it is proven consistent (see :meth:`_indexed_prefix`); only the tail past the hint is
+        read. Otherwise a full scan: below the hint every line must be valid (a bad one
+        there is corruption and is reported, never truncated); beyond it the tail-recovery
+        rule applies.
         """
         hint = self.read_hint()
+        if hint and self.size() >= hint:
+            heads = self._indexed_prefix(hint)
+            if heads is not None:
+                for branch_id, count in heads.items():
+                    self._cut_index(branch_id, count)  # leftovers past the prefix
+                found = self.recover_tail(hint, heads, guard)
+                heads.update(found.heads)
+                found.heads = heads
+                self.write_hint(found.length)
+                return found
+        return self._rebuild_scan(guard, hint)
+
+    def _indexed_prefix(self, hint: int) -> dict[str, int] | None:
+        """The heads of the committed prefix ``[0, hint)``, read from the index alone, or
+        None when the index cannot prove them.
+
+        Proof: per branch, the entries that end within the prefix are counted (they are in
+        file order, so a binary search finds them) and the line of the last one must decode
+        to that branch with sequence == count; and the lengths of all those entries must add
+        up to exactly ``hint``, so every committed byte belongs to an indexed line and no
+        branch is missing. That costs ~12 bytes read per event, not a JSON decode per line.
+        """
+        if sys.byteorder != "little":
+            return None  # the entries are little-endian; reading them as words needs that
+        heads: dict[str, int] = {}
+        covered = 0
+        try:
+            index_files = list(self.index_dir.glob("*.idx"))
+            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            for index_file in index_files:
+                raw = index_file.read_bytes()
+                if len(raw) % INDEX_ENTRY.size:
+                    return None
+                words = array.array("I")
+                words.frombytes(raw)  # per entry: offset low, offset high, length
+
+                def end(i: int, words: array.array[int] = words) -> int:
+                    return (words[3 * i] | words[3 * i + 1] << 32) + words[3 * i + 2]
+
+                count = bisect.bisect_right(range(len(raw) // INDEX_ENTRY.size), hint, key=end)
+                if count == 0:
+                    continue
+                last = count - 1
+                offset = words[3 * last] | words[3 * last + 1] << 32
+                line = os.pread(fd, words[3 * last + 2], offset)
+                try:
+                    pos = _position_decoder.decode(line)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    return None
+                branch_id = index_file.name.removesuffix(".idx")
+                if (pos.session_id, pos.branch_id, pos.sequence) != (
+                    self.session_id, branch_id, count
+                ) or not line.endswith(b"\n"):
+                    return None
+                heads[branch_id] = count
+                covered += sum(words[2 : 3 * count : 3])
+        finally:
+            os.close(fd)
+        return heads if covered == hint else None
+
+    def _cut_index(self, branch_id: str, count: int) -> None:
+        path = self._index_path(branch_id)
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size > count * INDEX_ENTRY.size:
+                os.truncate(path, count * INDEX_ENTRY.size)
+
+    def _rebuild_scan(self, guard: Callable[[], None], hint: int) -> TailResult:
         heads: dict[str, int] = {}
         entries: dict[str, list[tuple[int, int]]] = {}
         length = 0

@@ -216,14 +216,27 @@ def test_corrupt_committed_line_names_file_and_line(backend: Backend) -> None:
     assert info.value.line == 2 and info.value.path == str(path)
     assert f"{path}:2:" in str(info.value)
     assert [r.sequence for r in j.read("s1", from_sequence=3)] == [3, 4]
-    # a rebuild refuses to treat it as a torn tail: nothing after it is cut
+    # After Redis lost everything, the rebuild trusts the proven index: the head is right,
+    # nothing is cut, and reads still report the damaged line.
     backend.restart_empty()
     j2 = backend.journal()
+    assert j2.head("s1") == 4
     with pytest.raises(CorruptLine, match=":2:"):
-        j2.head("s1")
+        j2.read("s1")
+    assert path.read_bytes().count(b"\n") == 4
+    # Without hint and index the rebuild scans every line, and refuses to take a damaged
+    # line that good lines follow for a torn tail.
+    import shutil
+
+    shutil.rmtree(backend.root / "index")
+    backend.restart_empty()
+    j3 = backend.journal()
+    with pytest.raises(CorruptLine, match=":2:"):
+        j3.head("s1")
     assert path.read_bytes().count(b"\n") == 4
     j.close()
     j2.close()
+    j3.close()
 
 
 def test_reads_survive_a_lost_index_and_the_next_writer_repairs_it(backend: Backend) -> None:
@@ -426,3 +439,44 @@ async def test_async_pipelined_commits_and_restart(backend: Backend) -> None:
         backend.restart_empty()
         stored.append(await j.append(ev(21)))
         assert [r.event_id for r in await j.read("s1")] == [r.event_id for r in stored]
+
+
+@pytest.mark.parametrize("damage", ["none", "index-lost-branch", "index-short", "bad-last-entry"])
+def test_rebuild_trusts_the_index_only_when_it_proves_the_prefix(
+    backend: Backend, damage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from journal.filestore import SessionStore
+
+    scans = 0
+    full_scan = SessionStore._rebuild_scan
+
+    def counting(self: SessionStore, *args: object) -> object:
+        nonlocal scans
+        scans += 1
+        return full_scan(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SessionStore, "_rebuild_scan", counting)
+    j = backend.journal()
+    j.append_batch([ev(i) for i in range(1, 11)])
+    j.append_batch([ev(i, branch="alt") for i in range(1, 6)])
+    j.append_batch([ev(i) for i in range(11, 16)])
+    index = backend.root / "index" / "s1"
+    if damage == "index-lost-branch":
+        (index / "alt.idx").unlink()  # its lines would be missed: the sums disagree
+    elif damage == "index-short":
+        raw = (index / "main.idx").read_bytes()
+        (index / "main.idx").write_bytes(raw[:-24])
+    elif damage == "bad-last-entry":
+        raw = bytearray((index / "main.idx").read_bytes())
+        raw[-12:] = raw[-24:-12]  # the last entry points at the line before it
+        (index / "main.idx").write_bytes(bytes(raw))
+    j.close()
+    scans = 0  # (the session's first append rebuilt its empty state too)
+    backend.restart_empty()
+    j2 = backend.journal()
+    assert j2.branches("s1") == {"main": 15, "alt": 5}
+    assert scans == (0 if damage == "none" else 1), "the wrong rebuild path ran"
+    assert [r.sequence for r in j2.read("s1", "main", 9, 10)] == list(range(9, 16))
+    j2.append(ev(16))
+    assert (index / "main.idx").stat().st_size == 16 * 12
+    j2.close()
