@@ -179,30 +179,37 @@ def prepare_for_write(
     Everything is checked before a single byte is written: ids, types, the kind (strictly),
     contiguity, unique event ids and the line size. Returns the records (with ``kind`` as a
     plain mapping) and the bytes to append.
+
+    Types are checked by decoding the very line we will write with the typed decoder
+    (msgspec does not check types in ``__init__``): one encode and one decode, both in C,
+    and what is checked is exactly what lands on disk.
     """
     batch = list(records)
     if not batch:
         raise InvalidRecord("an append needs at least one record")
+    first = batch[0]
+    if not isinstance(first, EventRecord):
+        raise InvalidRecord(f"expected an EventRecord, got {type(first).__name__}")
+    validate_id(first.session_id, "session_id", max_id_length)
+    validate_id(first.branch_id, "branch_id", max_id_length)
     out: list[EventRecord] = []
     lines: list[bytes] = []
     seen_ids: set[str] = set()
-    first = batch[0]
     for i, record in enumerate(batch):
         if not isinstance(record, EventRecord):
             raise InvalidRecord(f"expected an EventRecord, got {type(record).__name__}")
-        try:
-            # Round-trip through builtins: checks every field type (msgspec does not check
-            # types in __init__) and normalizes the timestamp, without touching kind's order.
-            checked = msgspec.convert(
-                msgspec.to_builtins(record), EventRecord, strict=True
-            )
-        except (msgspec.ValidationError, InvalidRecord) as exc:
-            raise InvalidRecord(f"invalid record: {exc}") from None
-        checked.kind = kind_to_dict(record.kind)
-        validate_id(checked.session_id, "session_id", max_id_length)
-        validate_id(checked.branch_id, "branch_id", max_id_length)
-        if checked.session_id != first.session_id or checked.branch_id != first.branch_id:
+        if record.session_id != first.session_id or record.branch_id != first.branch_id:
             raise InvalidRecord("a batch must hold one session and one branch")
+        kind = kind_to_dict(record.kind)
+        if kind is not record.kind:
+            record = msgspec.structs.replace(record, kind=kind)
+        try:
+            line = encode_line(record)
+            checked = _decoder.decode(line)
+        except (msgspec.EncodeError, msgspec.ValidationError, InvalidRecord, TypeError) as exc:
+            raise InvalidRecord(f"invalid record: {exc}") from None
+        if checked.timestamp != record.timestamp:
+            line = encode_line(checked)  # an offset was normalized to UTC
         if checked.sequence != first.sequence + i:
             raise InvalidRecord(
                 f"a batch must be contiguous: record {i} has sequence {checked.sequence}, "
@@ -211,7 +218,6 @@ def prepare_for_write(
         if checked.event_id in seen_ids:
             raise InvalidRecord(f"event_id {checked.event_id!r} appears twice in one batch")
         seen_ids.add(checked.event_id)
-        line = encode_line(checked)
         if len(line) > max_record_bytes:
             raise RecordTooLarge(
                 f"record {checked.sequence} encodes to {len(line)} bytes, "
