@@ -28,10 +28,13 @@ import msgspec
 
 from . import faults
 from .errors import CorruptLine, JournalError
-from .records import EventRecord, decode_line
+from .records import DECODE_ERRORS, EventRecord, decode_line
 
 INDEX_ENTRY = struct.Struct("<QI")  # byte offset of the line, its length with the newline
-HINT = struct.Struct("<Q")
+# index/<sid>/committed: a lower bound of the committed length, and the end of the write in
+# flight (0 when none), written just before that write. A recovery that finds the file
+# shorter than the write's intended end cuts all of it: a batch is all or nothing.
+HINT = struct.Struct("<QQ")
 CHUNK = 1 << 20
 
 
@@ -203,7 +206,7 @@ class SessionStore:
         """A line that continues its branch, or the reason it does not."""
         try:
             record = decode_line(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError, JournalError) as exc:
+        except DECODE_ERRORS as exc:
             return f"invalid record: {exc}"
         if record.session_id != self.session_id:
             return f"session_id {record.session_id!r} in the file of {self.session_id!r}"
@@ -219,12 +222,16 @@ class SessionStore:
         in file order, and truncate at the first torn, invalid or non-continuing line."""
         heads = dict(heads)
         result = TailResult(length=committed, heads={})
+        cut = self._cut_point(committed)
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return result
         try:
             for offset, raw, complete in iter_lines(fd, committed):
+                if cut is not None and offset >= cut:
+                    result.truncated_from = offset  # a write in flight that did not finish
+                    break
                 if complete and not raw.strip():
                     result.length = offset + len(raw) + 1
                     continue
@@ -241,24 +248,40 @@ class SessionStore:
             os.close(fd)
         if result.truncated_from is not None:
             self.truncate(result.length, guard)
-        self._index_lines(result.kept, heads, result.length)
+        with contextlib.suppress(OSError, JournalError):  # the index is a cache
+            self._index_lines(result.kept, heads, result.length)
         return result
 
-    def read_hint(self) -> int:
+    def read_intent(self) -> tuple[int, int]:
+        """(committed lower bound, end of the write in flight or 0)."""
         try:
             raw = (self.index_dir / "committed").read_bytes()
-        except FileNotFoundError:
-            return 0
-        return HINT.unpack(raw)[0] if len(raw) == HINT.size else 0
+        except OSError:
+            return 0, 0
+        if len(raw) == HINT.size:
+            committed, pending = HINT.unpack(raw)
+            return int(committed), int(pending)
+        return 0, 0
 
-    def write_hint(self, committed: int) -> None:
-        """Persist a lower bound of the committed length (not synced: it only has to be a
-        lower bound, and it is written with a length that is already committed)."""
+    def read_hint(self) -> int:
+        return self.read_intent()[0]
+
+    def write_hint(self, committed: int, pending: int = 0) -> None:
+        """Persist a lower bound of the committed length, and the end of the write about to
+        happen. Not synced: a stale hint is only a smaller bound, and a missing intent falls
+        back to the per-line rule."""
         fd = self._open_in_index(self._hint, os.O_WRONLY)
         try:
-            os.pwrite(fd, HINT.pack(committed), 0)
+            os.pwrite(fd, HINT.pack(committed, pending), 0)
         finally:
             os.close(fd)
+
+    def _cut_point(self, committed: int) -> int | None:
+        """Where a torn write in flight starts, if the intent says one is torn."""
+        start, end = self.read_intent()
+        if end > start >= committed and self.size() < end:
+            return start
+        return None
 
     def rebuild(self, guard: Callable[[], None]) -> TailResult:
         """Recompute every head and the committed length from the file (Redis lost them).
@@ -273,12 +296,14 @@ class SessionStore:
         if hint and self.size() >= hint:
             heads = self._indexed_prefix(hint)
             if heads is not None:
-                for branch_id, count in heads.items():
-                    self._cut_index(branch_id, count)  # leftovers past the prefix
+                with contextlib.suppress(OSError):
+                    for branch_id, count in heads.items():
+                        self._cut_index(branch_id, count)  # leftovers past the prefix
                 found = self.recover_tail(hint, heads, guard)
                 heads.update(found.heads)
                 found.heads = heads
-                self.write_hint(found.length)
+                with contextlib.suppress(OSError):
+                    self.write_hint(found.length)
                 return found
         return self._rebuild_scan(guard, hint)
 
@@ -320,7 +345,7 @@ class SessionStore:
                 line = os.pread(fd, words[3 * last + 2], offset)
                 try:
                     pos = _position_decoder.decode(line)
-                except (msgspec.DecodeError, msgspec.ValidationError):
+                except DECODE_ERRORS:
                     return None
                 branch_id = index_file.name.removesuffix(".idx")
                 if (pos.session_id, pos.branch_id, pos.sequence) != (
@@ -351,7 +376,11 @@ class SessionStore:
         try:
             if hint > os.fstat(fd).st_size:
                 hint = 0  # the hint outran the data (durability "none" and a crash): ignore
+            cut = self._cut_point(hint)
             for offset, raw, complete in iter_lines(fd, 0):
+                if cut is not None and offset >= cut:
+                    truncated_from = offset  # a write in flight that did not finish
+                    break
                 if complete and not raw.strip():
                     length = offset + len(raw) + 1
                     continue
@@ -360,7 +389,7 @@ class SessionStore:
                         raise self.corrupt(offset, "torn line inside the committed region")
                     try:
                         pos = _position_decoder.decode(raw)
-                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    except DECODE_ERRORS as exc:
                         raise self.corrupt(offset, f"invalid record: {exc}") from None
                     expected = heads.get(pos.branch_id, 0) + 1
                     if pos.session_id != self.session_id or pos.sequence != expected:
@@ -387,8 +416,9 @@ class SessionStore:
             os.close(fd)
         if truncated_from is not None:
             self.truncate(length, guard)
-        self._write_indexes(entries)
-        self.write_hint(length)
+        with contextlib.suppress(OSError):  # caches: a full disk must not stop a rebuild
+            self._write_indexes(entries)
+            self.write_hint(length)
         return TailResult(length=length, heads=heads, truncated_from=truncated_from)
 
     def _valid_line_follows(self, fd: int, start: int) -> bool:
@@ -399,7 +429,7 @@ class SessionStore:
                 continue
             try:
                 pos = _position_decoder.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except DECODE_ERRORS:
                 continue
             if pos.session_id == self.session_id:
                 return True
@@ -466,6 +496,7 @@ class SessionStore:
             return
         try:
             lineno = 0
+            expected = 1
             for offset, raw, complete in iter_lines(fd, 0, end):
                 lineno += 1
                 if not raw.strip():
@@ -476,9 +507,20 @@ class SessionStore:
                     )
                 try:
                     pos = _position_decoder.decode(raw)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                except DECODE_ERRORS as exc:
                     raise CorruptLine(str(self.path), lineno, f"invalid record: {exc}") from None
+                if pos.session_id != self.session_id:
+                    raise CorruptLine(str(self.path), lineno,
+                                      f"session_id {pos.session_id!r} in this session's file")
                 if pos.branch_id == branch_id:
+                    # The committed region holds every sequence of a branch once, in order:
+                    # anything else means a damaged line (maybe an earlier one).
+                    if pos.sequence != expected:
+                        raise CorruptLine(
+                            str(self.path), lineno,
+                            f"branch {branch_id} sequence {pos.sequence}, expected {expected}",
+                        )
+                    expected += 1
                     yield offset, raw, pos
         finally:
             os.close(fd)
@@ -529,9 +571,11 @@ class SessionStore:
                         return None
                     try:
                         record = decode_line(raw)
-                    except (msgspec.DecodeError, msgspec.ValidationError, JournalError):
+                    except DECODE_ERRORS:
                         return None  # maybe a stale index: the scan reports real corruption
-                    if record.branch_id != branch_id or record.sequence != first + len(out):
+                    if (record.session_id, record.branch_id, record.sequence) != (
+                        self.session_id, branch_id, first + len(out)
+                    ):
                         return None
                     out.append(record)
                 i = j
@@ -550,6 +594,6 @@ class SessionStore:
                 break
             try:
                 out.append(decode_line(raw))
-            except (msgspec.DecodeError, msgspec.ValidationError, JournalError) as exc:
+            except DECODE_ERRORS as exc:
                 raise self.corrupt(offset, f"invalid record: {exc}") from None
         return out

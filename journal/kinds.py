@@ -16,6 +16,7 @@ the lossless path never goes through them. That is also why the 13 ``Kernel*`` k
 declared fields: they are open objects and their fields live in the mapping.
 """
 
+import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeAlias
 
@@ -841,6 +842,32 @@ KNOWN_KINDS: dict[str, type[KindBase]] = {_tag_of(cls): cls for cls in _ALL_KIND
 # ─── Validation and conversion ────────────────────────────────────────────────
 
 
+#: How deep a kind's JSON may nest. msgspec (and every other reader) recurses per level;
+#: past about a thousand it raises RecursionError, so a deeper line could never be read back.
+MAX_JSON_DEPTH = 256
+
+
+def check_json_value(value: Any, where: str) -> None:
+    """Refuse what JSON cannot hold faithfully: NaN and infinities (msgspec would write
+    them as ``null``), non-string object keys, and nesting deeper than ``MAX_JSON_DEPTH``.
+    Iterative, so a hostile depth cannot blow the stack here either."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidRecord(f"{where}: {item} is not a JSON number")
+        elif isinstance(item, Mapping | list | tuple):
+            if depth > MAX_JSON_DEPTH:
+                raise InvalidRecord(f"{where}: nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(item, Mapping):
+                if not all(isinstance(k, str) for k in item):
+                    raise InvalidRecord(f"{where}: object keys must be strings")
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
+
+
 def validate_kind(kind: Mapping[str, Any]) -> dict[str, Any]:
     """Check a kind object for writing and return it as a plain dict, unchanged.
 
@@ -862,6 +889,7 @@ def validate_kind(kind: Mapping[str, Any]) -> dict[str, Any]:
     tag = result["type"]
     if not isinstance(tag, str):
         raise InvalidRecord(f'kind "type" must be a string, got {type(tag).__name__}')
+    check_json_value(result, f"{tag} kind")
     struct_type = KNOWN_KINDS.get(tag)
     if struct_type is None:
         return result

@@ -228,14 +228,42 @@ def _state(core: Core, session_id: str, branch_id: str) -> Steps[tuple[int, int]
     keys = core.keys(session_id)
     waiter = Backoff(core.settings.lease_wait_s)
     yield from settle_pending(core, session_id)
+    rolled = False
     while True:
         reply = yield Call(("HMGET", keys.state, "len", f"h:{branch_id}"))
         if reply[0] is not None:
-            return int(reply[0]), int(reply[1] or 0)
+            committed = int(reply[0])
+            if not rolled and (yield Blocking(core.store(session_id).size)) > committed:
+                rolled = True
+                if (yield from roll_forward(core, session_id)):
+                    continue
+            return committed, int(reply[1] or 0)
         store = core.store(session_id)
         if not (yield Blocking(store.path.exists)):
             return None
         yield from rebuild(core, session_id, waiter)
+
+
+def roll_forward(core: Core, session_id: str) -> Steps[bool]:
+    """The file is longer than the committed length and nobody holds the lease: a writer
+    died after its write, or Redis refused a pipelined commit. Those lines are committed by
+    the roll-forward rule, so a reader makes them visible now instead of waiting for the
+    next writer. True when it recovered (the caller reads the state again)."""
+    keys, store = core.keys(session_id), core.store(session_id)
+    token = uuid.uuid4().hex
+    clock = LeaseClock(core.settings.lease_ms)
+    reply = yield Lua("acquire", [keys.state, keys.lease], [token, core.settings.lease_ms])
+    if text(reply[0]) != "ok":
+        return False  # a writer is at work (it recovers the tail itself), or no state yet
+    try:
+        yield from _recover(core, keys, token, clock, store, 0)
+    except LeaseLost:
+        return False
+    except Exception:  # not GeneratorExit: a closed protocol must not yield again
+        yield from _release(keys, token)
+        raise
+    yield from _release(keys, token)
+    return True
 
 
 # ----- reads ------------------------------------------------------------------------------
@@ -267,9 +295,16 @@ def session_state(core: Core, session_id: str) -> Steps[tuple[int, dict[str, int
     keys = core.keys(session_id)
     waiter = Backoff(core.settings.lease_wait_s)
     yield from settle_pending(core, session_id)
+    rolled = False
     while True:
         raw = yield Call(("HGETALL", keys.state))
         fields = {text(k): text(v) for k, v in (raw or {}).items()}
+        if "len" in fields and not rolled:
+            rolled = True
+            if (yield Blocking(core.store(session_id).size)) > int(fields["len"]) and (
+                yield from roll_forward(core, session_id)
+            ):
+                continue
         if "len" in fields:
             heads = {k[2:]: int(v) for k, v in fields.items() if k.startswith("h:")}
             return int(fields["len"]), heads
@@ -368,9 +403,14 @@ def _recover(
 ) -> Steps[tuple[int, dict[str, int], list[str]]]:
     """Tail recovery under our lease; commits what it rolled forward. Returns the new
     committed length, the heads, and the event ids of the lines it kept."""
-    raw = yield Call(("HGETALL", keys.state))
-    fields = {text(k): text(v) for k, v in (raw or {}).items()}
+    flat = yield Lua("recover_state", [keys.state, keys.lease], [token])
+    if not flat:
+        raise LeaseLost("the lease is gone: Redis restarted or it expired")
+    fields = {text(k): text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
     heads = {k[2:]: int(v) for k, v in fields.items() if k.startswith("h:")}
+    # Recover from the committed length Redis holds under our lease: never from a length
+    # we learnt earlier, which a restart and another writer's rebuild may have outdated.
+    committed = int(fields.get("len", committed))
     found = yield Blocking(lambda: store.recover_tail(committed, heads, clock.guard))
     heads.update(found.heads)
     ok = yield Lua("commit", keys.all,
@@ -406,19 +446,26 @@ def _under_lease(
 
     def write() -> tuple[int, int, float]:
         clock.guard()
-        start, end = store.append(data, sync)
+        # The intent: if this write does not finish, recovery cuts all of it.
+        store.write_hint(committed, committed + len(data))
+        try:
+            start, end = store.append(data, sync)
+        except OSError:
+            _take_back(store, committed, clock)
+            raise
         synced_at = time.monotonic()
         if start == committed:
             # Our synced lines sit right at the committed length and continue their branch:
             # any recovery rolls them forward, so they are committed from here on, and the
             # hint may say so. A rebuild then never truncates below it.
-            store.write_hint(end)
+            with contextlib.suppress(OSError):  # a cache: only a bound for rebuilds
+                store.write_hint(end)
             rows, offset = [], start
             for n in lengths:
                 rows.append((offset, n))
                 offset += n
             # The index is a cache: readers fall back to a scan, the next writer repairs it.
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, JournalError):
                 store.index_append(branch, head_now, rows, committed)
         return start, end, synced_at
 
@@ -466,6 +513,19 @@ def _under_lease(
     # 1: we still hold the lease; 2: another writer waits, so the script let it go.
     kept = Held(token, hold_clock, end, {branch: last.sequence}) if ok == 1 and hold_ms else None
     return records, kept
+
+
+def _take_back(store: SessionStore, committed: int, clock: LeaseClock) -> None:
+    """Our write or its sync failed: cut whatever of it reached the file, so that "nothing
+    was committed" (StorageError) stays true. If we cannot, the outcome is unknown."""
+    try:
+        if store.size() > committed:
+            store.truncate(committed, clock.guard)
+    except (OSError, LeaseLost) as exc:
+        raise AppendOutcomeUnknown(
+            f"a failed write to {store.path} could not be taken back ({exc}); retry the same "
+            "records to resolve it"
+        ) from exc
 
 
 def _resolve_conflict(

@@ -154,6 +154,17 @@ class EventRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
         return datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}.{fraction}+00:00")
 
 
+#: Everything decoding a line can raise on bad bytes: msgspec's errors, invalid UTF-8, a
+#: bad timestamp (InvalidRecord), and nesting too deep to decode.
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError,
+    InvalidRecord,
+)
+
+_WRITE_ERRORS: tuple[type[Exception], ...] = (
+    msgspec.EncodeError, TypeError, UnicodeEncodeError, *DECODE_ERRORS
+)
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(EventRecord)
 
@@ -164,8 +175,16 @@ def encode_line(record: EventRecord) -> bytes:
 
 
 def decode_line(line: bytes | str) -> EventRecord:
-    """Decode one line (trailing whitespace allowed). Raises msgspec errors on bad input."""
-    return _decoder.decode(line)
+    """Decode one line (trailing whitespace allowed).
+
+    Raises msgspec errors (or InvalidRecord for a bad timestamp) on bad input, and nothing
+    else: invalid UTF-8 and nesting too deep to decode become ``msgspec.DecodeError`` too, so
+    a damaged byte in a file is reported as a corrupt line, never as a crash.
+    """
+    try:
+        return _decoder.decode(line)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise msgspec.DecodeError(f"{type(exc).__name__}: {exc}") from None
 
 
 def prepare_for_write(
@@ -206,7 +225,8 @@ def prepare_for_write(
         try:
             line = encode_line(record)
             checked = _decoder.decode(line)
-        except (msgspec.EncodeError, msgspec.ValidationError, InvalidRecord, TypeError) as exc:
+        except _WRITE_ERRORS as exc:
+            # (a lone surrogate cannot be encoded as UTF-8; a wrong type fails the decode)
             raise InvalidRecord(f"invalid record: {exc}") from None
         if checked.timestamp != record.timestamp:
             line = encode_line(checked)  # an offset was normalized to UTC

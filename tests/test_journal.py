@@ -161,15 +161,15 @@ def test_a_torn_tail_is_cut_and_readers_never_see_it(backend: Backend) -> None:
 
 
 def test_a_complete_line_past_the_commit_is_rolled_forward(backend: Backend) -> None:
-    """A writer that died after its write but before its commit: its line is committed."""
+    """A writer that died after its write but before its commit: its line is committed,
+    and the next writer recovers it."""
     j = backend.journal()
     j.append(ev(1))
     orphan = ev(2)
     with open(file_of(backend), "ab") as f:
         f.write(encode_line(orphan))
-    assert j.head("s1") == 1  # not committed yet ...
     with pytest.raises(SequenceConflict, match="expected 3, got 2"):
-        j.append(ev(2))  # ... until the next writer recovers the tail
+        j.append(ev(2))
     assert j.head("s1") == 2
     assert j.append(orphan).event_id == orphan.event_id  # its retry resolves as success
     j.append(ev(3))
@@ -480,3 +480,21 @@ def test_rebuild_trusts_the_index_only_when_it_proves_the_prefix(
     j2.append(ev(16))
     assert (index / "main.idx").stat().st_size == 16 * 12
     j2.close()
+
+
+def test_readers_make_rolled_forward_lines_visible_without_a_writer(backend: Backend) -> None:
+    """Lines past the committed length that continue their branch are committed by rule;
+    a reader that finds the lease free recovers them, so they show without a next append."""
+    j = backend.journal(lease_hold_ms=0)
+    j.append(ev(1))
+    orphans = [ev(2), ev(3)]
+    with open(file_of(backend), "ab") as f:
+        f.write(b"".join(encode_line(r) for r in orphans) + encode_line(ev(4))[:25])
+    other = backend.journal(lease_hold_ms=0)
+    assert other.head("s1") == 3
+    assert [r.event_id for r in other.read("s1", from_sequence=2)] == [
+        r.event_id for r in orphans
+    ]
+    assert file_of(backend).read_bytes().count(b"\n") == 3  # the torn piece is gone
+    j.close()
+    other.close()

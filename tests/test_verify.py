@@ -48,7 +48,7 @@ def write_index(root: Path, lines: list[bytes], session: str = SID) -> None:
     index.mkdir(parents=True, exist_ok=True)
     for branch, entries in rows.items():
         (index / f"{branch}.idx").write_bytes(b"".join(entries))
-    (index / "committed").write_bytes(HINT.pack(offset))
+    (index / "committed").write_bytes(HINT.pack(offset, 0))
 
 
 def problems(findings: list[Finding]) -> list[tuple[str, int, str]]:
@@ -169,15 +169,15 @@ def test_committed_hint_beyond_the_file(tmp_path: Path) -> None:
     write_session(tmp_path, lines)
     write_index(tmp_path, lines)
     hint = tmp_path / "index" / SID / "committed"
-    hint.write_bytes(HINT.pack(10_000))
+    hint.write_bytes(HINT.pack(10_000, 0))
     found = errors(tmp_path)
     assert [(Path(f.path).name, f.line) for f in found] == [("committed", 0)]
     assert "committed data is missing" in found[0].problem
-    hint.write_bytes(HINT.pack(5))
+    hint.write_bytes(HINT.pack(5, 0))
     assert "not at a line boundary" in errors(tmp_path)[0].problem
     # A bad line below the hint is corruption of committed data, and says so.
     write_session(tmp_path, [lines[0], b"garbage\n"])
-    hint.write_bytes(HINT.pack(len(lines[0]) + 8))
+    hint.write_bytes(HINT.pack(len(lines[0]) + 8, 0))
     assert errors(tmp_path)[0].problem.endswith("(inside the committed region)")
 
 
