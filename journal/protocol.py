@@ -97,7 +97,10 @@ class LeaseClock:
     and we stop trusting it a safety margin before it expires."""
 
     def __init__(self, lease_ms: int) -> None:
-        self.deadline = time.monotonic() + lease_ms / 1000 * 0.8 - 0.02
+        # 80 % of the lease, less a margin for the clock and the trip to Redis: 20 ms, or a
+        # fifth of the lease for the short holds (lease_hold_ms) of a busy writer.
+        seconds = lease_ms / 1000
+        self.deadline = time.monotonic() + seconds * 0.8 - min(0.02, seconds * 0.2)
 
     def valid(self) -> bool:
         return time.monotonic() < self.deadline
@@ -155,6 +158,9 @@ class Backoff:
         return delay
 
 
+_CONTENDED_S = 1.0  # how long a session counts as contended after we met another writer
+
+
 class Core:
     """Settings plus the names and stores derived from them."""
 
@@ -165,7 +171,24 @@ class Core:
         # Leases kept after a commit, per session. Appends of one session are serialized
         # within a process (journal.py), so one append at a time reads and replaces these.
         self.held: dict[str, Held] = {}
+        # Sessions where this process met another writer lately. An idle holder makes
+        # waiters wait out its hold, so a contended session is not held at all for a while.
+        self.contended_until: dict[str, float] = {}
         self._stores: dict[str, SessionStore] = {}
+
+    def hold_ms(self, session_id: str) -> int:
+        """How long to keep the lease after a commit: 0 while the session is contended."""
+        until = self.contended_until.get(session_id)
+        if until is not None:
+            if time.monotonic() < until:
+                return 0
+            del self.contended_until[session_id]
+        return self.settings.lease_hold_ms
+
+    def contended(self, session_id: str) -> None:
+        if len(self.contended_until) > 4096:
+            self.contended_until.clear()
+        self.contended_until[session_id] = time.monotonic() + _CONTENDED_S
 
     def keys(self, session_id: str) -> SessionKeys:
         return session_keys(self.settings.key_prefix, session_id)
@@ -354,6 +377,7 @@ def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[Ev
                 yield from rebuild(core, first.session_id, waiter)
                 continue
             if status == "busy":
+                core.contended(first.session_id)
                 yield Sleep(waiter.next(int(reply[1])))
                 continue
             if status == "conflict":
@@ -484,11 +508,11 @@ def _under_lease(
     inline = len(data) <= core.settings.inline_message_max
     message = encode_announcement(first.session_id, branch, first.sequence, last.sequence,
                                   start, end, data if inline else None)
-    hold_ms = core.settings.lease_hold_ms
+    hold_ms = core.hold_ms(first.session_id)
     hold_clock = LeaseClock(hold_ms)  # started before the commit is sent: conservative
     commit = Lua("commit", keys.all,
                  [token, hold_ms, end, "update", core.publish, message, branch, last.sequence])
-    if fast and synced_at < clock.deadline and start == committed:
+    if fast and hold_ms and synced_at < clock.deadline and start == committed:
         # Pipelined commit. Our lines are synced at the committed length, inside a lease
         # whose last commit Redis confirmed: by the roll-forward rule they are committed
         # now, whatever happens to the commit we send. Its reply is read before our next
@@ -511,6 +535,8 @@ def _under_lease(
         )
     faults.hit("after_commit")
     # 1: we still hold the lease; 2: another writer waits, so the script let it go.
+    if ok == 2:
+        core.contended(first.session_id)
     kept = Held(token, hold_clock, end, {branch: last.sequence}) if ok == 1 and hold_ms else None
     return records, kept
 

@@ -180,9 +180,10 @@ GOOD_LINE = (b'{"event_id":"e1","session_id":"s","branch_id":"main","sequence":1
 def test_decode_line_raises_only_codec_errors(raw: bytes) -> None:
     """decode_line's contract: a record, or a msgspec error (or a JournalError).
 
-    Regression test (this was a bug, now fixed; journal/records.py decode_line, and every caller in journal/filestore.py): invalid
-    UTF-8 inside a string raises UnicodeDecodeError, which no caller catches: one damaged
-    byte in a committed line makes read() and the rebuild crash instead of CorruptLine."""
+    Regression test, once a bug (journal/records.py decode_line, and every caller in
+    journal/filestore.py): invalid UTF-8 inside a string raises UnicodeDecodeError, which no caller
+    catches: one damaged byte in a committed line makes read() and the rebuild crash instead of
+    CorruptLine."""
     with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError, JournalError):
         decode_line(raw)
 
@@ -194,8 +195,8 @@ def test_non_finite_floats_are_refused_not_turned_into_null(value: float, where:
     read back as null (in a typed float field, the Rust reader would then drop the kind to
     Custom). Documented behaviour we want: a clear InvalidRecord, nothing written.
 
-    Regression test (this was a bug, now fixed; journal/kinds.py validate_kind, journal/records.py prepare_for_write): today the
-    record is accepted and the line says ``null``."""
+    Regression test, once a bug (journal/kinds.py validate_kind, journal/records.py
+    prepare_for_write): today the record is accepted and the line says ``null``."""
     if where == "custom-data":
         kind = {"type": "Custom", "event_type": "x", "data": {"score": value}}
     else:
@@ -207,8 +208,8 @@ def test_non_finite_floats_are_refused_not_turned_into_null(value: float, where:
 
 @pytest.mark.parametrize("depth", [50, 500, 5000, 50_000])
 def test_deep_nesting_round_trips_or_is_refused_clearly(depth: int) -> None:
-    """Regression test (this was a bug, now fixed; journal/records.py prepare_for_write): from a depth of about 1000, msgspec raises
-    RecursionError, which escapes as is instead of an InvalidRecord."""
+    """Regression test, once a bug (journal/records.py prepare_for_write): from a depth of about
+    1000, msgspec raises RecursionError, which escapes as is instead of an InvalidRecord."""
     nested: Any = []
     for _ in range(depth):
         nested = [nested]
@@ -220,8 +221,8 @@ def test_deep_nesting_round_trips_or_is_refused_clearly(depth: int) -> None:
 def test_lone_surrogates_are_refused_clearly(field: str) -> None:
     """A Python str may hold a lone surrogate, which has no UTF-8 encoding.
 
-    Regression test (this was a bug, now fixed; journal/records.py prepare_for_write): the UnicodeEncodeError of the encoder escapes
-    instead of an InvalidRecord."""
+    Regression test, once a bug (journal/records.py prepare_for_write): the UnicodeEncodeError of
+    the encoder escapes instead of an InvalidRecord."""
     bad = "ok\ud800"
     kind = {"type": "UserMessage", "content": bad if field == "content" else "x"}
     extra = {field: bad} if field != "content" else {}
@@ -234,10 +235,10 @@ def test_a_deeply_nested_line_in_a_file_is_a_clear_error(server: RedisServer) ->
     """A valid JSON line nested deeper than Python's recursion limit (written by another
     tool) makes head, read and append raise RecursionError.
 
-    Regression test (this was a bug, now fixed; journal/filestore.py: _classify, rebuild, _read_indexed, _read_scanned, and the
-    _Position decoder): RecursionError is not caught with the msgspec errors, so it escapes
-    as a non-JournalError, and the session cannot be used at all. Expected: CorruptLine
-    (file and line) or the event itself."""
+    Regression test, once a bug (journal/filestore.py: _classify, rebuild, _read_indexed,
+    _read_scanned, and the _Position decoder): RecursionError is not caught with the msgspec errors,
+    so it escapes as a non-JournalError, and the session cannot be used at all. Expected:
+    CorruptLine (file and line) or the event itself."""
     root = fresh_root()
     try:
         lines = []
@@ -440,12 +441,12 @@ def test_truncation_at_every_offset(corpus: Corpus, redis_lost: bool) -> None:
 @pytest.mark.parametrize("redis_lost", [False, True], ids=["redis-state", "redis-lost"])
 @pytest.mark.parametrize("flip", ["xor01", "newline", "xorff"])
 def test_byte_flip_at_every_offset(corpus: Corpus, redis_lost: bool, flip: str) -> None:
-    """Regression test (this was a bug, now fixed; journal/filestore.py SessionStore._read_scanned, and _read_indexed's fallback):
-    with the Redis state present, a committed line whose sequence was damaged into another
-    number (``"sequence":1`` -> ``0``), or whose branch_id was damaged, is silently
-    skipped: ``read(from 1)`` returns events 2..5, a wrong answer instead of CorruptLine.
-    The scan also never checks session_id. The rebuild path (Redis lost) does both checks
-    and reports CorruptLine."""
+    """Regression test, once a bug (journal/filestore.py SessionStore._read_scanned, and
+    _read_indexed's fallback): with the Redis state present, a committed line whose sequence was
+    damaged into another number (``"sequence":1`` -> ``0``), or whose branch_id was damaged, is
+    silently skipped: ``read(from 1)`` returns events 2..5, a wrong answer instead of CorruptLine.
+    The scan also never checks session_id. The rebuild path (Redis lost) does both checks and
+    reports CorruptLine."""
     wrong = []
     for offset in range(len(corpus.good)):
         byte = corpus.good[offset]
@@ -525,10 +526,10 @@ def test_redis_answering_errors_at_commit(tmp_path: Path, error: str, hold: str)
     lease the pipelined fast path acknowledges the append before the reply: then the event
     must become visible to other processes once Redis accepts commands again.
 
-    Regression test (this was a bug, now fixed; held-lease case; journal/protocol.py _under_lease pipelined ``Send`` + _confirm):
-    the refused commit is only noticed by this process's *next* operation on the session;
-    meanwhile the acknowledged event stays beyond the committed length, invisible to every
-    other reader, head and subscription, for as long as nobody appends to the session."""
+    Regression test, once a bug (held-lease case; journal/protocol.py _under_lease pipelined
+    ``Send`` + _confirm): the refused commit is only noticed by this process's *next* operation on
+    the session; meanwhile the acknowledged event stays beyond the committed length, invisible to
+    every other reader, head and subscription, for as long as nobody appends to the session."""
     with RedisServer(dir=tmp_path / "redis") as srv:
         root = tmp_path / "data"
         import redis
@@ -590,8 +591,9 @@ def test_a_batch_that_fails_mid_write_is_not_partly_committed(server: RedisServe
     of the batch beyond the committed length, and the next writer's tail recovery rolls
     them forward: a failed batch ends up partly committed.
 
-    Regression test (this was a bug, now fixed; journal/protocol.py _under_lease + journal/filestore.py recover_tail): seen by the
-    chaos run as "torn batch". Same with a real full disk (a short write)."""
+    Regression test, once a bug (journal/protocol.py _under_lease + journal/filestore.py
+    recover_tail): seen by the chaos run as "torn batch". Same with a real full disk (a short
+    write)."""
     root = fresh_root()
     try:
         with Journal(root, server.url, lease_ms=2000) as j:
@@ -619,9 +621,9 @@ def test_storage_error_means_nothing_was_committed(server: RedisServer) -> None:
     writer's recovery commits it. The caller was told it failed; its next append at the
     same sequence then gets a SequenceConflict against its own "failed" event.
 
-    Regression test (this was a bug, now fixed; journal/protocol.py append(), ``except OSError``): truncate back to the committed
-    length under the lease before raising StorageError, or raise AppendOutcomeUnknown when
-    the bytes may have landed."""
+    Regression test, once a bug (journal/protocol.py append(), ``except OSError``): truncate back to
+    the committed length under the lease before raising StorageError, or raise AppendOutcomeUnknown
+    when the bytes may have landed."""
     root = fresh_root()
     try:
         with Journal(root, server.url, lease_ms=2000) as j:
@@ -666,12 +668,11 @@ def test_redis_restart_during_tail_recovery_never_cuts_committed_lines(tmp_path:
 
     Meanwhile B also appends event 3 and gets it acknowledged: A cuts that one too.
 
-    Regression test (this was a bug, now fixed; journal/protocol.py _recover + journal/filestore.py recover_tail/truncate, the
-    guard is LeaseClock.guard, a local clock): committed and acknowledged events disappear,
-    Redis says head 3 while the file holds 1 event, and every later append fails with
-    StorageError ("holds N bytes but M are committed") until Redis forgets the session;
-    then new events reuse the sequences. The 5-minute chaos run lost an acknowledged event
-    this way.
+    Regression test, once a bug (journal/protocol.py _recover + journal/filestore.py
+    recover_tail/truncate, the guard is LeaseClock.guard, a local clock): committed and acknowledged
+    events disappear, Redis says head 3 while the file holds 1 event, and every later append fails
+    with StorageError ("holds N bytes but M are committed") until Redis forgets the session; then
+    new events reuse the sequences. The 5-minute chaos run lost an acknowledged event this way.
     """
     with RedisServer(dir=tmp_path / "redis") as srv:
         root = tmp_path / "data"
@@ -749,9 +750,9 @@ def test_reads_on_a_full_disk_never_raise_a_raw_oserror(tiny_disk: Path,
     disk was full. A read or head that has to rebuild Redis's state writes the index and
     the hint (caches) and lets ENOSPC escape as a bare OSError, not even a JournalError.
 
-    Regression test (this was a bug, now fixed; journal/filestore.py SessionStore._write_indexes / write_hint, called from the
-    rebuild; journal/protocol.py rebuild): cache writes should be best effort (suppress
-    OSError, as index_append already is), or at worst raise StorageError; the subscription
+    Regression test, once a bug (journal/filestore.py SessionStore._write_indexes / write_hint,
+    called from the rebuild; journal/protocol.py rebuild): cache writes should be best effort
+    (suppress OSError, as index_append already is), or at worst raise StorageError; the subscription
     then dies because OSError from a read is not retried (journal/subscription.py)."""
     with Journal(tiny_disk, server.url) as j:
         for seq in (1, 2, 3):
