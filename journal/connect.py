@@ -48,7 +48,7 @@ import redis.asyncio.sentinel
 import redis.client
 import redis.cluster
 import redis.sentinel
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, SlotNotCoveredError
 
 from .errors import InvalidInput, RedisUnavailable
 from .settings import JournalSettings, redact_url
@@ -60,6 +60,7 @@ __all__ = [
     "Target",
     "async_client",
     "async_pubsub",
+    "check_client",
     "client_options",
     "is_cluster",
     "parse_target",
@@ -288,6 +289,15 @@ def is_cluster(client: object) -> bool:
     return isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster)
 
 
+def check_client(settings: JournalSettings, client: object) -> None:
+    """Refuse a cluster client (given with ``redis_client=``) without sharded pub/sub."""
+    if is_cluster(client) and not settings.sharded_pubsub:
+        raise InvalidInput(
+            "a Redis Cluster client needs sharded_pubsub=True (or cluster=True): commits "
+            "publish to the session's own slot with SPUBLISH"
+        )
+
+
 # ----- pub/sub -------------------------------------------------------------------------------
 
 
@@ -299,7 +309,8 @@ def sync_pubsub(client: SyncClient, channel: str, *, refresh: bool = False) -> r
         if refresh:
             client.nodes_manager.initialize()
         node = client.get_node_from_key(channel)  # type: ignore[no-untyped-call]
-        pubsub: redis.client.PubSub = client.get_redis_connection(node).pubsub()  # type: ignore[no-untyped-call]
+        owner = client.get_redis_connection(node)
+        pubsub: redis.client.PubSub = owner.pubsub()  # type: ignore[no-untyped-call]
         return pubsub
     plain: redis.client.PubSub = client.pubsub()  # type: ignore[no-untyped-call]
     return plain
@@ -315,8 +326,8 @@ async def async_pubsub(
         if refresh:
             await client.nodes_manager.initialize()
         node = client.get_node_from_key(channel)
-        if node is None:
-            raise RedisUnavailable(f"no node of the cluster owns the slot of {channel!r}")
+        if node is None:  # only asked for a replica; typed Optional all the same
+            raise SlotNotCoveredError(f"no node of the cluster serves the slot of {channel!r}")
         pool = redis.asyncio.ConnectionPool(
             connection_class=node.connection_class, **node.connection_kwargs
         )

@@ -19,7 +19,10 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
 
+from .connect import CLIENT_ERRORS, AsyncClient, SyncClient
 from .errors import RedisUnavailable
 from .protocol import Blocking, Call, Collect, Lua, Op, Send, Sleep, Steps
 
@@ -72,14 +75,20 @@ class _Pipelined:
         return b"".join(parts)
 
 
-def _supports_pipelining(client: Any) -> bool:
-    # A plain client with a connection pool; a cluster client routes per node: it commits
-    # synchronously instead (correct, one round trip slower).
-    return hasattr(client, "connection_pool") and not hasattr(client, "nodes_manager")
+def _may_pipeline(pool: Any) -> bool:
+    """Pipelined commits acknowledge before Redis confirms, which is safe as long as Redis
+    loses a lease only by expiry or by restarting. A cluster client (no single pool) and a
+    Sentinel pool can fail over to a replica that lacks the lease: they commit
+    synchronously (correct, one round trip slower)."""
+    if pool is None:
+        return False
+    return not isinstance(
+        pool, redis.sentinel.SentinelConnectionPool | redis.asyncio.sentinel.SentinelConnectionPool
+    )
 
 
 class SyncDriver:
-    def __init__(self, client: redis.Redis, where: str) -> None:
+    def __init__(self, client: SyncClient, where: str) -> None:
         self.client = client
         self.where = where
         # redis-py Script objects: EVALSHA, and on NOSCRIPT (a restarted Redis) load and retry.
@@ -87,7 +96,8 @@ class SyncDriver:
         self._lock = threading.Lock()  # one dedicated connection, shared by threads
         self._conn: Any = None
         self._pipe = _Pipelined()
-        self._pipelining = _supports_pipelining(client)
+        self._pool: Any = client.connection_pool if isinstance(client, redis.Redis) else None
+        self._pipelining = _may_pipeline(self._pool)
 
     def execute(self, op: Op) -> Any:
         if isinstance(op, Lua):
@@ -110,12 +120,12 @@ class SyncDriver:
             if self._pipelining:
                 try:
                     if self._conn is None:
-                        self._conn = self.client.connection_pool.get_connection()
+                        self._conn = self._pool.get_connection()
                     script = self.scripts[op.lua.script]
                     self._conn.send_packed_command([self._pipe.packed(op.lua, script.sha)])
                     self._pipe.waiting.append((op.session_id, op.lua))
                     return
-                except redis.RedisError:
+                except CLIENT_ERRORS:
                     self._reset()
             # No pipelining here (or the send failed): commit now, remember the reply.
             self._pipe.results[op.session_id] = self._run_lua(op.lua)
@@ -143,7 +153,7 @@ class SyncDriver:
     def _run_lua(self, lua: Lua) -> Any:
         try:
             return self.scripts[lua.script](keys=lua.keys, args=lua.args)
-        except redis.RedisError:
+        except CLIENT_ERRORS:
             return 0
 
     def _reset(self) -> None:
@@ -153,7 +163,7 @@ class SyncDriver:
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.disconnect()
-                self.client.connection_pool.release(self._conn)
+                self._pool.release(self._conn)
             self._conn = None
 
     def close(self) -> None:
@@ -161,7 +171,7 @@ class SyncDriver:
             while self._pipe.waiting:
                 self._collect_locked(self._pipe.waiting[0][0])
             if self._conn is not None:
-                self.client.connection_pool.release(self._conn)
+                self._pool.release(self._conn)
                 self._conn = None
 
     def run(self, steps: Steps[T]) -> T:
@@ -175,7 +185,7 @@ class SyncDriver:
                 result, error = None, None
                 try:
                     result = self.execute(value)
-                except redis.RedisError as exc:
+                except CLIENT_ERRORS as exc:
                     error = redis_error(exc, self.where)
                 except Exception as exc:
                     # Thrown back into the protocol, so it can release its lease first.
@@ -185,20 +195,22 @@ class SyncDriver:
 
 
 class AsyncDriver:
-    def __init__(self, client: redis.asyncio.Redis, where: str) -> None:
+    def __init__(self, client: AsyncClient, where: str) -> None:
         self.client = client
         self.where = where
         self.scripts = {name: client.register_script(src) for name, src in LUA_SOURCES.items()}
         self._lock = asyncio.Lock()
         self._conn: Any = None
         self._pipe = _Pipelined()
-        self._pipelining = _supports_pipelining(client)
+        self._pool: Any = (client.connection_pool if isinstance(client, redis.asyncio.Redis)
+                           else None)
+        self._pipelining = _may_pipeline(self._pool)
 
     async def execute(self, op: Op) -> Any:
         if isinstance(op, Lua):
             return await self.scripts[op.script](keys=op.keys, args=op.args)
         if isinstance(op, Call):
-            return await self.client.execute_command(*op.args)  # type: ignore[no-untyped-call]
+            return await self.client.execute_command(*op.args)
         if isinstance(op, Blocking):
             return await asyncio.to_thread(op.fn)
         if isinstance(op, Send):
@@ -215,12 +227,12 @@ class AsyncDriver:
             if self._pipelining:
                 try:
                     if self._conn is None:
-                        self._conn = await self.client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+                        self._conn = await self._pool.get_connection()
                     script = self.scripts[op.lua.script]
                     await self._conn.send_packed_command([self._pipe.packed(op.lua, script.sha)])
                     self._pipe.waiting.append((op.session_id, op.lua))
                     return
-                except redis.RedisError:
+                except CLIENT_ERRORS:
                     await self._reset()
             self._pipe.results[op.session_id] = await self._run_lua(op.lua)
 
@@ -244,7 +256,7 @@ class AsyncDriver:
     async def _run_lua(self, lua: Lua) -> Any:
         try:
             return await self.scripts[lua.script](keys=lua.keys, args=lua.args)
-        except redis.RedisError:
+        except CLIENT_ERRORS:
             return 0
 
     async def _reset(self) -> None:
@@ -254,7 +266,7 @@ class AsyncDriver:
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.disconnect()
-                await self.client.connection_pool.release(self._conn)
+                await self._pool.release(self._conn)
             self._conn = None
 
     async def close(self) -> None:
@@ -262,7 +274,7 @@ class AsyncDriver:
             while self._pipe.waiting:
                 await self._collect_locked(self._pipe.waiting[0][0])
             if self._conn is not None:
-                await self.client.connection_pool.release(self._conn)
+                await self._pool.release(self._conn)
                 self._conn = None
 
     async def run(self, steps: Steps[T]) -> T:
@@ -276,7 +288,7 @@ class AsyncDriver:
                 result, error = None, None
                 try:
                     result = await self.execute(value)
-                except redis.RedisError as exc:
+                except CLIENT_ERRORS as exc:
                     error = redis_error(exc, self.where)
                 except Exception as exc:
                     error = exc

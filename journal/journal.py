@@ -15,10 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import redis
-import redis.asyncio
-
-from . import protocol
+from . import connect, protocol
 from .driver import AsyncDriver, SyncDriver, redis_error
 from .errors import InvalidInput, JournalError
 from .group import GroupQueue, Pending, merge, settle
@@ -71,11 +68,6 @@ class _Base:
 
             url = ensure_embedded(Path(self.settings.root))
         return url
-
-    def _client_options(self) -> dict[str, Any]:
-        timeout = self.settings.socket_timeout_s
-        return {"socket_timeout": timeout, "socket_connect_timeout": timeout,
-                "health_check_interval": 30}
 
     def _ids(self, session_id: str, branch_id: str) -> None:
         validate_id(session_id, "session_id", self.settings.max_id_length)
@@ -133,7 +125,7 @@ class AsyncJournal(_Base):
         redis_url: str | None = None,
         *,
         settings: JournalSettings | None = None,
-        redis_client: redis.asyncio.Redis | None = None,
+        redis_client: connect.AsyncClient | None = None,
         **options: Any,
     ) -> None:
         self._setup(root, redis_url, settings, options)
@@ -147,10 +139,11 @@ class AsyncJournal(_Base):
             if self._client is None:
                 url = self._resolve_url()
                 self._where = redact_url(url)
-                self._client = redis.asyncio.Redis.from_url(url, **self._client_options())
+                self._client = connect.async_client(self.settings, url)
+            connect.check_client(self.settings, self._client)
             try:
                 await self._client.ping()
-            except redis.RedisError as exc:
+            except connect.CLIENT_ERRORS as exc:
                 raise redis_error(exc, self._where) from None
             self._driver = AsyncDriver(self._client, self._where)
         return self
@@ -174,7 +167,7 @@ class AsyncJournal(_Base):
         await self.close()
 
     @property
-    def redis(self) -> redis.asyncio.Redis:
+    def redis(self) -> connect.AsyncClient:
         if self._client is None:
             raise InvalidInput("the journal is not open")
         return self._client
@@ -269,7 +262,7 @@ class Journal(_Base):
         redis_url: str | None = None,
         *,
         settings: JournalSettings | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: connect.SyncClient | None = None,
         **options: Any,
     ) -> None:
         self._setup(root, redis_url, settings, options)
@@ -283,10 +276,11 @@ class Journal(_Base):
             if self._client is None:
                 url = self._resolve_url()
                 self._where = redact_url(url)
-                self._client = redis.Redis.from_url(url, **self._client_options())
+                self._client = connect.sync_client(self.settings, url)
+            connect.check_client(self.settings, self._client)
             try:
                 self._client.ping()
-            except redis.RedisError as exc:
+            except connect.CLIENT_ERRORS as exc:
                 raise redis_error(exc, self._where) from None
             self._driver = SyncDriver(self._client, self._where)
         return self
@@ -310,7 +304,7 @@ class Journal(_Base):
         self.close()
 
     @property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> connect.SyncClient:
         if self._client is None:
             raise InvalidInput("the journal is not open")
         return self._client

@@ -289,6 +289,18 @@ def roll_forward(core: Core, session_id: str) -> Steps[bool]:
     return True
 
 
+def _stale(core: Core, session_id: str) -> Steps[bool]:
+    """An append ahead of Redis's head: that head may be stale (a failover to a replica
+    that missed the last commits, a commit whose reply was lost) while the file holds the
+    missing lines. Roll them forward before calling it a conflict: the retry of a committed
+    event must resolve as stored, not as a conflict. True when it recovered."""
+    raw = yield Call(("HGET", core.keys(session_id).state, "len"))
+    if raw is None or (yield Blocking(core.store(session_id).size)) <= int(raw):
+        return False
+    recovered: bool = yield from roll_forward(core, session_id)
+    return recovered
+
+
 # ----- reads ------------------------------------------------------------------------------
 
 
@@ -381,7 +393,10 @@ def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[Ev
                 yield Sleep(waiter.next(int(reply[1])))
                 continue
             if status == "conflict":
-                return (yield from _resolve_conflict(core, records, int(reply[1])))
+                top = int(reply[1])
+                if first.sequence > top + 1 and (yield from _stale(core, first.session_id)):
+                    continue  # Redis's head was stale: the file had more; look again
+                return (yield from _resolve_conflict(core, records, top))
             committed, head_now = int(reply[1]), int(reply[2])
         faults.hit("after_begin")
         try:

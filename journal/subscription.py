@@ -37,7 +37,13 @@ fell into a disconnect) is not discovered, as that would mean listing every sess
 and the firehose keeps a small record (a few hundred bytes) per (session, branch) it has
 seen, and the idle
 check costs one HGETALL per quiet known session every ``idle_s``. Sharded pub/sub has no
-patterns, so ``subscribe_all`` refuses ``sharded_pubsub`` (a cluster firehose is later work).
+patterns, so ``subscribe_all`` refuses ``sharded_pubsub``, and with it Redis Cluster mode (see
+docs/cluster.md for what a cluster firehose would cost).
+
+On a Redis Cluster a subscription listens on one plain connection to the primary that owns
+its channel's slot (``connect.sync_pubsub``/``async_pubsub``); after any lost connection the
+slot map is reloaded before it listens again, so it follows a failover or a slot migration
+(the old owner drops the connection, or sends a ``sunsubscribe``, which counts as lost).
 
 Memory: the live buffer holds at most ``buffer_size`` messages (each at most
 ``inline_message_max`` bytes of records), and a file read at most ``page_size`` events.
@@ -68,8 +74,9 @@ from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 import redis
+from redis.exceptions import RedisClusterException
 
-from . import protocol
+from . import connect, protocol
 from .errors import InvalidInput, JournalError, LeaseTimeout, RedisUnavailable
 from .ids import validate_id
 from .keys import channel_pattern
@@ -549,8 +556,12 @@ class Follower:
 # Errors that mean "Redis (or the connection to it) is in trouble": reconnect and catch up.
 # File errors (CorruptLine, StorageError, OSError from the store) are not among them for
 # reads and head checks: they reach the consumer.
-_PUBSUB_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
-_COMMAND_ERRORS: tuple[type[BaseException], ...] = (RedisUnavailable, LeaseTimeout)
+# RedisClusterException (no reachable node, a slot nobody serves yet during a failover)
+# does not derive from RedisError.
+_PUBSUB_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError,
+                                                   RedisClusterException)
+_COMMAND_ERRORS: tuple[type[BaseException], ...] = (RedisUnavailable, LeaseTimeout,
+                                                    RedisClusterException)
 
 
 def _describe(exc: BaseException) -> str:
@@ -595,7 +606,8 @@ def _firehose(
     if settings.sharded_pubsub:
         raise InvalidInput(
             "subscribe_all needs pattern subscriptions, which sharded pub/sub "
-            "(sharded_pubsub=True, Redis Cluster) does not have; subscribe per session instead"
+            "(sharded_pubsub=True, forced on in Redis Cluster mode) does not have; subscribe "
+            "per session instead (docs/cluster.md, 'The firehose on a cluster')"
         )
     opts = SubscribeOptions.parse(options, firehose=True)
     follower = Follower(opts, what=f"firehose {session_prefix or '*'}")
@@ -681,7 +693,10 @@ def _sync_events(
                     _close_sync(pubsub)
                     pubsub = None
                     journal.open()
-                    pubsub = journal.redis.pubsub()  # type: ignore[no-untyped-call]
+                    # On a cluster: the owner of the channel's slot, re-resolved after a
+                    # lost connection (failover, slot migration).
+                    pubsub = connect.sync_pubsub(journal.redis, listening.name,
+                                                 refresh=follower.stats.disconnects > 0)
                     getattr(pubsub, listening.method)(listening.name)
                 elif isinstance(action, Ping):
                     pubsub.ping(action.token)
@@ -781,7 +796,8 @@ async def _async_events(
                     await _close_async(pubsub)
                     pubsub = None
                     await journal.open()
-                    pubsub = journal.redis.pubsub()
+                    pubsub = await connect.async_pubsub(journal.redis, listening.name,
+                                                        refresh=follower.stats.disconnects > 0)
                     await getattr(pubsub, listening.method)(listening.name)
                 elif isinstance(action, Ping):
                     await pubsub.ping(action.token)

@@ -9,6 +9,7 @@ acknowledged event id is appended to ``--acks`` before the next append.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -39,7 +40,9 @@ def main() -> None:
     ap.add_argument("--durability", default="fsync")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
+    ap.add_argument("--stats", help="write JSON counters here at exit (tail recoveries)")
     a = ap.parse_args()
+    stats = _count_recoveries() if a.stats else {}
     acks = os.open(a.acks, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     j = Journal(a.root, a.url, lease_ms=a.lease_ms, durability=a.durability,
                 socket_timeout_s=2.0, lease_wait_s=60)
@@ -77,6 +80,27 @@ def main() -> None:
             i += n
             break
     j.close()
+    if a.stats:
+        Path(a.stats).write_text(json.dumps(stats))
+
+
+def _count_recoveries() -> dict[str, int]:
+    """Count the tail recoveries that rolled lines forward: lines on disk that Redis did not
+    know as committed (a dead writer's tail, or a head that went stale in Redis)."""
+    from journal.filestore import SessionStore
+
+    stats = {"recoveries": 0, "rolled_forward": 0}
+    original = SessionStore.recover_tail
+
+    def counted(self: SessionStore, *args: object, **kwargs: object) -> object:
+        found = original(self, *args, **kwargs)  # type: ignore[arg-type]
+        if found.kept:
+            stats["recoveries"] += 1
+            stats["rolled_forward"] += len(found.kept)
+        return found
+
+    SessionStore.recover_tail = counted  # type: ignore[assignment,method-assign]
+    return stats
 
 
 if __name__ == "__main__":
