@@ -716,7 +716,11 @@ def _listen_sync(pubsub: Any, follower: Follower, action: Listen) -> None:
             follower.on_drained(False)
             return
         follower.on_pubsub(message["type"], message["data"], time.monotonic())
-        timeout = 0.0
+        if timeout:
+            # It arrived while we waited: hand it out before draining the socket again
+            # (the next Listen drains; "more" keeps the backlog rules unchanged).
+            follower.on_drained(True)
+            return
     follower.on_drained(True)
 
 
@@ -817,7 +821,9 @@ async def _listen_async(pubsub: Any, follower: Follower, action: Listen) -> None
             follower.on_drained(False)
             return
         follower.on_pubsub(message["type"], message["data"], time.monotonic())
-        timeout = 0.0
+        if timeout:  # as in _listen_sync
+            follower.on_drained(True)
+            return
     follower.on_drained(True)
 
 
