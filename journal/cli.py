@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TextIO
 
+from . import argtypes
 from .errors import (
     AppendOutcomeUnknown,
     CorruptLine,
@@ -81,34 +82,9 @@ class Terminated(BaseException):
 # ----- argument parsing ----------------------------------------------------------------------
 
 
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
-    return number
-
-
-def _non_negative(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
-    return number
-
-
-def _seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not number >= 0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return number
+_POSITIVE = argtypes.integer(1)
+_NON_NEGATIVE = argtypes.integer(0)
+_SECONDS = argtypes.seconds()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -163,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session", metavar="SESSION")
     p.add_argument("--branch", default="main", metavar="B", help="branch (default: main)")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--sequence", type=_positive, metavar="N",
+    where.add_argument("--sequence", type=_POSITIVE, metavar="N",
                        help="append exactly at N (must be head + 1, else exit 3)")
     where.add_argument("--next", action="store_true",
                        help="append at head + 1, retrying on conflicts")
@@ -177,9 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("read", "print the committed events of a branch")
     p.add_argument("session", metavar="SESSION")
     p.add_argument("--branch", default="main", metavar="B", help="branch (default: main)")
-    p.add_argument("--from", dest="from_sequence", type=_positive, default=1, metavar="N",
+    p.add_argument("--from", dest="from_sequence", type=_POSITIVE, default=1, metavar="N",
                    help="first sequence (default: 1)")
-    p.add_argument("--limit", type=_non_negative, default=None, metavar="N",
+    p.add_argument("--limit", type=_NON_NEGATIVE, default=None, metavar="N",
                    help="at most N events (default: all)")
     p.add_argument("--pretty", action="store_true", help="a readable table instead of JSONL")
 
@@ -192,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "(Ctrl-C or SIGTERM ends it with exit status 0). --all follows every session.")
     p.add_argument("session", metavar="SESSION", nargs="?")
     p.add_argument("--branch", default="main", metavar="B", help="branch (default: main)")
-    p.add_argument("--after", type=_non_negative, default=0, metavar="N",
+    p.add_argument("--after", type=_NON_NEGATIVE, default=0, metavar="N",
                    help="print sequences above N (default: 0, everything)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--all", action="store_true",
@@ -214,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("rebuild", "reset Redis state from the files (and rewrite the indexes)")
     p.add_argument("sessions", metavar="SESSION", nargs="*", help="default: every session")
-    p.add_argument("--wait", type=_seconds, default=10.0, metavar="S",
+    p.add_argument("--wait", type=_SECONDS, default=10.0, metavar="S",
                    help="how long to wait for a busy session's writer (default: 10)")
 
     p = command("redis", "start, stop or show the embedded redis-server of --root")

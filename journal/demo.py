@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from . import argtypes
 from .errors import (
     AppendOutcomeUnknown,
     JournalError,
@@ -71,59 +72,34 @@ PAGE = 1000
 # ----- arguments -----------------------------------------------------------------------------
 
 
-def _count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if not 1 <= number <= 64:
-        raise argparse.ArgumentTypeError(f"must be 1..64, got {number}")
-    return number
-
-
-def _seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0 <= number <= 24 * 3600:
-        raise argparse.ArgumentTypeError(f"must be 0..86400, got {value}")
-    return number
-
-
-def _turns(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
-    return number
+_COUNT = argtypes.integer(1, 64)
+_SECONDS = argtypes.seconds(24 * 3600)
+_TURNS = argtypes.integer(0)
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=_count, default=4, metavar="N",
+    p.add_argument("--workers", type=_COUNT, default=4, metavar="N",
                    help="worker processes (default: 4)")
-    p.add_argument("--sessions", type=_count, default=3, metavar="N",
+    p.add_argument("--sessions", type=_COUNT, default=3, metavar="N",
                    help="sessions, each shared by every worker (default: 3)")
-    p.add_argument("--duration", type=_seconds, default=3.0, metavar="S",
+    p.add_argument("--duration", type=_SECONDS, default=3.0, metavar="S",
                    help="seconds the workers write for (default: 3)")
-    p.add_argument("--pause", type=_seconds, default=0.0, metavar="S",
+    p.add_argument("--pause", type=_SECONDS, default=0.0, metavar="S",
                    help="pause of each worker between turns (default: 0)")
     p.add_argument("--keep", action="store_true",
                    help="keep the temporary root (it is always kept when a check fails)")
 
 
 def add_fleet_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sessions", type=_count, default=3, metavar="N",
+    p.add_argument("--sessions", type=_COUNT, default=3, metavar="N",
                    help="how many sessions the fleet shares (default: 3)")
     p.add_argument("--prefix", default="fleet", metavar="P",
                    help="session ids are P-1 .. P-N (default: fleet)")
-    p.add_argument("--duration", type=_seconds, default=0.0, metavar="S",
+    p.add_argument("--duration", type=_SECONDS, default=0.0, metavar="S",
                    help="stop after S seconds (default: 0, run until stopped)")
-    p.add_argument("--turns", type=_turns, default=0, metavar="N",
+    p.add_argument("--turns", type=_TURNS, default=0, metavar="N",
                    help="stop after N turns (default: 0, no limit)")
-    p.add_argument("--pause", type=_seconds, default=0.0, metavar="S",
+    p.add_argument("--pause", type=_SECONDS, default=0.0, metavar="S",
                    help="sleep between turns (default: 0)")
     p.add_argument("--worker-id", default=None, metavar="ID",
                    help="name in the events' actor (default: HOSTNAME-PID)")
