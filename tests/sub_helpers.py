@@ -96,10 +96,20 @@ def subscribe(args: argparse.Namespace) -> None:
                     if take(record):
                         break
             stats = asdict(sync_sub.stats)
-    maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    maxrss_kb = _peak_rss_kb()
     Path(args.out).write_text(json.dumps(
         {"seqs": seqs, "ids": ids, "stats": stats, "maxrss_kb": maxrss_kb}
     ))
+
+
+def _peak_rss_kb() -> int:
+    """This process's peak RSS. Not ``getrusage().ru_maxrss``: Linux carries that across
+    exec, so a child forked from a large pytest process would report the parent's size.
+    ``VmHWM`` belongs to the address space that exec replaced."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def main() -> None:
