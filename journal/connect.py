@@ -222,7 +222,9 @@ class _AsyncSentinelRedis(redis.asyncio.Redis):
             await sentinel.aclose()
 
 
-def _unavailable(exc: Exception, where: str) -> RedisUnavailable:
+def redis_error(exc: Exception, where: str) -> RedisUnavailable:
+    """Translate a redis-py error. redis-py messages name host and port, never a password;
+    ``where`` is already redacted."""
     return RedisUnavailable(f"redis at {where}: {type(exc).__name__}: {exc}")
 
 
@@ -253,7 +255,7 @@ def sync_client(settings: JournalSettings, url: str | None = None) -> SyncClient
     except ValueError as exc:
         raise InvalidInput(f"bad redis URL {where}: {exc}") from None
     except CLIENT_ERRORS as exc:
-        raise _unavailable(exc, where) from None
+        raise redis_error(exc, where) from None
 
 
 def async_client(settings: JournalSettings, url: str | None = None) -> AsyncClient:
@@ -282,7 +284,7 @@ def async_client(settings: JournalSettings, url: str | None = None) -> AsyncClie
     except ValueError as exc:
         raise InvalidInput(f"bad redis URL {where}: {exc}") from None
     except CLIENT_ERRORS as exc:
-        raise _unavailable(exc, where) from None
+        raise redis_error(exc, where) from None
 
 
 def is_cluster(client: object) -> bool:

@@ -22,8 +22,7 @@ import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
 
-from .connect import CLIENT_ERRORS, AsyncClient, SyncClient
-from .errors import RedisUnavailable
+from .connect import CLIENT_ERRORS, AsyncClient, SyncClient, redis_error
 from .protocol import Blocking, Call, Collect, Lua, Op, Send, Sleep, Steps
 
 T = TypeVar("T")
@@ -33,11 +32,6 @@ LUA_SOURCES: dict[str, str] = {
     for entry in files("journal").joinpath("lua").iterdir()
     if entry.name.endswith(".lua")
 }
-
-
-def redis_error(exc: Exception, where: str) -> RedisUnavailable:
-    """Translate a redis-py error. redis-py messages name host and port, never a password."""
-    return RedisUnavailable(f"redis at {where}: {type(exc).__name__}: {exc}")
 
 
 def _advance(steps: Steps[T], result: Any, error: BaseException | None) -> tuple[bool, Any]:

@@ -16,7 +16,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from . import connect, protocol
-from .driver import AsyncDriver, SyncDriver, redis_error
+from .connect import redis_error
+from .driver import AsyncDriver, SyncDriver
 from .errors import InvalidInput, JournalError
 from .group import GroupQueue, Pending, merge, settle
 from .ids import validate_id
