@@ -256,9 +256,9 @@ def _state(core: Core, session_id: str, branch_id: str) -> Steps[tuple[int, int]
         reply = yield Call(("HMGET", keys.state, "len", f"h:{branch_id}"))
         if reply[0] is not None:
             committed = int(reply[0])
-            if not rolled and (yield Blocking(core.store(session_id).size)) > committed:
+            if not rolled:
                 rolled = True
-                if (yield from roll_forward(core, session_id)):
+                if (yield from _catch_up(core, session_id, committed)):
                     continue
             return committed, int(reply[1] or 0)
         store = core.store(session_id)
@@ -295,10 +295,24 @@ def _stale(core: Core, session_id: str) -> Steps[bool]:
     missing lines. Roll them forward before calling it a conflict: the retry of a committed
     event must resolve as stored, not as a conflict. True when it recovered."""
     raw = yield Call(("HGET", core.keys(session_id).state, "len"))
-    if raw is None or (yield Blocking(core.store(session_id).size)) <= int(raw):
+    if raw is None:
+        return False
+    recovered: bool = yield from _catch_up(core, session_id, int(raw))
+    return recovered
+
+
+def _catch_up(core: Core, session_id: str, committed: int) -> Steps[bool]:
+    """Roll forward when the file holds more than Redis says is committed. True when it
+    recovered something (the caller reads the state again)."""
+    if (yield Blocking(core.store(session_id).size)) <= committed:
         return False
     recovered: bool = yield from roll_forward(core, session_id)
     return recovered
+
+
+def _heads(fields: dict[str, str]) -> dict[str, int]:
+    """The branch heads of a state hash (fields ``h:<branch>``)."""
+    return {k[2:]: int(v) for k, v in fields.items() if k.startswith("h:")}
 
 
 # ----- reads ------------------------------------------------------------------------------
@@ -336,13 +350,10 @@ def session_state(core: Core, session_id: str) -> Steps[tuple[int, dict[str, int
         fields = {text(k): text(v) for k, v in (raw or {}).items()}
         if "len" in fields and not rolled:
             rolled = True
-            if (yield Blocking(core.store(session_id).size)) > int(fields["len"]) and (
-                yield from roll_forward(core, session_id)
-            ):
+            if (yield from _catch_up(core, session_id, int(fields["len"]))):
                 continue
         if "len" in fields:
-            heads = {k[2:]: int(v) for k, v in fields.items() if k.startswith("h:")}
-            return int(fields["len"]), heads
+            return int(fields["len"]), _heads(fields)
         if not (yield Blocking(core.store(session_id).path.exists)):
             return 0, {}
         yield from rebuild(core, session_id, waiter)
@@ -446,7 +457,7 @@ def _recover(
     if not flat:
         raise LeaseLost("the lease is gone: Redis restarted or it expired")
     fields = {text(k): text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
-    heads = {k[2:]: int(v) for k, v in fields.items() if k.startswith("h:")}
+    heads = _heads(fields)
     # Recover from the committed length Redis holds under our lease: never from a length
     # we learnt earlier, which a restart and another writer's rebuild may have outdated.
     committed = int(fields.get("len", committed))
