@@ -5,8 +5,10 @@ checks the expected sequence before every durable write; Redis pub/sub carries c
 events to subscribers in every process.
 """
 
-from . import kinds
-from .errors import (
+from journal import kinds
+from journal._io.journals import AsyncJournal, Journal
+from journal._model.records import Actor, EventRecord, EventSchema
+from journal.errors import (
     AppendOutcomeUnknown,
     CorruptLine,
     InvalidId,
@@ -20,9 +22,7 @@ from .errors import (
     SequenceConflict,
     StorageError,
 )
-from .journal import AsyncJournal, Journal
-from .records import Actor, EventRecord, EventSchema
-from .settings import JournalSettings
+from journal.settings import JournalSettings
 
 __all__ = [
     "Actor",

@@ -1,6 +1,6 @@
 """The ``kind`` payload of an aiOS event record: typed variants and the write-side check.
 
-A record's ``kind`` is a JSON object internally tagged by ``"type"`` (see FORMAT.md,
+A record's ``kind`` is a JSON object internally tagged by ``"type"`` (see docs/format.md,
 "kind" and "The 87 kinds"). This module gives one tagged :class:`msgspec.Struct` per known
 tag so callers can build kinds with type checking, and two functions used on the write path:
 
@@ -292,7 +292,7 @@ class ToolCallStarted(KindBase, tag="ToolCallStarted"):
 
 class ToolCallCompleted(KindBase, tag="ToolCallCompleted", kw_only=True):
     # kw_only is per class in msgspec; needed here because an optional field precedes
-    # required ones (FORMAT.md order is kept, since it is the serialized order).
+    # required ones (docs/format.md order is kept, since it is the serialized order).
     tool_run_id: str
     call_id: str | None = None
     tool_name: str
@@ -364,7 +364,7 @@ class StatePatchCommitted(KindBase, tag="StatePatchCommitted"):
 
 
 class StatePatched(KindBase, tag="StatePatched", kw_only=True):
-    # Optional `index` comes first in FORMAT.md order, hence kw_only (see ToolCallCompleted).
+    # Optional `index` comes first in docs/format.md order, hence kw_only (see ToolCallCompleted).
     index: NonNegInt | None = None
     patch: Any
     revision: NonNegInt
@@ -438,7 +438,7 @@ class SandboxDestroyed(KindBase, tag="SandboxDestroyed"):
 
 
 # ─── Memory ───────────────────────────────────────────────────────────────────
-# FORMAT.md types only ObservationAppended.scope as MemoryScope; the aiOS source types the
+# docs/format.md types only ObservationAppended.scope as MemoryScope; the aiOS source types the
 # scope of all five memory kinds as MemoryScope, so an unknown scope would make the Rust
 # reader fall back to Custom. We check all five against the enum.
 
@@ -667,7 +667,7 @@ class ErrorRaised(KindBase, tag="ErrorRaised"):
 
 
 # ─── Kernel kinds ─────────────────────────────────────────────────────────────
-# Open objects: FORMAT.md fixes no fields for them, so the structs declare none and any
+# Open objects: docs/format.md fixes no fields for them, so the structs declare none and any
 # fields they carry pass validation and are kept by the mapping path.
 
 
@@ -735,7 +735,7 @@ class Custom(KindBase, tag="Custom"):
 
 # ─── Registry ─────────────────────────────────────────────────────────────────
 
-# In FORMAT.md order. Kept explicit (not KindBase.__subclasses__()) so that a subclass
+# In docs/format.md order. Kept explicit (not KindBase.__subclasses__()) so that a subclass
 # defined elsewhere can never silently become a "known" kind.
 _ALL_KINDS: tuple[type[KindBase], ...] = (
     UserMessage,
@@ -836,7 +836,7 @@ def _tag_of(cls: type[KindBase]) -> str:
 
 
 KNOWN_KINDS: dict[str, type[KindBase]] = {_tag_of(cls): cls for cls in _ALL_KINDS}
-"""Every tag of FORMAT.md ("The 87 kinds") mapped to its struct."""
+"""Every tag of docs/format.md ("The 87 kinds") mapped to its struct."""
 
 
 # ─── Validation and conversion ────────────────────────────────────────────────
@@ -872,7 +872,7 @@ def validate_kind(kind: Mapping[str, Any]) -> dict[str, Any]:
     """Check a kind object for writing and return it as a plain dict, unchanged.
 
     The mapping needs a string ``"type"``. A known tag must have its required fields, with
-    JSON types and enum values as in FORMAT.md; extra fields are allowed and kept. An
+    JSON types and enum values as in docs/format.md; extra fields are allowed and kept. An
     unknown tag is accepted as-is (aiOS readers are forward compatible). The result has the
     same keys, values and key order as ``kind``: nothing is re-serialized.
 

@@ -55,8 +55,8 @@ import msgspec
 import redis
 
 from journal import AsyncJournal, EventRecord, Journal
-from journal.records import decode_line, encode_line
-from journal.redis_server import RedisServer
+from journal._model.records import decode_line, encode_line
+from journal.testing import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 LINE_250 = b'{"bench":"' + b"x" * 237 + b'"}\n'  # 250 bytes with the newline

@@ -71,6 +71,7 @@ from journal import (  # noqa: E402
     SequenceConflict,
     StorageError,
 )
+from journal.testing import faults  # noqa: E402
 
 BRANCHES = ("main", "alt")
 WINDOWS = ("after_begin", "mid_write", "after_fsync", "before_commit", "after_commit")
@@ -130,6 +131,7 @@ def writer_main(argv: list[str]) -> int:
     sessions = a.sessions.split(",")
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    faults.configure_from_env()
     log(a="start", pid=os.getpid(), faults=os.environ.get("JOURNAL_FAULTS", ""))
     j = Journal(a.root, a.url, lease_ms=a.lease_ms, socket_timeout_s=2.0, lease_wait_s=30)
     while True:
@@ -922,7 +924,7 @@ def parse_args(argv: list[str]) -> Config:
 
 
 def orchestrate(cfg: Config) -> int:
-    from journal.redis_server import RedisServer
+    from journal.testing import RedisServer
 
     t0 = now()
     rng = random.Random(cfg.seed)

@@ -36,7 +36,8 @@ sys.path.insert(0, str(REPO))
 import redis  # noqa: E402
 
 from journal import AppendOutcomeUnknown, EventRecord, Journal  # noqa: E402
-from journal.redis_server import RedisServer, redis_server_version  # noqa: E402
+from journal.server._process import redis_server_version  # noqa: E402
+from journal.testing import RedisServer  # noqa: E402
 
 
 def worker(args: argparse.Namespace) -> None:

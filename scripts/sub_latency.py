@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measure live-subscription latency between two processes, and raw Redis pub/sub for scale.
 
-Starts its own redis-server (journal.redis_server.RedisServer) and a temporary journal root,
+Starts its own redis-server (journal.testing.RedisServer) and a temporary journal root,
 then for each measurement starts a subscriber in another process:
 
 * journal: the parent appends N events, paced, with ``Journal.append``; the child iterates
@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 
 from journal import EventRecord, Journal
-from journal.messages import encode_announcement
-from journal.records import encode_line
-from journal.redis_server import RedisServer
+from journal._model.announcement import encode_announcement
+from journal._model.records import encode_line
+from journal.testing import RedisServer
 
 SESSION = "latency"
 RAW_CHANNEL = "latency-raw"

@@ -1,6 +1,6 @@
 """A real local Redis Cluster for tests: 3 primaries + 3 replicas on loopback.
 
-Each node is a :class:`journal.redis_server.RedisServer` (the Debian ``redis-server`` 7, or
+Each node is a :class:`journal.testing.RedisServer` (the Debian ``redis-server`` 7, or
 whatever :func:`find_redis_server` finds) with ``--cluster-enabled yes``, its own directory
 (for ``nodes.conf``), no persistence, and a node timeout of 1 s so a failover takes a few
 seconds. The cluster is formed by hand with CLUSTER SET-CONFIG-EPOCH / ADDSLOTSRANGE / MEET
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import redis
 
-from journal.redis_server import RedisServer, _free_port, find_redis_server, redis_server_version
+from journal.server._process import _free_port, find_redis_server, redis_server_version
+from journal.testing import RedisServer
 
 SLOTS = 16384
 

@@ -20,7 +20,7 @@ import redis
 import redis.asyncio
 
 from journal import AsyncJournal, Journal
-from journal.redis_server import RedisServer
+from journal.testing import RedisServer
 
 
 @dataclass

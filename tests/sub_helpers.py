@@ -24,7 +24,7 @@ from typing import Any, cast
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from journal import AsyncJournal, EventRecord, Journal, JournalError, SequenceConflict
-from journal.subscription import AsyncSubscription, SyncSubscription
+from journal._io.subscriptions import AsyncSubscription, SyncSubscription
 
 
 def write(args: argparse.Namespace) -> None:

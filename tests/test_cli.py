@@ -22,7 +22,8 @@ import pytest
 import redis
 
 from journal import EventRecord, Journal
-from journal.cli import (
+from journal._core.keys import session_keys
+from journal.cli.main import (
     EXIT_BROKEN_PIPE,
     EXIT_CONFLICT,
     EXIT_CORRUPT,
@@ -30,9 +31,8 @@ from journal.cli import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from journal.embedded import stop_embedded
-from journal.keys import session_keys
-from journal.redis_server import RedisServer
+from journal.server.embedded import stop_embedded
+from journal.testing import RedisServer
 
 SLEEP = '{"type":"PhaseEntered","phase":"sleep"}'
 

@@ -39,9 +39,10 @@ from journal import (
     RedisUnavailable,
     SequenceConflict,
 )
-from journal.connect import parse_target
-from journal.redis_server import RedisServer, _free_port, find_redis_server
+from journal._io.connect import parse_target
+from journal.server._process import _free_port, find_redis_server
 from journal.settings import JournalSettings, redact_url
+from journal.testing import RedisServer
 from tests import test_journal
 from tests.cluster import LocalCluster, skip_reason, wait_for
 from tests.conftest import Backend
@@ -328,7 +329,7 @@ def phantom_lines(b: ClusterBackend, session: str, acked: list[str]) -> list[str
 @pytest.fixture
 def recoveries(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts the tail recoveries of this process that rolled lines forward."""
-    from journal.filestore import SessionStore
+    from journal._storage.session_file import SessionStore
 
     stats = {"recoveries": 0, "rolled_forward": 0}
     original = SessionStore.recover_tail

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from journal import Journal
-from journal.embedded import embedded_status, ensure_embedded, stop_embedded
-from journal.redis_server import RedisServer
-from journal.verify import verify
+from journal.cli.verify import verify
+from journal.server.embedded import embedded_status, ensure_embedded, stop_embedded
+from journal.testing import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from journal import EventRecord, Journal
-from journal.embedded import embedded_paths, embedded_status, ensure_embedded, stop_embedded
+from journal.server.embedded import embedded_paths, embedded_status, ensure_embedded, stop_embedded
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_start_reuse_status_stop(root: Path) -> None:
 _START = textwrap.dedent(
     """
     import sys
-    from journal.embedded import embedded_status, ensure_embedded
+    from journal.server.embedded import embedded_status, ensure_embedded
     url = ensure_embedded(sys.argv[1])
     status = embedded_status(sys.argv[1])
     print(url, status.pid if status else None)

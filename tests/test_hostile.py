@@ -1,7 +1,7 @@
 """Hostile input: fuzzed records and ids, corrupt files, oversize records, a Redis that is
 gone or answers errors in the middle of an append.
 
-The rule under test (DESIGN.md, "Input rules"): bad input gets a clear ``JournalError``
+The rule under test (docs/design.md, "Input rules"): bad input gets a clear ``JournalError``
 subclass and nothing is written; a corrupt committed line is reported with its file and line
 number; a read never returns a wrong event.
 """
@@ -42,11 +42,10 @@ from journal import (
     RedisUnavailable,
     SequenceConflict,
     StorageError,
-    faults,
 )
+from journal._model.records import decode_line, encode_line, prepare_for_write
 from journal.kinds import KNOWN_KINDS, validate_kind
-from journal.records import decode_line, encode_line, prepare_for_write
-from journal.redis_server import RedisServer
+from journal.testing import RedisServer, faults
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -586,7 +585,7 @@ def test_redis_answering_errors_at_commit(tmp_path: Path, error: str, hold: str)
 
 
 def test_a_batch_that_fails_mid_write_is_not_partly_committed(server: RedisServer) -> None:
-    """``append_batch`` is all or nothing (DESIGN.md). A write that fails half-way (ENOSPC
+    """``append_batch`` is all or nothing (docs/design.md). A write that fails half-way (ENOSPC
     after part of the bytes, or a SIGKILL in the ``mid_write`` window) leaves complete lines
     of the batch beyond the committed length, and the next writer's tail recovery rolls
     them forward: a failed batch ends up partly committed.

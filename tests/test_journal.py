@@ -17,8 +17,8 @@ from journal import (
     JournalError,
     SequenceConflict,
 )
+from journal._model.records import encode_line
 from journal.kinds import PhaseEntered
-from journal.records import encode_line
 from tests.conftest import Backend
 from tests.support import sample_path
 
@@ -345,7 +345,7 @@ async def test_group_commit_shares_rounds_between_concurrent_tasks(backend: Back
     their fdatasync), each caller gets its own records back, and conflicts stay per caller."""
     import asyncio
 
-    from journal import protocol
+    from journal._core import protocol
 
     rounds = 0
     real_append = protocol.append
@@ -445,7 +445,7 @@ async def test_async_pipelined_commits_and_restart(backend: Backend) -> None:
 def test_rebuild_trusts_the_index_only_when_it_proves_the_prefix(
     backend: Backend, damage: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from journal.filestore import SessionStore
+    from journal._storage.session_file import SessionStore
 
     scans = 0
     full_scan = SessionStore._rebuild_scan

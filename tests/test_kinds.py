@@ -26,9 +26,9 @@ from journal.kinds import (
     validate_kind,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FORMAT_MD = SHARED / "FORMAT.md"
-SAMPLE = SHARED / "fixtures" / "aios-sample.jsonl"
+REPO = Path(__file__).resolve().parents[1]
+FORMAT_MD = REPO / "docs" / "format.md"
+SAMPLE = REPO / "tests" / "fixtures" / "aios-sample.jsonl"
 
 KERNEL_TAGS = [
     "KernelVmCreated",
@@ -127,9 +127,8 @@ def test_tags_match_class_names_and_every_subclass_is_registered() -> None:
     assert defined_here == set(KNOWN_KINDS.values())
 
 
-@pytest.mark.skipif(not FORMAT_MD.exists(), reason="shared FORMAT.md not present")
 def test_fields_match_format_md() -> None:
-    """Field names, order and optionality agree with the list in FORMAT.md."""
+    """Field names, order and optionality agree with the list in docs/format.md."""
     text = FORMAT_MD.read_text(encoding="utf-8")
     section = text.split("## The 87 kinds", 1)[1].split("\n## ", 1)[0]
     documented: dict[str, list[tuple[str, bool]]] = {}
@@ -160,7 +159,7 @@ def test_every_kind_round_trips(tag: str, full: bool) -> None:
     sample = _sample_kind(tag, full=full)
     typed = msgspec.convert(sample, KNOWN_KINDS[tag])
     assert kind_to_dict(typed) == sample
-    assert list(kind_to_dict(typed)) == list(sample)  # "type" first, FORMAT.md order
+    assert list(kind_to_dict(typed)) == list(sample)  # "type" first, docs/format.md order
     assert validate_kind(sample) == sample
     # And back again: the written object decodes to the same typed value.
     assert msgspec.json.decode(msgspec.json.encode(sample), type=KNOWN_KINDS[tag]) == typed
@@ -421,21 +420,17 @@ def test_invalid_record_is_a_journal_error() -> None:
         validate_kind({"type": "PhaseEntered", "phase": "nap"})
 
 
-# ─── The shared aiOS sample ────────────────────────────────────────────────────────────────
+# ─── The aiOS sample (tests/fixtures) ───────────────────────────────────────────────────────
 
 
 def _sample_lines() -> list[str]:
-    if not SAMPLE.exists():
-        return []
     return [line for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="shared aios-sample.jsonl not present")
 def test_sample_has_lines() -> None:
     assert _sample_lines()
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="shared aios-sample.jsonl not present")
 @pytest.mark.parametrize("line", _sample_lines())
 def test_sample_kinds_pass_unchanged(line: str) -> None:
     kind = json.loads(line)["kind"]

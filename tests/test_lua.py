@@ -9,8 +9,8 @@ import fakeredis
 import pytest
 import redis
 
-from journal.driver import LUA_SOURCES
-from journal.keys import session_keys
+from journal._core.keys import session_keys
+from journal._core.scripts import SOURCES as LUA_SOURCES
 
 K = session_keys("journal", "s1")
 

@@ -8,8 +8,8 @@ import msgspec
 import pytest
 
 from journal import EventRecord, InvalidId, InvalidRecord, RecordTooLarge
+from journal._model.records import decode_line, encode_line, normalize_timestamp, prepare_for_write
 from journal.kinds import PhaseEntered
-from journal.records import decode_line, encode_line, normalize_timestamp, prepare_for_write
 from tests.support import sample_path
 
 

@@ -1,4 +1,5 @@
-"""Tests for journal.redis_server against real redis-server binaries.
+"""Tests for locating and daemonizing redis-server (journal.server) and for
+journal.testing.RedisServer, against real redis-server binaries.
 
 Every server a test starts is killed and reaped by a fixture's ``finally`` (or a ``with``
 block), and every wait is bounded, so a failing test cannot leak a process or hang.
@@ -21,17 +22,17 @@ from pathlib import Path
 import pytest
 import redis
 
-from journal import redis_server as rs
 from journal.errors import JournalError, RedisServerNotFound, RedisUnavailable
-from journal.redis_server import (
+from journal.server import _process as rs
+from journal.server._process import (
     ENV_REDIS_SERVER,
-    RedisServer,
     daemon_status,
     find_redis_server,
     redis_server_version,
     start_daemon,
     stop_daemon,
 )
+from journal.testing import RedisServer
 
 PASSWORD = 'p@ss:w/rd "quoted" \\ é'
 

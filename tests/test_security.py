@@ -1,6 +1,6 @@
 """Security: a password-protected Redis, a least-privilege ACL user, and TLS.
 
-Every test starts its own real ``redis-server`` (journal.redis_server.RedisServer), which is
+Every test starts its own real ``redis-server`` (journal.testing.RedisServer), which is
 killed and reaped afterwards. The password must never show up in an exception message (or a
 chained one), a log record, ``repr(journal)`` or ``repr(settings)``.
 """
@@ -28,7 +28,7 @@ from journal import (
     JournalSettings,
     RedisUnavailable,
 )
-from journal.redis_server import RedisServer
+from journal.testing import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -296,7 +296,7 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[RedisServer, int, dict[str, Pat
     if shutil.which("openssl") is None:
         pytest.skip("no openssl CLI to make a test certificate")
     certs = make_certs(tmp_path / "certs")
-    from journal.redis_server import _free_port
+    from journal.server._process import _free_port
 
     port = _free_port()
     # TCP is TLS only (--port 0); RedisServer checks readiness over the unix socket.

@@ -1,4 +1,4 @@
-"""Live subscriptions: DESIGN.md, "The subscription protocol".
+"""Live subscriptions: docs/design.md, "The subscription protocol".
 
 The contract runs over every backend (fakeredis, a real redis-server, a container when
 Docker answers). Claims about processes, kills, restarts and Redis cutting off a slow client
@@ -27,10 +27,7 @@ import pytest
 import redis
 
 from journal import AsyncJournal, EventRecord, InvalidId, InvalidInput, Journal, JournalError
-from journal.errors import RedisUnavailable
-from journal.messages import encode_announcement
-from journal.records import encode_line
-from journal.subscription import (
+from journal._io.subscriptions import (
     AsyncSubscription,
     Check,
     Connect,
@@ -44,6 +41,9 @@ from journal.subscription import (
     SubscribeOptions,
     SyncSubscription,
 )
+from journal._model.announcement import encode_announcement
+from journal._model.records import encode_line
+from journal.errors import RedisUnavailable
 from tests.conftest import Backend
 
 pytestmark = pytest.mark.timeout(60)  # a ceiling; every test also names its own

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from journal import EventRecord, Journal
-from journal.filestore import HINT, INDEX_ENTRY
-from journal.records import encode_line
-from journal.redis_server import RedisServer
-from journal.verify import Finding, verify, verify_report
+from journal._model.records import encode_line
+from journal._storage.session_file import HINT, INDEX_ENTRY
+from journal.cli.verify import Finding, verify, verify_report
+from journal.testing import RedisServer
 
 from .support import sample_path
 
@@ -39,7 +39,7 @@ def write_index(root: Path, lines: list[bytes], session: str = SID) -> None:
     offset = 0
     for line in lines:
         if line.strip():
-            from journal.records import decode_line
+            from journal._model.records import decode_line
 
             record = decode_line(line)
             rows.setdefault(record.branch_id, []).append(INDEX_ENTRY.pack(offset, len(line)))

@@ -25,6 +25,7 @@ from journal import (
     RedisUnavailable,
     SequenceConflict,
 )
+from journal.testing import faults
 
 
 def main() -> None:
@@ -87,7 +88,7 @@ def main() -> None:
 def _count_recoveries() -> dict[str, int]:
     """Count the tail recoveries that rolled lines forward: lines on disk that Redis did not
     know as committed (a dead writer's tail, or a head that went stale in Redis)."""
-    from journal.filestore import SessionStore
+    from journal._storage.session_file import SessionStore
 
     stats = {"recoveries": 0, "rolled_forward": 0}
     original = SessionStore.recover_tail
@@ -104,4 +105,5 @@ def _count_recoveries() -> dict[str, int]:
 
 
 if __name__ == "__main__":
+    faults.configure_from_env()
     main()

@@ -1,4 +1,4 @@
-"""The append, read and rebuild protocols of DESIGN.md, written once, without I/O.
+"""The append, read and rebuild protocols of docs/design.md, written once, without I/O.
 
 Each protocol is a generator that yields operations (:class:`Lua`, :class:`Call`,
 :class:`Blocking`, :class:`Sleep`) and receives their results; a Redis error comes back as a
@@ -18,8 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import faults
-from .errors import (
+from journal import _fault_hook as fault
+from journal._core.keys import SessionKeys, session_keys
+from journal._model.announcement import encode_announcement
+from journal._model.records import EventRecord
+from journal._storage.session_file import SessionStore
+from journal.errors import (
     AppendOutcomeUnknown,
     JournalError,
     LeaseTimeout,
@@ -27,11 +31,7 @@ from .errors import (
     SequenceConflict,
     StorageError,
 )
-from .filestore import SessionStore
-from .keys import SessionKeys, session_keys
-from .messages import encode_announcement
-from .records import EventRecord
-from .settings import JournalSettings
+from journal.settings import JournalSettings
 
 T = TypeVar("T")
 
@@ -409,7 +409,7 @@ def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[Ev
                     continue  # Redis's head was stale: the file had more; look again
                 return (yield from _resolve_conflict(core, records, top))
             committed, head_now = int(reply[1]), int(reply[2])
-        faults.hit("after_begin")
+        fault.hit("after_begin")
         try:
             outcome = yield from _under_lease(
                 core, keys, token, clock, records, data, committed, head_now, fast
@@ -530,7 +530,7 @@ def _under_lease(
         if not ours.issubset(survivors):
             return _RETRY
         start, end = committed - len(data), committed
-    faults.hit("before_commit")
+    fault.hit("before_commit")
     inline = len(data) <= core.settings.inline_message_max
     message = encode_announcement(first.session_id, branch, first.sequence, last.sequence,
                                   start, end, data if inline else None)
@@ -544,7 +544,7 @@ def _under_lease(
         # now, whatever happens to the commit we send. Its reply is read before our next
         # operation on this session.
         yield Send(first.session_id, commit)
-        faults.hit("after_commit")
+        fault.hit("after_commit")
         return records, Held(token, hold_clock, end, {branch: last.sequence}, pending=True,
                              reply=None)
     try:
@@ -559,7 +559,7 @@ def _under_lease(
             f"the writer lease for {first.session_id} expired before commit of "
             f"{branch} {first.sequence}..{last.sequence}; retry the same records to resolve it"
         )
-    faults.hit("after_commit")
+    fault.hit("after_commit")
     # 1: we still hold the lease; 2: another writer waits, so the script let it go.
     if ok == 2:
         core.contended(first.session_id)

@@ -50,8 +50,8 @@ import redis.cluster
 import redis.sentinel
 from redis.exceptions import RedisClusterException, SlotNotCoveredError
 
-from .errors import InvalidInput, RedisUnavailable
-from .settings import JournalSettings, redact_url
+from journal.errors import InvalidInput, RedisUnavailable
+from journal.settings import JournalSettings, redact_url
 
 __all__ = [
     "CLIENT_ERRORS",

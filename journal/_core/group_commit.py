@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .records import EventRecord
+from journal._model.records import EventRecord
 
 
 @dataclass(eq=False)

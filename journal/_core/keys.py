@@ -33,9 +33,3 @@ def channel_pattern(prefix: str, session_prefix: str = "") -> str:
     """PSUBSCRIBE pattern for the firehose. Ids hold no glob characters, so no escaping."""
     return f"{prefix}:{{{session_prefix}*}}:events"
 
-
-def session_from_channel(prefix: str, channel: str) -> str:
-    head = f"{prefix}:{{"
-    if not channel.startswith(head) or not channel.endswith("}:events"):
-        raise ValueError(f"not a journal channel: {channel!r}")
-    return channel[len(head) : -len("}:events")]

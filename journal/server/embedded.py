@@ -23,7 +23,7 @@ fast path answers without locking when the server is already up; otherwise the c
 an exclusive ``fcntl`` lock on ``<root>/redis/lock``, checks again, and only then starts a
 server. The lock is released by the kernel if its holder dies.
 
-The server keeps nothing on disk. That is by design (DESIGN.md): the JSONL files are the
+The server keeps nothing on disk. That is by design (docs/design.md): the JSONL files are the
 truth, and the journal rebuilds whatever Redis state it needs from them after a restart.
 """
 
@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from .errors import RedisUnavailable
-from .redis_server import daemon_status, start_daemon, stop_daemon
+from journal.errors import RedisUnavailable
+from journal.server._process import daemon_status, start_daemon, stop_daemon
 
 __all__ = [
     "EmbeddedPaths",

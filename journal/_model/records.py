@@ -1,4 +1,4 @@
-"""The aiOS event record (FORMAT.md) and its JSONL codec, built on msgspec.
+"""The aiOS event record (docs/format.md) and its JSONL codec, built on msgspec.
 
 Reading is lossless: ``kind`` stays the exact JSON object that was read (unknown tags and extra
 fields included), and the timestamp keeps its fraction digits, so a line read and written back
@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from .errors import InvalidRecord, RecordTooLarge
-from .ids import DEFAULT_MAX_ID_LENGTH, validate_id
-from .kinds import KindBase, kind_to_dict
+from journal._model.ids import DEFAULT_MAX_ID_LENGTH, validate_id
+from journal.errors import InvalidRecord, RecordTooLarge
+from journal.kinds import KindBase, kind_to_dict
 
 __all__ = [
     "MAX_SEQUENCE",
@@ -99,7 +99,7 @@ def _now_timestamp() -> str:
 
 
 class EventRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One event, with the FORMAT.md fields in their serialized order."""
+    """One event, with the docs/format.md fields in their serialized order."""
 
     event_id: str
     session_id: str

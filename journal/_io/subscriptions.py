@@ -1,4 +1,4 @@
-"""Live subscriptions (DESIGN.md, "The subscription protocol").
+"""Live subscriptions (docs/design.md, "The subscription protocol").
 
 ``subscribe`` yields every committed event of one (session, branch) above a sequence, exactly
 once and in order, for as long as the caller iterates; ``subscribe_all`` is the firehose over
@@ -70,21 +70,49 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Protocol, Self
 
 import msgspec
 import redis
 from redis.exceptions import RedisClusterException
 
-from . import connect, protocol
-from .errors import InvalidInput, JournalError, LeaseTimeout, RedisUnavailable
-from .ids import validate_id
-from .keys import channel_pattern
-from .messages import Announcement, decode_announcement
-from .records import EventRecord
+from journal._core import protocol
+from journal._core.keys import channel_pattern
+from journal._core.protocol import text
+from journal._io import connect
+from journal._model.announcement import Announcement, decode_announcement, decode_positions
+from journal._model.ids import validate_id
+from journal._model.records import EventRecord
+from journal.errors import InvalidInput, JournalError, LeaseTimeout, RedisUnavailable
+from journal.settings import JournalSettings
 
-if TYPE_CHECKING:
-    from .journal import AsyncJournal, Journal
+
+class Journal(Protocol):
+    """What a sync subscription needs of its journal (not the class itself: no cycle)."""
+
+    core: protocol.Core
+    settings: JournalSettings
+
+    @property
+    def redis(self) -> connect.SyncClient: ...
+
+    def open(self) -> Any: ...
+
+    def _run(self, steps: protocol.Steps[Any]) -> Any: ...
+
+
+class AsyncJournal(Protocol):
+    """What an async subscription needs of its journal."""
+
+    core: protocol.Core
+    settings: JournalSettings
+
+    @property
+    def redis(self) -> connect.AsyncClient: ...
+
+    async def open(self) -> Any: ...
+
+    async def _run(self, steps: protocol.Steps[Any]) -> Any: ...
 
 __all__ = [
     "AsyncSubscription",
@@ -234,22 +262,6 @@ class _Stream:
     pending: deque[Announcement] = field(default_factory=deque)  # inline, above ``last``
 
 
-class _Positions(msgspec.Struct):
-    """An announcement without its records (msgspec skips the unknown ``e`` unchecked)."""
-
-    s: str
-    b: str
-    f: int
-    l: int  # noqa: E741
-
-
-_positions_decoder = msgspec.json.Decoder(_Positions)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class Follower:
     """The subscription protocol as a pure state machine (no I/O, no clock of its own).
 
@@ -379,20 +391,20 @@ class Follower:
     def _step(self, st: _Stream) -> Read | Emit | None:
         page = self.options.page_size
         pending = st.pending
-        while pending and pending[0].l <= st.last:
+        while pending and pending[0].last <= st.last:
             pending.popleft()
             self._buffered -= 1
             self.stats.stale_messages += 1
         want = st.last + 1
         if pending:
             head = pending[0]
-            if head.f > want:  # a jump: fill the gap from the file first
-                return Read(st.session_id, st.branch_id, want, min(page, head.f - want))
+            if head.first > want:  # a jump: fill the gap from the file first
+                return Read(st.session_id, st.branch_id, want, min(page, head.first - want))
             pending.popleft()
             self._buffered -= 1
-            assert head.e is not None
-            records = [r for r in head.e if r.sequence >= want]
-            st.last = head.l
+            assert head.records is not None
+            records = [r for r in head.records if r.sequence >= want]
+            st.last = head.last
             self.stats.live_events += len(records)
             return Emit(records)
         if st.target > st.last:
@@ -411,7 +423,7 @@ class Follower:
         elif kind in _CONFIRMED:
             self._on_listening(now)
         elif kind == "pong":
-            if self._ping is not None and _text(data) == self._ping:
+            if self._ping is not None and text(data) == self._ping:
                 self._ping = None
                 self._healthy()
         else:  # an unsubscribe we never asked for: start over
@@ -437,32 +449,32 @@ class Follower:
             # The inline records may be what failed; the positions alone still tell us what
             # to read from the file (which reports real corruption with file and line).
             try:
-                pos = _positions_decoder.decode(data)
+                pos = decode_positions(data)
             except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
                 self.stats.bad_messages += 1
                 return
-            ann = Announcement(pos.s, pos.b, pos.f, pos.l, 0, 0, None)
-        if ann.f < 1 or ann.l < ann.f:
+            ann = Announcement(pos.session_id, pos.branch_id, pos.first, pos.last, 0, 0, None)
+        if ann.first < 1 or ann.last < ann.first:
             self.stats.bad_messages += 1
             return
-        key = (ann.s, ann.b)
+        key = (ann.session_id, ann.branch_id)
         st = self._streams.get(key)
         if st is None:
             if self._single:
                 return  # another branch of our session
             # The firehose starts "now": a (session, branch) first heard of live starts at
             # this message, unless the caller asked for everything.
-            start = 0 if self.options.from_start else ann.f - 1
-            st = self._streams[key] = _Stream(ann.s, ann.b, start, start)
-        self._touch(ann.s, now)
-        if ann.l <= st.last:
+            start = 0 if self.options.from_start else ann.first - 1
+            st = self._streams[key] = _Stream(ann.session_id, ann.branch_id, start, start)
+        self._touch(ann.session_id, now)
+        if ann.last <= st.last:
             self.stats.stale_messages += 1
             return
         # The target is raised before anything may be dropped: a dropped message's events
         # are then simply read from the file.
-        st.target = max(st.target, ann.l)
+        st.target = max(st.target, ann.last)
         self._active[key] = None
-        if ann.e is None or not self._inline_ok(ann):
+        if ann.records is None or not self._inline_ok(ann):
             return  # too large to travel inline (or malformed): the file has it
         if self._buffered >= self.options.buffer_size:
             # The consumer is slower than the feed. Drop every buffered message and let
@@ -477,9 +489,11 @@ class Follower:
 
     @staticmethod
     def _inline_ok(ann: Announcement) -> bool:
-        records = ann.e or []
-        return len(records) == ann.l - ann.f + 1 and all(
-            r.sequence == ann.f + i and r.session_id == ann.s and r.branch_id == ann.b
+        records = ann.records or []
+        return len(records) == ann.last - ann.first + 1 and all(
+            r.sequence == ann.first + i
+            and r.session_id == ann.session_id
+            and r.branch_id == ann.branch_id
             for i, r in enumerate(records)
         )
 
@@ -505,7 +519,7 @@ class Follower:
             # the same Redis, say). Do not spin: forget what we cannot read now and let the
             # next head check of this session tell.
             st.target = st.last
-            if st.pending and st.pending[0].f > st.last + 1:
+            if st.pending and st.pending[0].first > st.last + 1:
                 self._buffered -= len(st.pending)
                 st.pending.clear()
             self._touch(read.session_id, now)

@@ -15,14 +15,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from . import connect, protocol
-from .connect import redis_error
-from .driver import AsyncDriver, SyncDriver
-from .errors import InvalidInput, JournalError
-from .group import GroupQueue, Pending, merge, settle
-from .ids import validate_id
-from .records import EventRecord, prepare_for_write
-from .settings import JournalSettings, redact_url
+from journal._core import protocol
+from journal._core.group_commit import GroupQueue, Pending, merge, settle
+from journal._io import connect
+from journal._io.connect import redis_error
+from journal._io.drivers import AsyncDriver, SyncDriver
+from journal._model.ids import validate_id
+from journal._model.records import EventRecord, prepare_for_write
+from journal.errors import InvalidInput, JournalError
+from journal.settings import JournalSettings, redact_url
 
 
 def make_settings(
@@ -65,7 +66,7 @@ class _Base:
     def _resolve_url(self) -> str:
         url = self.settings.redis_url_value()
         if url is None:
-            from .embedded import ensure_embedded
+            from journal.server.embedded import ensure_embedded
 
             url = ensure_embedded(Path(self.settings.root))
         return url
@@ -242,14 +243,14 @@ class AsyncJournal(_Base):
         self, session_id: str, branch_id: str = "main", after_sequence: int = 0, **options: Any
     ) -> AsyncIterator[EventRecord]:
         """Every committed event above ``after_sequence``, exactly once, in order, live."""
-        from .subscription import subscribe_async
+        from journal._io.subscriptions import subscribe_async
 
         self._ids(session_id, branch_id)
         return subscribe_async(self, session_id, branch_id, after_sequence, **options)
 
     def subscribe_all(self, session_prefix: str = "", **options: Any) -> AsyncIterator[EventRecord]:
         """The firehose: every session (optionally by id prefix), in order per branch."""
-        from .subscription import subscribe_all_async
+        from journal._io.subscriptions import subscribe_all_async
 
         return subscribe_all_async(self, session_prefix, **options)
 
@@ -366,12 +367,12 @@ class Journal(_Base):
     def subscribe(
         self, session_id: str, branch_id: str = "main", after_sequence: int = 0, **options: Any
     ) -> Iterator[EventRecord]:
-        from .subscription import subscribe_sync
+        from journal._io.subscriptions import subscribe_sync
 
         self._ids(session_id, branch_id)
         return subscribe_sync(self, session_id, branch_id, after_sequence, **options)
 
     def subscribe_all(self, session_prefix: str = "", **options: Any) -> Iterator[EventRecord]:
-        from .subscription import subscribe_all_sync
+        from journal._io.subscriptions import subscribe_all_sync
 
         return subscribe_all_sync(self, session_prefix, **options)

@@ -25,8 +25,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TextIO
 
-from . import argtypes
-from .errors import (
+from journal._core.protocol import text
+from journal._core.scripts import SOURCES
+from journal._io.journals import Journal
+from journal._model.ids import validate_id
+from journal._model.records import EventRecord, encode_line
+from journal.cli import argtypes
+from journal.errors import (
     AppendOutcomeUnknown,
     CorruptLine,
     InvalidInput,
@@ -35,10 +40,7 @@ from .errors import (
     RedisUnavailable,
     SequenceConflict,
 )
-from .ids import validate_id
-from .journal import Journal
-from .records import EventRecord, encode_line
-from .settings import redact_url
+from journal.settings import redact_url
 
 __all__ = [
     "EXIT_BROKEN_PIPE",
@@ -200,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "Start an embedded Redis, run worker processes that append to shared "
                 "sessions with contention, follow the feed live, verify everything and "
                 "print a summary. Exit status 0 only when every check passes.")
-    from .demo import add_demo_arguments, add_fleet_arguments
+    from journal.cli.demo.args import add_demo_arguments, add_fleet_arguments
 
     add_demo_arguments(p)
 
@@ -345,7 +347,7 @@ def cmd_append(ctx: Context, args: argparse.Namespace) -> int:
         fields["agent_id"] = args.agent_id
     # Build one record first: a bad kind is refused before Redis is even contacted.
     probe = EventRecord.new(args.session, args.branch, args.sequence or 1, kind, **fields)
-    from .records import prepare_for_write
+    from journal._model.records import prepare_for_write
 
     prepare_for_write([probe])
     j = ctx.journal()
@@ -467,7 +469,7 @@ def cmd_sessions(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(ctx: Context, args: argparse.Namespace) -> int:
-    from .verify import verify_report
+    from journal.cli.verify import verify_report
 
     for name in args.sessions:
         validate_id(name, "session_id")
@@ -485,20 +487,6 @@ def cmd_verify(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# Delete a session's Redis state, but only while no writer holds its lease: a writer between
-# "begin" and "commit" must never see its state vanish. Atomic, because it is one script.
-_CLEAR_STATE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {'busy', redis.call('PTTL', KEYS[2])}
-end
-local old = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1])
-return {'ok', old}
-"""
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def cmd_rebuild(ctx: Context, args: argparse.Namespace) -> int:
@@ -509,14 +497,14 @@ def cmd_rebuild(ctx: Context, args: argparse.Namespace) -> int:
     if not names:
         _note(f"no sessions under {ctx.root}")
         return EXIT_OK
-    clear = j.redis.register_script(_CLEAR_STATE)
+    clear = j.redis.register_script(SOURCES["clear_state"])
     status = EXIT_OK
     for name in names:
         keys = j.core.keys(name)
         deadline = time.monotonic() + args.wait
         while True:
             reply = clear(keys=[keys.state, keys.lease])
-            if _text(reply[0]) == "ok":
+            if text(reply[0]) == "ok":
                 break
             if time.monotonic() >= deadline:
                 raise CliError(
@@ -525,7 +513,7 @@ def cmd_rebuild(ctx: Context, args: argparse.Namespace) -> int:
                     EXIT_ERROR,
                 )
             time.sleep(min(0.05, max(int(reply[1]), 1) / 1000))
-        flat = [_text(v) for v in reply[1]]
+        flat = [text(v) for v in reply[1]]
         old = dict(zip(flat[::2], flat[1::2], strict=True))
         before = {k[2:]: int(v) for k, v in old.items() if k.startswith("h:")}
         path = ctx.root / "events" / f"{name}.jsonl"
@@ -553,7 +541,12 @@ def cmd_rebuild(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_redis(ctx: Context, args: argparse.Namespace) -> int:
-    from .embedded import embedded_paths, embedded_status, ensure_embedded, stop_embedded
+    from journal.server.embedded import (
+        embedded_paths,
+        embedded_status,
+        ensure_embedded,
+        stop_embedded,
+    )
 
     if ctx.redis_url is not None:
         _note(f"note: --redis-url/$JOURNAL_REDIS_URL is set ({ctx.where}); "
@@ -585,14 +578,14 @@ def cmd_redis(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(ctx: Context, args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from journal.cli.demo.run import run_demo
 
     return run_demo(args, root=Path(args.root) if args.root else None,
                     redis_url=ctx.redis_url, durability=ctx.durability)
 
 
 def cmd_fleet(ctx: Context, args: argparse.Namespace) -> int:
-    from .demo import run_fleet
+    from journal.cli.demo.fleet import run_fleet
 
     return run_fleet(ctx.journal, args)
 

@@ -4,9 +4,9 @@ No Redis is needed, and nothing is written: this is the tool to run on a journal
 that is suspect, copied from another host, or written by another implementation (aiOS).
 
 For each ``<root>/events/<sid>.jsonl`` it checks, line by line (1-based, blank lines
-counted but otherwise ignored, as FORMAT.md allows):
+counted but otherwise ignored, as docs/format.md allows):
 
-* the line is JSON, and a valid FORMAT.md record (:class:`~journal.records.EventRecord`),
+* the line is JSON, and a valid docs/format.md record (:class:`~journal.records.EventRecord`),
   and its ``kind`` passes the strict write-side check (:func:`~journal.kinds.validate_kind`);
 * ``session_id`` is the file's name and ``session_id``/``branch_id`` follow the id grammar;
 * sequences continue per branch: 1, 2, 3 ... (a gap, a repeated sequence and a repeated
@@ -38,11 +38,11 @@ from typing import Literal
 
 import msgspec
 
-from .errors import InvalidId, InvalidRecord, JournalError
-from .filestore import HINT, INDEX_ENTRY
-from .ids import validate_id
-from .kinds import validate_kind
-from .records import EventRecord
+from journal._model.ids import validate_id
+from journal._model.records import EventRecord
+from journal._storage.session_file import HINT, INDEX_ENTRY, iter_lines
+from journal.errors import InvalidId, InvalidRecord, JournalError
+from journal.kinds import validate_kind
 
 __all__ = ["Finding", "Report", "verify", "verify_report"]
 
@@ -51,7 +51,6 @@ Severity = Literal["error", "note"]
 # The index layout is filestore.py's: (offset u64, length u32) per sequence, and the hint.
 _ENTRY = INDEX_ENTRY
 _HINT = HINT
-_CHUNK = 1 << 20
 _MAX_SHOWN = 120  # characters of a decoder message kept in a finding
 
 _record_decoder = msgspec.json.Decoder(EventRecord)
@@ -110,20 +109,11 @@ def _short(exc: BaseException) -> str:
 
 def _iter_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
     """``(offset, line without newline, complete)``; the last line may be incomplete."""
-    with open(path, "rb") as fh:
-        offset = 0
-        carry = b""
-        while True:
-            chunk = fh.read(_CHUNK)
-            if not chunk:
-                break
-            parts = (carry + chunk).split(b"\n")
-            for part in parts[:-1]:
-                yield offset, part, True
-                offset += len(part) + 1
-            carry = parts[-1]
-        if carry:
-            yield offset, carry, False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        yield from iter_lines(fd, 0)
+    finally:
+        os.close(fd)
 
 
 class _SessionCheck:

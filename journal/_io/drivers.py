@@ -14,7 +14,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from importlib.resources import files
 from typing import Any, TypeVar
 
 import redis
@@ -22,16 +21,13 @@ import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
 
-from .connect import CLIENT_ERRORS, AsyncClient, SyncClient, redis_error
-from .protocol import Blocking, Call, Collect, Lua, Op, Send, Sleep, Steps
+from journal._core.protocol import Blocking, Call, Collect, Lua, Op, Send, Sleep, Steps
+from journal._core.scripts import SOURCES
+from journal._io.connect import CLIENT_ERRORS, AsyncClient, SyncClient, redis_error
 
 T = TypeVar("T")
 
-LUA_SOURCES: dict[str, str] = {
-    entry.name.removesuffix(".lua"): entry.read_text()
-    for entry in files("journal").joinpath("lua").iterdir()
-    if entry.name.endswith(".lua")
-}
+
 
 
 def _advance(steps: Steps[T], result: Any, error: BaseException | None) -> tuple[bool, Any]:
@@ -86,7 +82,7 @@ class SyncDriver:
         self.client = client
         self.where = where
         # redis-py Script objects: EVALSHA, and on NOSCRIPT (a restarted Redis) load and retry.
-        self.scripts = {name: client.register_script(src) for name, src in LUA_SOURCES.items()}
+        self.scripts = {name: client.register_script(src) for name, src in SOURCES.items()}
         self._lock = threading.Lock()  # one dedicated connection, shared by threads
         self._conn: Any = None
         self._pipe = _Pipelined()
@@ -192,7 +188,7 @@ class AsyncDriver:
     def __init__(self, client: AsyncClient, where: str) -> None:
         self.client = client
         self.where = where
-        self.scripts = {name: client.register_script(src) for name, src in LUA_SOURCES.items()}
+        self.scripts = {name: client.register_script(src) for name, src in SOURCES.items()}
         self._lock = asyncio.Lock()
         self._conn: Any = None
         self._pipe = _Pipelined()

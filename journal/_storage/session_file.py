@@ -2,7 +2,7 @@
 
 Layout under the root::
 
-    events/<sid>.jsonl           every committed event, one JSON line each (FORMAT.md)
+    events/<sid>.jsonl           every committed event, one JSON line each (docs/format.md)
     index/<sid>/<branch>.idx     fixed-width entries (offset u64, length u32) per sequence
     index/<sid>/committed        a lower bound of the committed length, for safe rebuilds
 
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import msgspec
 
-from . import faults
-from .errors import CorruptLine, JournalError
-from .records import DECODE_ERRORS, EventRecord, decode_line
+from journal import _fault_hook as fault
+from journal._model.records import DECODE_ERRORS, EventRecord, decode_line
+from journal.errors import CorruptLine, JournalError
 
 INDEX_ENTRY = struct.Struct("<QI")  # byte offset of the line, its length with the newline
 # index/<sid>/committed: a lower bound of the committed length, and the end of the write in
@@ -170,21 +170,21 @@ class SessionStore:
         """
         fd = self._open_append()
         try:
-            if faults.enabled("mid_write"):
+            if fault.wants("mid_write"):
                 half = len(data) // 2
                 os.write(fd, data[:half])
-                faults.hit("mid_write")
+                fault.hit("mid_write")
                 data = data[half:]
             written = os.write(fd, data)
             end = os.lseek(fd, 0, os.SEEK_CUR)
             if written != len(data):
                 # A short write is a torn line beyond the committed length: recovery cuts it.
                 raise OSError(errno.ENOSPC, f"short write to {self.path}: {written} bytes")
-            faults.hit("after_write")
+            fault.hit("after_write")
             if sync:
-                faults.hit("fsync")
+                fault.hit("fsync")
                 os.fdatasync(fd)
-                faults.hit("after_fsync")
+                fault.hit("after_fsync")
             return end - len(data), end
         finally:
             os.close(fd)

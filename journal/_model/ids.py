@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidId
+from journal.errors import InvalidId
 
 DEFAULT_MAX_ID_LENGTH = 128
 _ID_CHARS = re.compile(r"[A-Za-z0-9._:-]+")
