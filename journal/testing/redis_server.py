@@ -288,12 +288,23 @@ class RedisServer:
         while True:
             if proc.poll() is not None:
                 self._fail(f"redis-server exited with status {proc.returncode} during startup")
-            if _ping(self.address, self._password):
+            # PING alone could be answered by another server that grabbed our port (a
+            # free port is only free until someone binds it); the log line proves that
+            # this process itself is listening.
+            if self._says_ready() and _ping(self.address, self._password):
                 return
             if time.monotonic() >= deadline:
                 self._fail(f"redis-server did not answer PING within {timeout:g}s")
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
+
+    def _says_ready(self) -> bool:
+        log_path = self.log_path
+        if log_path is None:
+            return False
+        with log_path.open("rb") as log:
+            log.seek(self._log_offset)
+            return b"ready to accept connections" in log.read().lower()
 
     def _fail(self, what: str) -> NoReturn:
         self._res.kill()
