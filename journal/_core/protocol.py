@@ -466,7 +466,9 @@ def _recover(
     ok = yield Lua("commit", keys.all,
                    [token, core.settings.lease_ms, found.length, "update", "", "",
                     *_pairs(found.heads)])
-    if not ok:
+    # 1 only: 2 means the recovery committed but let the lease go to a waiting writer, and
+    # an append that goes on without the lease could be cut by that writer's recovery.
+    if ok != 1:
         raise LeaseLost("lost the lease during tail recovery")
     return found.length, heads, [line.event_id for line in found.kept]
 

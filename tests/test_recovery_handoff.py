@@ -1,0 +1,62 @@
+"""Tail recovery that hands the lease to a waiting writer must not go on writing.
+
+The recovery commit answers 2 when a writer waits in the ``want`` key: the rolled-forward
+tail is committed, and the lease is *released* for the waiter. The recovering append then
+holds no lease, so it must start over instead of writing (a writer without a lease may be
+cut by the next holder's recovery, after it acknowledged).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from journal import EventRecord, Journal, _fault_hook
+from journal._core.keys import session_keys
+from journal._model.records import encode_line
+from journal.testing import RedisServer
+
+
+class _WaiterArrivesAfterBegin:
+    """A fault hook: right after our ``begin``, another writer registers in ``want``."""
+
+    def __init__(self, client: redis.Redis, want_key: str) -> None:
+        self.client, self.want_key, self.fired = client, want_key, False
+
+    def wants(self, point: str) -> bool:
+        return False
+
+    def hit(self, point: str) -> None:
+        if point == "after_begin" and not self.fired:
+            self.fired = True
+            self.client.set(self.want_key, "another-writer", px=300)
+
+
+def _event(sequence: int) -> EventRecord:
+    return EventRecord.new("s1", "main", sequence, {"type": "UserMessage", "content": "x"})
+
+
+@pytest.mark.timeout(30)
+def test_recovery_that_hands_the_lease_over_starts_the_append_again(tmp_path: Path) -> None:
+    with RedisServer(dir=tmp_path / "redis") as server:
+        root = tmp_path / "data"
+        with Journal(root, server.url, lease_ms=2000, lease_hold_ms=0) as j:
+            j.append(_event(1))
+            # A writer died in the middle of its write of sequence 2: a torn line beyond the
+            # committed length, which the next append's tail recovery cuts.
+            with open(root / "events" / "s1.jsonl", "ab") as f:
+                f.write(encode_line(_event(2))[:40])
+            client = redis.Redis.from_url(server.url)
+            hook = _WaiterArrivesAfterBegin(client, session_keys("journal", "s1").want)
+            _fault_hook.installed = hook
+            try:
+                stored = j.append(_event(2))
+            finally:
+                _fault_hook.installed = None
+                client.close()
+            assert hook.fired
+            assert stored.sequence == 2
+            assert [r.sequence for r in j.read("s1")] == [1, 2]
+            assert j.head("s1") == 2
