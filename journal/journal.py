@@ -13,7 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from . import connect, protocol
 from .connect import redis_error
@@ -23,6 +23,9 @@ from .group import GroupQueue, Pending, merge, settle
 from .ids import validate_id
 from .records import EventRecord, prepare_for_write
 from .settings import JournalSettings, redact_url
+
+if TYPE_CHECKING:
+    from ._groups import AsyncDeliveries, SyncDeliveries
 
 
 def make_settings(
@@ -253,6 +256,12 @@ class AsyncJournal(_Base):
 
         return subscribe_all_async(self, session_prefix, **options)
 
+    def consume(self, group: str, worker: str | None = None, **options: Any) -> AsyncDeliveries:
+        """Join worker group ``group``: ``async with j.consume(...) as ds: async for d in ds``."""
+        from ._groups import AsyncDeliveries, make_worker
+
+        return AsyncDeliveries(self, make_worker(self, group, worker, options))
+
 
 class Journal(_Base):
     """The blocking journal: the same methods as :class:`AsyncJournal`."""
@@ -375,3 +384,9 @@ class Journal(_Base):
         from .subscription import subscribe_all_sync
 
         return subscribe_all_sync(self, session_prefix, **options)
+
+    def consume(self, group: str, worker: str | None = None, **options: Any) -> SyncDeliveries:
+        """Join worker group ``group``: ``with j.consume(...) as ds: for d in ds: ...``."""
+        from ._groups import SyncDeliveries, make_worker
+
+        return SyncDeliveries(self, make_worker(self, group, worker, options))
