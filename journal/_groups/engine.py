@@ -365,12 +365,7 @@ class Worker:
                              [self.worker, self.opts.claim_ms, "0"])
             status = _text(r[0])
             if status == "seed":
-                found = yield Blocking(lambda: self.store.read(sid))
-                ckpt = found or Checkpoint()
-                flat: list[str | int] = [ckpt.fence]
-                for b, s in ckpt.branches.items():
-                    flat += [b, s]
-                yield Script("seed", [keys.group], flat)
+                yield from self._seed(sid, keys)
                 continue
             if status == "nostate":
                 yield Call("branches", (sid,))
@@ -393,6 +388,16 @@ class Worker:
             self.stats["claimed"] += 1
             yield from self._poll(sid, h)
             return
+
+    def _seed(self, sid: str, keys: SessionGroupKeys) -> Steps:
+        """Redis lost the group's cache of this session (or never had it): load the file."""
+        ckpt = (yield Blocking(lambda: self.store.read(sid))) or Checkpoint()
+        parked = yield Blocking(lambda: self.store.parked(sid))
+        replay = any(p.state == "replaying" for p in parked)
+        flat: list[str | int] = [ckpt.fence, "1" if replay else "0"]
+        for b, s in ckpt.branches.items():
+            flat += [b, s]
+        yield Script("seed", [keys.group], flat)
 
     # ----- picking the next delivery ------------------------------------------------------
 
@@ -471,6 +476,16 @@ class Worker:
         return int(r[1])
 
     # ----- settling a delivery ------------------------------------------------------------
+
+    def settle(self, steps: Steps, d: Delivery) -> Steps:
+        """Run an ack/nack/extend. Redis gone mid-way: the outcome is unknown, so the claim
+        is given up and the answer is False (the next holder redelivers if it must)."""
+        try:
+            return (yield from steps)
+        except RedisUnavailable:
+            self.stats["refused"] += 1
+            yield from self._lose(d.session_id)
+            return False
 
     def ack(self, d: Delivery) -> Steps:
         """Move the checkpoint past ``d``, fenced. False: the claim is no longer ours (the

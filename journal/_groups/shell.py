@@ -64,6 +64,9 @@ class SyncDelivery:
     def __init__(self, shell: SyncDeliveries, d: Delivery) -> None:
         self._shell, self._d = shell, d
 
+    def _settle(self, steps: Steps) -> Steps:
+        return self._shell.worker.settle(steps, self._d)
+
     event = property(lambda self: self._d.event)
     attempt = property(lambda self: self._d.attempt)
     fence = property(lambda self: self._d.fence)
@@ -71,13 +74,13 @@ class SyncDelivery:
 
     def ack(self) -> bool:
         """Commit the position (fenced). False: the claim was lost; it will be redelivered."""
-        return bool(self._shell.run(self._shell.worker.ack(self._d)))
+        return bool(self._shell.run(self._settle(self._shell.worker.ack(self._d))))
 
     def nack(self, delay_s: float | None = None, error: str = "nacked") -> bool:
-        return bool(self._shell.run(self._shell.worker.nack(self._d, delay_s, error)))
+        return bool(self._shell.run(self._settle(self._shell.worker.nack(self._d, delay_s, error))))
 
     def extend(self) -> bool:
-        return bool(self._shell.run(self._shell.worker.extend(self._d)))
+        return bool(self._shell.run(self._settle(self._shell.worker.extend(self._d))))
 
     def __repr__(self) -> str:
         e = self._d.event
@@ -91,19 +94,22 @@ class AsyncDelivery:
     def __init__(self, shell: AsyncDeliveries, d: Delivery) -> None:
         self._shell, self._d = shell, d
 
+    def _settle(self, steps: Steps) -> Steps:
+        return self._shell.worker.settle(steps, self._d)
+
     event = property(lambda self: self._d.event)
     attempt = property(lambda self: self._d.attempt)
     fence = property(lambda self: self._d.fence)
     replay = property(lambda self: self._d.replay)
 
     async def ack(self) -> bool:
-        return bool(await self._shell.run(self._shell.worker.ack(self._d)))
+        return bool(await self._shell.run(self._settle(self._shell.worker.ack(self._d))))
 
     async def nack(self, delay_s: float | None = None, error: str = "nacked") -> bool:
-        return bool(await self._shell.run(self._shell.worker.nack(self._d, delay_s, error)))
+        return bool(await self._shell.run(self._settle(self._shell.worker.nack(self._d, delay_s, error))))
 
     async def extend(self) -> bool:
-        return bool(await self._shell.run(self._shell.worker.extend(self._d)))
+        return bool(await self._shell.run(self._settle(self._shell.worker.extend(self._d))))
 
     __repr__ = SyncDelivery.__repr__
 
