@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput
-from .engine import checkpoints_of, _pairs
+from .engine import _pairs, checkpoints_of
 from .keys import session_group_keys
 from .shell import SyncDeliveries, make_worker
 from .store import Checkpoint
@@ -49,9 +49,11 @@ def status(j: Journal, group: str) -> dict[str, Any]:
 def _collect(j: Journal, shell: SyncDeliveries) -> dict[str, Any]:
     w = shell.worker
     reg = w.registry
-    workers = {_s(m): int(t) for m, t in j.redis.zrange(reg.workers, 0, -1, withscores=True)}
+    rows: list[Any] = j.redis.zrange(reg.workers, 0, -1, withscores=True)
+    workers = {_s(m): int(t) for m, t in rows}
     load = {_s(k): int(v) for k, v in j.redis.hgetall(reg.load).items()}
-    sessions = []
+    sessions: list[dict[str, Any]] = []
+    total = 0
     for sid in j.sessions():
         keys = session_group_keys(w.prefix, w.group, sid)
         heads = j.branches(sid)
@@ -63,11 +65,12 @@ def _collect(j: Journal, shell: SyncDeliveries) -> dict[str, Any]:
             ckpt, source = (found.branches if found else {}), "file"
         holder = j.redis.get(keys.claim)
         lag = {b: h - ckpt.get(b, 0) for b, h in heads.items()}
+        total += sum(lag.values())
         sessions.append({"session": sid, "holder": _s(holder) if holder else None,
                          "checkpoints": ckpt, "heads": heads, "lag": lag, "source": source})
-    return {"group": w.group, "workers": [{"worker": k, "expires_ms": v, "sessions": load.get(k, 0)}
-                                          for k, v in sorted(workers.items())],
-            "sessions": sessions, "lag": sum(sum(s["lag"].values()) for s in sessions)}
+    listed = [{"worker": k, "expires_ms": v, "sessions": load.get(k, 0)}
+              for k, v in sorted(workers.items())]
+    return {"group": w.group, "workers": listed, "sessions": sessions, "lag": total}
 
 
 def _s(v: Any) -> str:

@@ -34,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -246,9 +247,9 @@ class Worker:
             return
         if self.opts.start == "latest":
             for sid in (yield Blocking(self.list_sessions)):
-                heads = yield Call("branches", (sid,))
-                yield Blocking(lambda s=sid, h=heads: self.store.write(
-                    s, Checkpoint(0, dict(h), "start"), create_only=True))
+                heads: dict[str, int] = yield Call("branches", (sid,))
+                first = Checkpoint(0, dict(heads), "start")
+                yield Blocking(partial(self.store.write, sid, first, create_only=True))
         yield Blocking(self._write_group_marker)
 
     def _write_group_marker(self) -> None:
@@ -378,8 +379,8 @@ class Worker:
             h = Held(keys, token, int(token.split(":", 1)[0]), checkpoints_of(fields))
             h.valid_until = sent + self.opts.claim_ms * 0.8 / 1000
             # The fence goes to the file before any delivery (see store.py).
-            if not (yield Blocking(lambda: self.store.write(
-                    sid, Checkpoint(h.fence, dict(h.ckpt), token)))):
+            first = Checkpoint(h.fence, dict(h.ckpt), token)
+            if not (yield Blocking(partial(self.store.write, sid, first))):
                 yield Script("release", [keys.claim], [token])
                 return
             h.flushed_at = self.clock()

@@ -77,7 +77,8 @@ class SyncDelivery:
         return bool(self._shell.run(self._settle(self._shell.worker.ack(self._d))))
 
     def nack(self, delay_s: float | None = None, error: str = "nacked") -> bool:
-        return bool(self._shell.run(self._settle(self._shell.worker.nack(self._d, delay_s, error))))
+        steps = self._shell.worker.nack(self._d, delay_s, error)
+        return bool(self._shell.run(self._settle(steps)))
 
     def extend(self) -> bool:
         return bool(self._shell.run(self._settle(self._shell.worker.extend(self._d))))
@@ -106,7 +107,8 @@ class AsyncDelivery:
         return bool(await self._shell.run(self._settle(self._shell.worker.ack(self._d))))
 
     async def nack(self, delay_s: float | None = None, error: str = "nacked") -> bool:
-        return bool(await self._shell.run(self._settle(self._shell.worker.nack(self._d, delay_s, error))))
+        steps = self._shell.worker.nack(self._d, delay_s, error)
+        return bool(await self._shell.run(self._settle(steps)))
 
     async def extend(self) -> bool:
         return bool(await self._shell.run(self._settle(self._shell.worker.extend(self._d))))
