@@ -5,8 +5,10 @@ pytest).
 every third session, ``alt``), round-robin, retrying an unknown outcome with the same record;
 one event can be made poison (content ``POISON``).
 
-``worker``: joins ``--group`` and handles deliveries; every handler logs a ``start`` and an
-``end`` line (with the fence and whether the ack was accepted) to ``--log``. A ``POISON``
+``worker``: joins ``--group`` and handles deliveries; every handler logs a ``start`` line, a
+``done`` line when its work is done and an ``end`` line with whether the ack was accepted
+(with the fence) to ``--log``; a SIGKILL between ``done`` and ``end`` leaves the ack's
+outcome unknown. A ``POISON``
 event always fails (nack). When ``--freeze`` exists the handler deletes it and stops its own
 process (SIGSTOP) *inside* the handler: the test continues it after its claim expired.
 """
@@ -86,12 +88,10 @@ def worker(a: argparse.Namespace) -> None:
                 freeze.unlink()
                 os.kill(os.getpid(), signal.SIGSTOP)  # a zombie: paused inside its handler
             time.sleep(a.work_s)
-            if e.kind.get("content") == "POISON":
-                ok = d.nack(error="poison content")
-                note(op="end", ok=ok, nack=True, **pos)
-            else:
-                ok = d.ack()
-                note(op="end", ok=ok, **pos)
+            poison = e.kind.get("content") == "POISON"
+            note(op="done", nack=poison, **pos)  # the effect happened; the ack comes next
+            ok = d.nack(error="poison content") if poison else d.ack()
+            note(op="end", ok=ok, nack=poison, **pos)
     j.close()
 
 

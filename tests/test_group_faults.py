@@ -130,24 +130,33 @@ def check(t: Trial, heads: dict[str, dict[str, int]], final: dict[str, Any]) -> 
     open_: dict[tuple[str, str, int, str], dict[str, Any]] = {}
     intervals: dict[str, list[tuple[float, float, str, int]]] = defaultdict(list)
     refused = defaultdict(int)
+    # Pair each start with its done and end; a done without an end (SIGKILL in between)
+    # counts as handled and acked: the stricter reading for every check below.
+    handlings: list[dict[str, Any]] = []
     for x in lines:
-        pos = (x["s"], x["b"], x["q"])
+        key = (x["s"], x["b"], x["q"], x["w"])
         if x["op"] == "start":
-            prev = (x["s"], x["b"], x["q"] - 1)
-            if x["q"] > 1 and prev not in settled:
-                out_of_order += 1
-            starts[pos].append(x)
-            open_[(*pos, x["w"])] = x
+            open_[key] = h = dict(x, done=None, ok=None)
+            handlings.append(h)
+        elif x["op"] == "done":
+            open_[key].update(done=x["t"], nack=x["nack"])
         else:
-            st = open_.pop((*pos, x["w"]))
-            st["ok"] = x["ok"]
-            if x["ok"]:
-                settled.setdefault(pos, x["t"])
-                if not x.get("nack"):
-                    ok_end.setdefault(pos, x["t"])
-                intervals[x["s"]].append((st["t"], x["t"], x["w"], x["f"]))
-            else:
-                refused[x["w"]] += 1
+            open_.pop(key)["ok"] = x["ok"]
+    events = sorted([(h["t"], 0, h) for h in handlings]
+                    + [(h["done"], 1, h) for h in handlings if h["done"] is not None])
+    for when, kind, h in events:
+        pos = (h["s"], h["b"], h["q"])
+        if kind == 0:
+            if h["q"] > 1 and (h["s"], h["b"], h["q"] - 1) not in settled:
+                out_of_order += 1
+            starts[pos].append(h)
+        elif h["ok"] is not False:
+            settled.setdefault(pos, when)
+            if not h.get("nack"):
+                ok_end.setdefault(pos, when)
+            intervals[h["s"]].append((h["t"], when, h["w"], h["f"]))
+        else:
+            refused[h["w"]] += 1
     # every event handled at least once (or parked)
     lost = [(s, b, q) for s, bs in heads.items() for b, h in bs.items() for q in range(1, h + 1)
             if (s, b, q) not in ok_end and (s, b, q) not in parked]
