@@ -37,6 +37,7 @@ import os
 import platform
 import queue
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -61,7 +62,7 @@ from journal.testing import RedisServer
 REPO = Path(__file__).resolve().parent.parent
 LINE_250 = b'{"bench":"' + b"x" * 237 + b'"}\n'  # 250 bytes with the newline
 KIND: dict[str, Any] = {"type": "PhaseEntered", "phase": "perceive"}
-ALL_FIGURES = tuple(range(1, 11))
+ALL_FIGURES = tuple(range(1, 12))
 MIB = 1024 * 1024
 
 
@@ -1194,6 +1195,188 @@ def figure_10(bench: Bench) -> None:
              f"{count:,} events in {elapsed:.1f}s ({count / elapsed:,.0f}/s)"))
 
 
+# ----- figure 11: worker groups against Redis Streams consumer groups ------------------------
+
+GROUP_SESSIONS = 64
+GROUP_WORKERS = 4
+
+
+def group_child(url: str, root: str, name: str, claim_ms: int, idle_s: float | None,
+                out_q: Any) -> None:
+    """One group worker with a no-op handler: reports (first delivery, last ack, count), and
+    every new claim (session, fence, time) as it sees it."""
+    j = Journal(root, url).open()
+    count, first, last = 0, 0.0, 0.0
+    fences: dict[str, int] = {}
+    with j.consume("bench", worker=name, claim_ms=claim_ms, scan_s=0.2, poll_s=0.02,
+                   max_idle_s=idle_s) as ds:
+        out_q.put(("ready", name, time.time()))
+        for d in ds:
+            now = time.time()
+            if fences.get(d.event.session_id) != d.fence:
+                fences[d.event.session_id] = d.fence
+                out_q.put(("claim", name, d.event.session_id, now))
+            first = first or now
+            d.ack()
+            count += 1
+            last = time.time()
+    out_q.put(("done", name, count, first, last - 1e-9 if count else 0.0))
+    j.close()
+
+
+def streams_child(url: str, name: str, out_q: Any) -> None:
+    """The peer: XREADGROUP (COUNT 100) and one XACK per message, decoding each record."""
+    r = redis.Redis.from_url(url)
+    count, first, last = 0, 0.0, 0.0
+    idle_since = time.monotonic()
+    while time.monotonic() - idle_since < 1.0:
+        got = r.xreadgroup("bench-g", name, {"bench:{streams}": ">"}, count=100, block=100)
+        if not got:
+            continue
+        idle_since = time.monotonic()
+        for _, messages in got:
+            for mid, fields in messages:
+                now = time.time()
+                first = first or now
+                decode_line(fields[b"e"])
+                r.xack("bench:{streams}", "bench-g", mid)
+                count += 1
+                last = time.time()
+    out_q.put(("done", name, count, first, last))
+    r.close()
+
+
+def _collect_done(q: Any, n: int, timeout: float) -> list[tuple[Any, ...]]:
+    done: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + timeout
+    while len(done) < n and time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            msg = q.get(timeout=0.5)
+            if msg[0] == "done":
+                done.append(msg)
+    return done
+
+
+def _rate(done: list[tuple[Any, ...]]) -> tuple[int, float]:
+    total = sum(int(d[2]) for d in done)
+    firsts = [d[3] for d in done if d[2]]
+    lasts = [d[4] for d in done if d[2]]
+    return total, (total / (max(lasts) - min(firsts)) if firsts else 0.0)
+
+
+def figure_11(bench: Bench) -> None:
+    per = 100 if bench.cfg.quick else 400
+    total = GROUP_SESSIONS * per
+    tag = uuid.uuid4().hex[:6]
+    j = bench.journal(durability="none")
+    lines: list[bytes] = []
+    for s in range(GROUP_SESSIONS):
+        recs = [record(f"grp-{tag}-{s}", i) for i in range(1, per + 1)]
+        for k in range(0, per, 100):
+            j.append_batch(recs[k:k + 100])
+        lines += [encode_line(r) for r in recs]
+    r = redis.Redis.from_url(bench.server.url)
+    pipe = r.pipeline(transaction=False)
+    for k, line in enumerate(lines):
+        pipe.xadd("bench:{streams}", {"e": line})
+        if k % 1000 == 999:
+            pipe.execute()
+    pipe.execute()
+    r.xgroup_create("bench:{streams}", "bench-g", id="0")
+    url, root = bench.server.url, str(bench.root)
+    results: dict[str, tuple[int, float]] = {}
+    for kind in ("streams", "group"):
+        q = bench.mp.Queue()
+        procs = []
+        for w in range(GROUP_WORKERS):
+            args = ((url, root, f"w{w}", 10_000, 1.0, q) if kind == "group"
+                    else (url, f"c{w}", q))
+            p = bench.mp.Process(target=group_child if kind == "group" else streams_child,
+                                 args=args)
+            p.start()
+            procs.append(p)
+            bench.procs.append(p)
+        results[kind] = _rate(_collect_done(q, GROUP_WORKERS, 300))
+        for p in procs:
+            p.join(timeout=30)
+    g_total, g_rate = results["group"]
+    s_total, s_rate = results["streams"]
+    bench.rows.append(ratio_row(
+        11, f"worker group, {GROUP_WORKERS} workers x {GROUP_SESSIONS} sessions, no-op handler",
+        g_rate, "events/s", f"Streams XREADGROUP+XACK x{GROUP_WORKERS}", s_rate,
+        target=">= 1.0x Streams", at_least=1.0,
+        note=f"{g_total}/{total} group deliveries, {s_total}/{total} stream messages"))
+    r.delete("bench:{streams}")
+    r.close()
+    j.close()
+    _rebalance(bench, tag)
+
+
+def _rebalance(bench: Bench, tag: str) -> None:
+    """A worker joins one that holds every session, then dies (SIGKILL), while events keep
+    coming: the time until the joiner's first delivery, and until the dead worker's
+    sessions are delivered by the survivor (claim_ms = 2000)."""
+    claim_ms = 2000
+    url, root = bench.server.url, str(bench.root)
+    j = bench.journal(durability="none")
+    sids = [f"grp-{tag}-{s}" for s in range(GROUP_SESSIONS)]
+    heads = {s: j.head(s) for s in sids}
+    q = bench.mp.Queue()
+    stop = threading.Event()
+
+    def feed() -> None:
+        while not stop.is_set():
+            for s in sids:
+                heads[s] += 1
+                j.append(record(s, heads[s]))
+            time.sleep(0.05)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    a = bench.mp.Process(target=group_child, args=(url, root, "ra", claim_ms, None, q))
+    a.start()
+    bench.procs.append(a)
+    feeder.start()
+    claims: list[tuple[Any, ...]] = []
+    ready: dict[str, float] = {}
+
+    def drain(until: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not until() and time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                msg = q.get(timeout=0.2)
+                if msg[0] == "claim":
+                    claims.append(msg)
+                elif msg[0] == "ready":
+                    ready[msg[1]] = msg[2]
+
+    drain(lambda: len({c[2] for c in claims if c[1] == "ra"}) >= GROUP_SESSIONS, 60)
+    b = bench.mp.Process(target=group_child, args=(url, root, "rb", claim_ms, None, q))
+    b.start()
+    bench.procs.append(b)
+    drain(lambda: "rb" in ready and any(c[1] == "rb" for c in claims), 60)
+    joined = [c[3] for c in claims if c[1] == "rb"]
+    join_s = min(joined) - ready["rb"] if joined and "rb" in ready else None
+    drain(lambda: False, 3.0)  # let the balance settle
+    held_b = {c[2] for c in claims if c[1] == "rb"}
+    os.kill(b.pid, signal.SIGKILL)
+    killed = time.time()
+    drain(lambda: held_b <= {c[2] for c in claims if c[1] == "ra" and c[3] > killed}, 60)
+    moved = [min(c[3] for c in claims if c[1] == "ra" and c[2] == s and c[3] > killed)
+             for s in held_b if any(c[1] == "ra" and c[2] == s and c[3] > killed for c in claims)]
+    stop.set()
+    feeder.join(timeout=10)
+    a.terminate()
+    a.join(timeout=10)
+    b.join(timeout=10)
+    j.close()
+    bench.rows.append(Row(11, "rebalance: a joining worker's first delivery", join_s, "s",
+                          note="after it entered consume(); scan_s = 0.2"))
+    bench.rows.append(Row(
+        11, "rebalance: a SIGKILLed worker's sessions all moving on",
+        (max(moved) - killed) if moved and len(moved) == len(held_b) else None, "s",
+        note=f"{len(moved)}/{len(held_b)} sessions moved; claim_ms = {claim_ms}"))
+
+
 # ----- main ---------------------------------------------------------------------------------
 
 
@@ -1210,7 +1393,7 @@ def parse_only(text: str) -> set[int]:
             chosen.add(int(part))
     bad = chosen - set(ALL_FIGURES)
     if bad or not chosen:
-        raise argparse.ArgumentTypeError(f"figures are 1..10, got {text!r}")
+        raise argparse.ArgumentTypeError(f"figures are 1..11, got {text!r}")
     return chosen
 
 
@@ -1240,6 +1423,7 @@ FIGURES: dict[int, tuple[str, Callable[[Bench], None]]] = {
     8: ("subscription latency", figure_8),
     9: ("fan-out to 16 subscribers", figure_9),
     10: ("subscriber RSS", figure_10),
+    11: ("worker group vs Redis Streams", figure_11),
 }
 
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from journal._core import protocol
 from journal._core.group_commit import GroupQueue, Pending, merge, settle
@@ -24,6 +24,9 @@ from journal._model.ids import validate_id
 from journal._model.records import EventRecord, prepare_for_write
 from journal.errors import InvalidInput, JournalError
 from journal.settings import JournalSettings, redact_url
+
+if TYPE_CHECKING:
+    from journal._groups import AsyncDeliveries, SyncDeliveries
 
 
 def make_settings(
@@ -254,6 +257,12 @@ class AsyncJournal(_Base):
 
         return subscribe_all_async(self, session_prefix, **options)
 
+    def consume(self, group: str, worker: str | None = None, **options: Any) -> AsyncDeliveries:
+        """Join worker group ``group``: ``async with j.consume(...) as ds: async for d in ds``."""
+        from journal._groups import AsyncDeliveries, make_worker
+
+        return AsyncDeliveries(self, make_worker(self, group, worker, options))
+
 
 class Journal(_Base):
     """The blocking journal: the same methods as :class:`AsyncJournal`."""
@@ -376,3 +385,9 @@ class Journal(_Base):
         from journal._io.subscriptions import subscribe_all_sync
 
         return subscribe_all_sync(self, session_prefix, **options)
+
+    def consume(self, group: str, worker: str | None = None, **options: Any) -> SyncDeliveries:
+        """Join worker group ``group``: ``with j.consume(...) as ds: for d in ds: ...``."""
+        from journal._groups import SyncDeliveries, make_worker
+
+        return SyncDeliveries(self, make_worker(self, group, worker, options))

@@ -211,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "with the read-head / append / retry-on-conflict loop, until --duration "
                 "or --turns is reached (default: forever, until SIGTERM or Ctrl-C).")
     add_fleet_arguments(p)
+
+    p = command("group", "worker groups: status, parked events, replay, reset",
+                "status: workers, claims and lag per session; parked: poison events; "
+                "replay-parked: deliver parked events again; reset --session S --to SEQ.")
+    from journal._groups.admin import add_group_arguments
+
+    add_group_arguments(p)
     return parser
 
 
@@ -590,6 +597,12 @@ def cmd_fleet(ctx: Context, args: argparse.Namespace) -> int:
     return run_fleet(ctx.journal, args)
 
 
+def cmd_group(ctx: Context, args: argparse.Namespace) -> int:
+    from journal._groups.admin import run_group
+
+    return run_group(ctx.journal(), args)
+
+
 COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "append": cmd_append,
     "read": cmd_read,
@@ -601,6 +614,7 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "redis": cmd_redis,
     "demo": cmd_demo,
     "fleet": cmd_fleet,
+    "group": cmd_group,
 }
 
 

@@ -1,0 +1,272 @@
+"""Worker groups: the Lua fencing (fakeredis and a real server), the pure parts of the
+protocol, the durable checkpoint file, exactly-once effects with a SQLite tracking table,
+the async shell, balance between workers, and the ``journal group`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+
+from journal import EventRecord, Journal
+from journal._groups.engine import ConsumeOptions, backoff, fair_share
+from journal._groups.keys import registry_keys, session_group_keys
+from journal._groups.shell import LUA
+from journal._groups.store import Checkpoint, GroupStore
+from journal.cli.main import main as cli
+from journal.errors import InvalidInput
+from tests.conftest import Backend
+
+
+def fill(j: Journal, sessions: int, events: int, branch: str = "main") -> None:
+    for s in range(sessions):
+        for i in range(1, events + 1):
+            kind = {"type": "UserMessage", "content": f"{i}"}
+            j.append(EventRecord.new(f"s{s}", branch, i, kind))
+
+
+FAST = dict(claim_ms=1000, scan_s=0.1, poll_s=0.02, flush_s=0.05, max_idle_s=1.0,
+            backoff_s=0.01)
+
+
+# ----- Lua fencing ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def lua() -> Any:
+    r = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    scripts = {n: r.register_script(src) for n, src in LUA.items()}
+    keys = session_group_keys("journal", "g", "s1")
+    r.hset(keys.state, mapping={"len": 10, "h:main": 5})
+    return r, scripts, keys
+
+
+def test_claim_seeds_then_claims_only_with_work(lua: Any) -> None:
+    r, sc, k = lua
+    args = [k.group, k.claim, k.state]
+    assert sc["claim"](keys=args, args=["w1", 1000, "0"]) == [b"seed"]
+    assert sc["seed"](keys=[k.group], args=[7, "0", "main", 5]) == 1
+    assert sc["seed"](keys=[k.group], args=[1, "0", "main", 0]) == 0  # first seed wins
+    assert sc["claim"](keys=args, args=["w1", 1000, "0"]) == [b"idle"]  # caught up
+    r.hset(k.state, "h:main", 6)
+    status, token, _ = sc["claim"](keys=args, args=["w1", 1000, "0"])
+    assert (status, token) == (b"ok", b"8:w1")  # fences continue from the file's
+    assert sc["claim"](keys=args, args=["w2", 1000, "0"])[0] == b"busy"
+
+
+def test_zombie_can_neither_ack_nor_move_back(lua: Any) -> None:
+    r, sc, k = lua
+    sc["seed"](keys=[k.group], args=[0, "0"])
+    old = sc["claim"](keys=[k.group, k.claim, k.state], args=["w1", 1000, "0"])[1]
+    assert sc["step"](keys=[k.group, k.claim], args=[old, 1000, "main", 3, "main", 4]) == [1, 1]
+    r.delete(k.claim)  # the claim expired
+    new = sc["claim"](keys=[k.group, k.claim, k.state], args=["w2", 1000, "0"])[1]
+    # the crashed delivery of 4 comes back as attempt 2 to the new holder
+    assert sc["step"](keys=[k.group, k.claim], args=[new, 1000, "", 0, "main", 4]) == [1, 2]
+    assert sc["step"](keys=[k.group, k.claim], args=[new, 1000, "main", 4, "", 0]) == [1, 0]
+    for late in ([old, 1000, "main", 5, "", 0], [old, 1000, "main", 1, "", 0]):
+        assert sc["step"](keys=[k.group, k.claim], args=late) == [0]
+    assert r.hget(k.group, "c:main") == b"4"
+    assert sc["release"](keys=[k.claim], args=[old]) == 0
+    # a reset takes a new fence and ends the current claim
+    assert sc["reset"](keys=[k.group, k.claim], args=["main", 1]) == 3
+    assert sc["step"](keys=[k.group, k.claim], args=[new, 1000, "main", 5, "", 0]) == [0]
+    assert r.hget(k.group, "c:main") == b"1"
+
+
+def test_registry_counts_live_workers(lua: Any) -> None:
+    _, sc, _ = lua
+    reg = registry_keys("journal", "g")
+    assert sc["heartbeat"](keys=[reg.workers, reg.load], args=["w1", 60_000, 3, "0"]) == 1
+    assert sc["heartbeat"](keys=[reg.workers, reg.load], args=["w2", 60_000, 0, "0"]) == 2
+    assert sc["heartbeat"](keys=[reg.workers, reg.load], args=["w2", 60_000, 0, "1"]) == 1
+    assert reg.workers.startswith("journal:{grp:g}")
+
+
+# ----- pure parts ----------------------------------------------------------------------------
+
+
+def test_fair_share_and_backoff() -> None:
+    assert [fair_share(40, n) for n in (1, 3, 4, 0)] == [40, 14, 10, 40]
+    opts = ConsumeOptions(backoff_s=0.5, backoff_max_s=3)
+    assert [backoff(opts, a) for a in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 3.0]
+    with pytest.raises(InvalidInput):
+        ConsumeOptions.parse({"start": "middle"})
+    with pytest.raises(InvalidInput):
+        ConsumeOptions.parse({"bogus": 1})
+
+
+def test_checkpoint_file_is_fenced(tmp_path: Path) -> None:
+    store = GroupStore(tmp_path, "g")
+    assert store.write("s1", Checkpoint(5, {"main": 10}, "5:w1"))
+    assert not store.write("s1", Checkpoint(4, {"main": 20}, "4:w0"))  # older fence
+    assert not store.write("s1", Checkpoint(5, {"main": 20}, "5:w9"))  # same fence, not ours
+    assert store.write("s1", Checkpoint(5, {"main": 11}, "5:w1"))
+    assert store.write("s1", Checkpoint(6, {"main": 2}, "6:reset"))  # newer fence may go back
+    assert store.read("s1") == Checkpoint(6, {"main": 2}, "6:reset")
+    assert not list((tmp_path / "groups" / "g" / "ckpt").glob("*.tmp"))
+    with pytest.raises(InvalidInput):
+        GroupStore(tmp_path, "../x")
+
+
+# ----- with a real redis-server ----------------------------------------------------------------
+
+
+def test_consume_delivers_in_order_and_survives_empty_redis(real_backend: Backend) -> None:
+    j = real_backend.journal()
+    fill(j, 3, 10)
+    fill(j, 1, 4, branch="alt")
+    seen: list[tuple[str, str, int]] = []
+    with j.consume("g", worker="w1", **FAST) as ds:
+        for d in ds:
+            seen.append((d.event.session_id, d.event.branch_id, d.event.sequence))
+            assert d.attempt == 1 and d.fence >= 1
+            assert d.ack()
+    for key in {(s, b) for s, b, _ in seen}:
+        last = 10 if key[1] == "main" else 4
+        assert [q for s, b, q in seen if (s, b) == key] == list(range(1, last + 1))
+    real_backend.restart_empty()
+    fill_more = Journal(real_backend.root, real_backend.url).open()
+    fill_more.append(EventRecord.new("s0", "main", 11, {"type": "UserMessage", "content": "x"}))
+    with j.consume("g", worker="w1", **FAST) as ds:  # from the files: only the new event
+        assert [(d.event.session_id, d.event.sequence, d.ack()) for d in ds] == [("s0", 11, True)]
+    fill_more.close()
+    j.close()
+
+
+def test_exactly_once_effects_with_a_sqlite_tracking_table(real_backend: Backend,
+                                                          tmp_path: Path) -> None:
+    """The handler stores its effect and the position in one SQLite transaction, fenced:
+    a redelivery (here: the claim is lost before the ack, twice) changes nothing."""
+    j = real_backend.journal()
+    fill(j, 2, 20)
+    db = sqlite3.connect(tmp_path / "app.db")
+    db.execute("create table tracking (session text, branch text, seq int, fence int,"
+               " primary key (session, branch))")
+    db.execute("create table counts (session text primary key, n int)")
+    lost = {("s0", 7), ("s1", 13)}
+    with j.consume("g", worker="w1", **FAST) as ds:
+        for d in ds:
+            e = d.event
+            with db:  # one transaction: the effect and the position
+                row = db.execute("select seq, fence from tracking where session=? and branch=?",
+                                 (e.session_id, e.branch_id)).fetchone()
+                if row is not None and (row[0] >= e.sequence or row[1] > d.fence):
+                    pass  # already applied, or a newer holder fenced us out
+                else:
+                    db.execute("insert into counts values (?, 1) on conflict(session) do "
+                               "update set n = n + 1", (e.session_id,))
+                    db.execute("insert or replace into tracking values (?, ?, ?, ?)",
+                               (e.session_id, e.branch_id, e.sequence, d.fence))
+            if (e.session_id, e.sequence) in lost:
+                lost.discard((e.session_id, e.sequence))
+                real_backend.sync_client().delete(
+                    session_group_keys("journal", "g", e.session_id).claim)
+                assert not d.ack()  # refused: it comes back to the next holder
+                continue
+            d.ack()
+        assert ds.stats["refused"] == 2
+    assert dict(db.execute("select session, n from counts")) == {"s0": 20, "s1": 20}
+    j.close()
+
+
+def test_nack_backoff_then_park_then_replay(real_backend: Backend) -> None:
+    j = real_backend.journal()
+    fill(j, 1, 3)
+    attempts: list[int] = []
+    with j.consume("g", worker="w1", max_attempts=3, **FAST) as ds:
+        for d in ds:
+            if d.event.sequence == 2 and not d.replay:
+                attempts.append(d.attempt)
+                assert d.nack(error="bad event")
+            else:
+                d.ack()
+    assert attempts == [1, 2, 3]
+    store = GroupStore(real_backend.root, "g")
+    assert [(p.sequence, p.state, p.error) for p in store.parked()] == [(2, "parked", "bad event")]
+    assert cli(["--root", str(real_backend.root), "--redis-url", real_backend.url or "",
+                "group", "replay-parked", "g"]) == 0
+    with j.consume("g", worker="w1", **FAST) as ds:
+        replayed = [(d.event.sequence, d.replay, d.ack()) for d in ds]
+    assert replayed == [(2, True, True)]
+    assert [p.state for p in store.parked()] == ["replayed"]
+    j.close()
+
+
+def test_async_consume(real_backend: Backend) -> None:
+    fill(real_backend.journal(), 2, 5)
+
+    async def run() -> list[int]:
+        j = real_backend.async_journal()
+        async with j, j.consume("g", worker="a1", **FAST) as ds:
+            return [d.event.sequence async for d in ds if await d.ack()]
+
+    assert sorted(asyncio.run(run())) == sorted(list(range(1, 6)) * 2)
+
+
+def test_start_latest_and_reset(real_backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
+    j = real_backend.journal()
+    fill(j, 1, 5)
+    with j.consume("g", worker="w1", start="latest", **FAST) as ds:
+        assert list(ds) == []
+    base = ["--root", str(real_backend.root), "--redis-url", real_backend.url or "", "group"]
+    assert cli([*base, "reset", "g", "--session", "s0", "--to", "3"]) == 0
+    with j.consume("g", worker="w1", **FAST) as ds:
+        assert [(d.event.sequence, d.ack()) for d in ds] == [(4, True), (5, True)]
+    assert cli([*base, "reset", "g", "--session", "s0", "--to", "9"]) == 2
+    assert cli([*base, "status", "nosuchgroup"]) == 2
+    assert "beyond the head" in capsys.readouterr().err
+    assert cli([*base, "status", "g"]) == 0
+    assert "total lag 0" in capsys.readouterr().out
+    j.close()
+
+
+def test_a_joining_worker_gets_work_and_balance_holds(real_backend: Backend) -> None:
+    """Two workers in threads (each with its own journal): the second one joins while the
+    first holds every session, and gets a share within a few seconds."""
+    j = real_backend.journal()
+    fill(j, 8, 1)
+    stop = threading.Event()
+    holders: dict[str, set[str]] = {"w1": set(), "w2": set()}
+    joined: list[float] = []
+
+    def work(name: str) -> None:
+        jw = Journal(real_backend.root, real_backend.url).open()
+        opts = {**FAST, "max_idle_s": None}
+        with jw.consume("g", worker=name, **opts) as ds:
+            for d in ds:
+                holders[name].add(d.event.session_id)
+                d.ack()
+                if stop.is_set():
+                    break
+        jw.close()
+
+    t1 = threading.Thread(target=work, args=("w1",))
+    t1.start()
+    deadline = time.monotonic() + 10
+    while len(holders["w1"]) < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t2 = threading.Thread(target=work, args=("w2",))
+    t2.start()
+    joined.append(time.monotonic())
+    deadline = time.monotonic() + 10
+    n = 2
+    while not holders["w2"] and time.monotonic() < deadline:  # keep events coming
+        for s in range(8):
+            j.append(EventRecord.new(f"s{s}", "main", n, {"type": "UserMessage", "content": "x"}))
+        n += 1
+        time.sleep(0.1)
+    stop.set()
+    for s in range(8):  # wake both so they see the stop flag
+        j.append(EventRecord.new(f"s{s}", "main", n, {"type": "UserMessage", "content": "x"}))
+    t1.join(timeout=20)
+    t2.join(timeout=20)
+    assert not t1.is_alive() and not t2.is_alive()
+    assert holders["w2"], "the joining worker got sessions"
+    j.close()
