@@ -20,13 +20,14 @@ import errno
 import os
 import struct
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
-from . import faults
+from . import _observe, faults
 from .errors import CorruptLine, JournalError
 from .records import DECODE_ERRORS, EventRecord, decode_line
 
@@ -183,7 +184,9 @@ class SessionStore:
             faults.hit("after_write")
             if sync:
                 faults.hit("fsync")
+                started = time.perf_counter()
                 os.fdatasync(fd)
+                _observe.emit("fsync", seconds=time.perf_counter() - started)
                 faults.hit("after_fsync")
             return end - len(data), end
         finally:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import faults
+from . import _observe, faults
 from .errors import (
     AppendOutcomeUnknown,
     JournalError,
@@ -401,7 +401,9 @@ def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[Ev
                 continue
             if status == "busy":
                 core.contended(first.session_id)
-                yield Sleep(waiter.next(int(reply[1])))
+                delay = waiter.next(int(reply[1]))
+                _observe.emit("lease_wait", seconds=delay, session_id=first.session_id)
+                yield Sleep(delay)
                 continue
             if status == "conflict":
                 top = int(reply[1])

@@ -76,7 +76,7 @@ import msgspec
 import redis
 from redis.exceptions import RedisClusterException
 
-from . import connect, protocol
+from . import _observe, connect, protocol
 from .errors import InvalidInput, JournalError, LeaseTimeout, RedisUnavailable
 from .ids import validate_id
 from .keys import channel_pattern
@@ -471,6 +471,7 @@ class Follower:
                 other.pending.clear()
             self._buffered = 0
             self.stats.overflows += 1
+            _observe.emit("subscriber_fallback", reason="overflow")
         st.pending.append(ann)
         self._buffered += 1
         self.stats.buffer_peak = max(self.stats.buffer_peak, self._buffered)
