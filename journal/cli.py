@@ -209,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "with the read-head / append / retry-on-conflict loop, until --duration "
                 "or --turns is reached (default: forever, until SIGTERM or Ctrl-C).")
     add_fleet_arguments(p)
+
+    p = command("serve", "serve the journal over HTTP: aiOS routes, live SSE, a dashboard")
+    from .http import add_serve_arguments
+
+    add_serve_arguments(p)
     return parser
 
 
@@ -597,6 +602,12 @@ def cmd_fleet(ctx: Context, args: argparse.Namespace) -> int:
     return run_fleet(ctx.journal, args)
 
 
+def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
+    from .http import run_serve
+
+    return run_serve(args, root=ctx.root, redis_url=ctx.redis_url, durability=ctx.durability)
+
+
 COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "append": cmd_append,
     "read": cmd_read,
@@ -608,6 +619,7 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "redis": cmd_redis,
     "demo": cmd_demo,
     "fleet": cmd_fleet,
+    "serve": cmd_serve,
 }
 
 
