@@ -353,8 +353,8 @@ class Api:
         body = frames(subscription, event_id, retry_ms=self.options.retry_ms,
                       queue_size=self.options.queue_size, on_close=on_close)
         return _StreamResponse(
-            body, ping=self.options.heartbeat_s, send_timeout=self.options.send_timeout_s,
-            ping_message_factory=lambda: ServerSentEvent(comment="heartbeat"),
+            body, ping=self.options.heartbeat_s, sep="\n", send_timeout=self.options.send_timeout_s,
+            ping_message_factory=lambda: ServerSentEvent(comment="heartbeat", sep="\n"),
             metrics=self.metrics, on_close=on_close,
         )
 
