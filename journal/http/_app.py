@@ -12,6 +12,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -19,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 from .. import AsyncJournal, RedisUnavailable
 from ._auth import Authenticator, Token, load_tokens
 from ._metrics import Metrics
-from ._routes import Api, Options
+from ._routes import Api, Options, error_response
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -95,7 +96,15 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
             allow_credentials=True, max_age=600,
         ))
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(404, f"no such route: {request.method} {request.url.path[:200]}")
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        return error_response(405, f"{request.method} is not allowed on "
+                              f"{request.url.path[:200]}")
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={404: not_found, 405: not_allowed})
     app.state.journal = journal
     app.state.metrics = metrics
     app.state.auth = auth
