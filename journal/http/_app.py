@@ -17,7 +17,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import AsyncJournal, RedisUnavailable
+from .. import AsyncJournal, JournalError, RedisUnavailable
 from ._auth import Authenticator, Token, load_tokens
 from ._metrics import Metrics
 from ._routes import Api, Options, error_response
@@ -64,6 +64,13 @@ def create_app(
         except RedisUnavailable as exc:
             # Serve anyway: routes answer 503 until Redis is back (the journal reconnects).
             print(f"journal serve: warning: {exc}", file=sys.stderr, flush=True)
+        # Every SSE stream holds one pub/sub connection from the client's pool (redis-py
+        # caps a pool at 100 by default): make room for the streams we admit, and a margin
+        # for the appends and reads.
+        with contextlib.suppress(JournalError):
+            pool = getattr(journal.redis, "connection_pool", None)
+            if pool is not None and isinstance(getattr(pool, "max_connections", None), int):
+                pool.max_connections = max(pool.max_connections, settings.max_streams + 64)
         metrics.start()
         try:
             yield

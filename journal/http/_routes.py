@@ -7,6 +7,7 @@ refused append wrote nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -48,7 +49,9 @@ class Options:
     heartbeat_s: float = 15.0
     retry_ms: int = 2000
     send_timeout_s: float = 30.0
-    queue_size: int = 256
+    queue_size: int = 32
+    #: Open streams admitted at once; each holds a Redis pub/sub connection.
+    max_streams: int = 2000
     cookie_ttl_s: int = 3600
     #: With no tokens, requests must name a loopback host (stops DNS rebinding).
     loopback_hosts_only: bool = True
@@ -106,6 +109,7 @@ class Api:
         self.auth = auth
         self.metrics = metrics
         self.options = options
+        self._open_streams = 0
 
     # ----- plumbing --------------------------------------------------------------------
 
@@ -339,6 +343,13 @@ class Api:
 
     def _sse(self, subscription: Any, event_id: Callable[[EventRecord], str],
              feed: str) -> Response:
+        if self._open_streams >= self.options.max_streams:
+            aclose = getattr(subscription, "aclose", None)
+            if aclose is not None:
+                asyncio.get_running_loop().create_task(aclose())
+            raise HttpError(503, f"this server already serves {self.options.max_streams} "
+                            "streams; try again later")
+        self._open_streams += 1
         gauge = self.metrics.active_streams.labels(feed)
         gauge.inc()
         self.metrics.streams_opened.labels(feed).inc()
@@ -348,6 +359,7 @@ class Api:
             nonlocal closed
             if not closed:
                 closed = True
+                self._open_streams -= 1
                 gauge.dec()
 
         body = frames(subscription, event_id, retry_ms=self.options.retry_ms,

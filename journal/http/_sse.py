@@ -87,7 +87,7 @@ async def frames(
             if item is None:
                 continue
             batch = [item]
-            while not queue.empty() and len(batch) < 256:
+            while not queue.empty() and len(batch) < 64:
                 batch.append(queue.get_nowait())
             out: list[bytes] = []
             for entry in batch:
