@@ -41,11 +41,28 @@ def status_frame(status: str, **fields: Any) -> bytes:
     return f"event: stream.status\ndata: {data}\n\n".encode()
 
 
-def _status(subscription: Any) -> str | None:
-    stats = getattr(subscription, "stats", None)
-    if stats is None or stats.connects == 0:
-        return None  # not listening yet: nothing to tell
-    return "live" if stats.connects > stats.disconnects else "reconnecting"
+class _Health:
+    """Live or reconnecting, from the subscription's counters: a disconnect since the last
+    look means reconnecting (each failed attempt counts one more), until a connect comes
+    after it."""
+
+    def __init__(self, subscription: Any) -> None:
+        self._stats = getattr(subscription, "stats", None)
+        self._disconnects = 0
+        self._connects_then = 0
+        self.down = False
+
+    def status(self) -> str | None:
+        stats = self._stats
+        if stats is None or (stats.connects == 0 and stats.disconnects == 0):
+            return None  # not listening yet: nothing to tell
+        if stats.disconnects > self._disconnects:
+            self._disconnects = stats.disconnects
+            self._connects_then = stats.connects
+            self.down = True
+        elif self.down and stats.connects > self._connects_then:
+            self.down = False
+        return "reconnecting" if self.down else "live"
 
 
 async def frames(
@@ -73,6 +90,7 @@ async def frames(
 
     task = asyncio.create_task(pump())
     shown: str | None = None
+    health = _Health(subscription)
     try:
         yield retry_frame(retry_ms)
         while True:
@@ -80,7 +98,7 @@ async def frames(
                 item = await asyncio.wait_for(queue.get(), timeout=status_every_s)
             except TimeoutError:
                 item = None
-            status = _status(subscription)
+            status = health.status()
             if status is not None and status != shown:
                 shown = status
                 yield status_frame(status)
