@@ -1,4 +1,5 @@
-# The image of the compose services `worker` and `tail`: the journal package and its CLI.
+# The image of the compose services `worker`, `tail` and `gateway`: the journal package, its
+# CLI and the HTTP extra (`journal serve`).
 # It holds no redis-server: in compose, Redis is its own service (see compose.yaml).
 FROM python:3.11-slim
 
@@ -10,7 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 # .dockerignore keeps the venv, caches, journal data and .git out of the context.
 COPY . .
-RUN pip install . \
+RUN pip install ".[http]" \
     && useradd --system --uid 10001 --no-create-home --home-dir /data journal \
     && mkdir -p /data \
     && chown journal:journal /data

@@ -19,6 +19,12 @@ numbers say little, ratios a lot. The figures (see ``--only``):
     redis-py PUBLISH -> SUBSCRIBE between two processes.
  9. Fan-out to 16 subscriber processes: completeness and latency.
 10. Peak RSS growth of a subscriber that starts 100k events behind.
+11. Worker group throughput (4 workers, no-op handler, 64 sessions) against Redis Streams
+    XREADGROUP + XACK with 4 consumers over the same events; rebalance on join and on kill.
+12. HTTP append throughput through ``journal serve`` (one event per POST, and batches of 100
+    per POST) against the in-process ``Journal.append`` / ``append_batch(100)``.
+13. SSE delivery latency (returned append -> frame received) against the Python
+    subscription, both following the same appends in the same run.
 
 Figures 1-4 run interleaved in rounds (each round runs every meter once, briefly): values are
 medians over the rounds, ratios the medians of the per-round ratios.
@@ -38,6 +44,7 @@ import platform
 import queue
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -62,7 +69,7 @@ from journal.testing import RedisServer
 REPO = Path(__file__).resolve().parent.parent
 LINE_250 = b'{"bench":"' + b"x" * 237 + b'"}\n'  # 250 bytes with the newline
 KIND: dict[str, Any] = {"type": "PhaseEntered", "phase": "perceive"}
-ALL_FIGURES = tuple(range(1, 12))
+ALL_FIGURES = tuple(range(1, 14))
 MIB = 1024 * 1024
 
 
@@ -1375,6 +1382,164 @@ def _rebalance(bench: Bench, tag: str) -> None:
         11, "rebalance: a SIGKILLed worker's sessions all moving on",
         (max(moved) - killed) if moved and len(moved) == len(held_b) else None, "s",
         note=f"{len(moved)}/{len(held_b)} sessions moved; claim_ms = {claim_ms}"))
+# ----- figures 12-13: the HTTP gateway -----------------------------------------------------
+
+
+@contextlib.contextmanager
+def gateway(bench: Bench) -> Iterator[str]:
+    """`journal serve` on a free loopback port, against the bench's Redis and root."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "journal", "serve", "--root", str(bench.root), "--redis-url",
+         bench.server.url, "--port", str(port)], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("journal serve did not start")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _http_append_rate(client: Any, sid: str, seconds: float, batch: int, start: int) -> float:
+    seq, done, t0 = start, 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        body = [{"sequence": seq + i, "kind": KIND} for i in range(batch)]
+        r = client.post(f"/sessions/{sid}/events", json=body if batch > 1 else body[0])
+        if r.status_code != 201:
+            raise RuntimeError(f"POST answered {r.status_code}: {r.text[:200]}")
+        seq += batch
+        done += batch
+    return done / (time.perf_counter() - t0)
+
+
+def _local_append_rate(j: Journal, sid: str, seconds: float, batch: int, start: int) -> float:
+    seq, done, t0 = start, 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        if batch == 1:
+            j.append(record(sid, seq))
+        else:
+            j.append_batch([record(sid, seq + i) for i in range(batch)])
+        seq += batch
+        done += batch
+    return done / (time.perf_counter() - t0)
+
+
+def _sse_reader(port: int, path: str, count: int, recv: dict[int, int],
+                ready: threading.Event) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        buf = b""
+        while len(recv) < count:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            now = time.perf_counter_ns()
+            buf += chunk
+            if b"stream.status" in buf:
+                ready.set()
+            while b"\n\n" in buf:
+                frame, buf = buf.split(b"\n\n", 1)
+                for line in frame.split(b"\n"):
+                    if line.startswith(b"id: "):
+                        recv.setdefault(int(line[4:]), now)
+
+
+def _sub_reader(j: Journal, sid: str, count: int, recv: dict[int, int],
+                ready: threading.Event) -> None:
+    sub = j.subscribe(sid, "main", idle_s=0.2)
+    try:
+        ready.set()
+        for ev in sub:
+            recv[ev.sequence] = time.perf_counter_ns()
+            if len(recv) >= count:
+                break
+    finally:
+        sub.close()  # type: ignore[attr-defined]
+
+
+def http_figures(bench: Bench, which: int) -> None:
+    import httpx
+
+    cfg = bench.cfg
+    tag = uuid.uuid4().hex[:8]
+    with gateway(bench) as base, httpx.Client(base_url=base, timeout=30) as client, \
+            bench.journal() as j:
+        if which == 12:
+            rounds, slice_s = (2, 1.0) if cfg.quick else (4, 2.0)
+            rates: dict[str, list[float]] = {k: [] for k in ("post1", "local1", "post100",
+                                                             "local100")}
+            next_seq = dict.fromkeys(rates, 1)
+            for _ in range(rounds):
+                for key in rates:
+                    batch = 100 if key.endswith("100") else 1
+                    sid = f"bench-http-{key}-{tag}"
+                    run = _http_append_rate if key.startswith("post") else _local_append_rate
+                    target: Any = client if key.startswith("post") else j
+                    rate = run(target, sid, slice_s, batch, next_seq[key])
+                    next_seq[key] = j.head(sid) + 1
+                    rates[key].append(rate)
+            med = {k: statistics.median(v) for k, v in rates.items()}
+            note = f"{rounds} interleaved rounds of {slice_s:g}s, one client, keep-alive"
+            bench.rows.append(ratio_row(11, "HTTP append, one event per POST", med["post1"],
+                                        "events/s", "Journal.append", med["local1"], note=note))
+            bench.rows.append(ratio_row(11, "HTTP append, 100 events per POST",
+                                        med["post100"], "events/s", "append_batch(100)",
+                                        med["local100"]))
+            return
+        count = 150 if cfg.quick else 500
+        sid = f"bench-sse-{tag}"
+        port = int(base.rsplit(":", 1)[1])
+        sse: dict[int, int] = {}
+        sub: dict[int, int] = {}
+        ready = [threading.Event(), threading.Event()]
+        with Journal(bench.root, bench.server.url) as reader_j:
+            threads = [
+                threading.Thread(target=_sse_reader, daemon=True,
+                                 args=(port, f"/sessions/{sid}/events/stream", count, sse,
+                                       ready[0])),
+                threading.Thread(target=_sub_reader, daemon=True,
+                                 args=(reader_j, sid, count, sub, ready[1])),
+            ]
+            for t in threads:
+                t.start()
+            for r in ready:
+                r.wait(10)
+            time.sleep(0.3)
+            sent: dict[int, int] = {}
+            for seq in range(1, count + 1):
+                j.append(record(sid, seq))
+                sent[seq] = time.perf_counter_ns()
+                time.sleep(0.004)
+            for t in threads:
+                t.join(30)
+        if len(sse) < count or len(sub) < count:
+            raise RuntimeError(f"SSE got {len(sse)}, the subscription {len(sub)} of {count}")
+        lat_sse = [max(0, sse[s] - sent[s]) / 1000 for s in sent]
+        lat_sub = [max(0, sub[s] - sent[s]) / 1000 for s in sent]
+        note = (f"{count} events at ~{1 / 0.004:.0f}/s; appender and both readers in one "
+                "process (threads), the server in another")
+        bench.rows.append(ratio_row(12, "SSE latency p50 (append returned -> frame)",
+                                    quantile(lat_sse, 0.5), "us", "Python subscription p50",
+                                    quantile(lat_sub, 0.5), note=note))
+        bench.rows.append(ratio_row(12, "SSE latency p99", quantile(lat_sse, 0.99), "us",
+                                    "Python subscription p99", quantile(lat_sub, 0.99)))
 
 
 # ----- main ---------------------------------------------------------------------------------
@@ -1393,7 +1558,7 @@ def parse_only(text: str) -> set[int]:
             chosen.add(int(part))
     bad = chosen - set(ALL_FIGURES)
     if bad or not chosen:
-        raise argparse.ArgumentTypeError(f"figures are 1..11, got {text!r}")
+        raise argparse.ArgumentTypeError(f"figures are 1..13, got {text!r}")
     return chosen
 
 
@@ -1424,6 +1589,8 @@ FIGURES: dict[int, tuple[str, Callable[[Bench], None]]] = {
     9: ("fan-out to 16 subscribers", figure_9),
     10: ("subscriber RSS", figure_10),
     11: ("worker group vs Redis Streams", figure_11),
+    12: ("HTTP append throughput", lambda b: http_figures(b, 12)),
+    13: ("SSE latency", lambda b: http_figures(b, 13)),
 }
 
 

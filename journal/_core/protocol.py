@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from journal import _fault_hook as fault
+from journal import _observe
 from journal._core.keys import SessionKeys, session_keys
 from journal._model.announcement import encode_announcement
 from journal._model.records import EventRecord
@@ -401,7 +402,9 @@ def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[Ev
                 continue
             if status == "busy":
                 core.contended(first.session_id)
-                yield Sleep(waiter.next(int(reply[1])))
+                delay = waiter.next(int(reply[1]))
+                _observe.emit("lease_wait", seconds=delay, session_id=first.session_id)
+                yield Sleep(delay)
                 continue
             if status == "conflict":
                 top = int(reply[1])

@@ -76,6 +76,7 @@ import msgspec
 import redis
 from redis.exceptions import RedisClusterException
 
+from journal import _observe
 from journal._core import protocol
 from journal._core.keys import channel_pattern
 from journal._core.protocol import text
@@ -483,6 +484,7 @@ class Follower:
                 other.pending.clear()
             self._buffered = 0
             self.stats.overflows += 1
+            _observe.emit("subscriber_fallback", reason="overflow")
         st.pending.append(ann)
         self._buffered += 1
         self.stats.buffer_peak = max(self.stats.buffer_peak, self._buffered)

@@ -20,6 +20,7 @@ import errno
 import os
 import struct
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 import msgspec
 
 from journal import _fault_hook as fault
+from journal import _observe
 from journal._model.records import DECODE_ERRORS, EventRecord, decode_line
 from journal.errors import CorruptLine, JournalError
 
@@ -183,7 +185,9 @@ class SessionStore:
             fault.hit("after_write")
             if sync:
                 fault.hit("fsync")
+                started = time.perf_counter()
                 os.fdatasync(fd)
+                _observe.emit("fsync", seconds=time.perf_counter() - started)
                 fault.hit("after_fsync")
             return end - len(data), end
         finally:

@@ -218,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     from journal._groups.admin import add_group_arguments
 
     add_group_arguments(p)
+
+    p = command("serve", "serve the journal over HTTP: aiOS routes, live SSE, a dashboard")
+    from journal.http import add_serve_arguments
+
+    add_serve_arguments(p)
     return parser
 
 
@@ -602,6 +607,11 @@ def cmd_group(ctx: Context, args: argparse.Namespace) -> int:
 
     return run_group(ctx.journal(), args)
 
+def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
+    from journal.http import run_serve
+
+    return run_serve(args, root=ctx.root, redis_url=ctx.redis_url, durability=ctx.durability)
+
 
 COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "append": cmd_append,
@@ -615,6 +625,7 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "fleet": cmd_fleet,
     "group": cmd_group,
+    "serve": cmd_serve,
 }
 
 
