@@ -35,7 +35,7 @@ def test_delete_removes_events_and_everything_after_raises(real_backend: Backend
     assert not (root / "events" / "s1.jsonl").exists()
     assert not (root / "index" / "s1").exists()
     assert (root / "lifecycle" / "s1.json").exists()
-    assert j.redis.exists(f"journal:{{s1}}:tomb") == 1
+    assert j.redis.exists("journal:{s1}:tomb") == 1
     for call in (lambda: j.read("s1"), lambda: j.head("s1"), lambda: j.branches("s1"),
                  lambda: _fill(j, "s1", 1)):
         with pytest.raises(SessionDeleted, match="s1 was deleted"):

@@ -83,17 +83,16 @@ def read(store: SessionStore, branch_id: str, first: int, last: int,
         raise HistoryTruncated(store.session_id, branch_id, first, floor)
     if last < first:
         return []
-    size = store.size()
-    if size < committed:
-        if found.archived is not None and size == 0 and not store.path.exists():
-            data = archive.read(archive.archive_path(_root(store), store.session_id),
-                                found.archived.sha256)
-            return _read_bytes(store, data, branch_id, first, last, committed)
-        c = found.compaction
-        if c is None or committed != c.before:
-            raise mismatch(store, size, committed)
-        # Redis gave us the length from just before a compaction: the sequence bounds
-        # still hold, and every line read is verified.
+    if committed and not store.path.exists():
+        if found.archived is None:
+            # Redis knows committed bytes of a file that is not there. (A file cut short
+            # is read up to its damage and reported as CorruptLine, as before.)
+            raise mismatch(store, 0, committed)
+        data = archive.read(archive.archive_path(_root(store), store.session_id),
+                            found.archived.sha256)
+        return _read_bytes(store, data, branch_id, first, last, committed)
+    # A length from just before a compaction is fine too: reads are bounded by sequence,
+    # and every line read is verified.
     return store.read(branch_id, first, last, committed)
 
 
