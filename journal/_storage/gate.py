@@ -8,6 +8,7 @@ archives costs the hot path one failed ``open`` of the marks file and one ``stat
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -41,8 +42,22 @@ def _root(store: SessionStore) -> Path:
     return store.path.parent.parent
 
 
+_marks_paths: dict[str, str] = {}
+
+
+def _marks_path(store: SessionStore) -> str:
+    """Computed once per file: pathlib on every read costs more than the open itself."""
+    key = str(store.path)
+    found = _marks_paths.get(key)
+    if found is None:
+        if len(_marks_paths) > 4096:
+            _marks_paths.clear()
+        found = _marks_paths[key] = str(tombstone.marks_path(_root(store), store.session_id))
+    return found
+
+
 def marks(store: SessionStore) -> tombstone.Marks:
-    found = tombstone.load(_root(store), store.session_id)
+    found = tombstone.load_path(_marks_path(store))
     if found.deleted_at is not None:
         raise SessionDeleted(store.session_id)
     store.floors = found.floors
@@ -83,7 +98,7 @@ def read(store: SessionStore, branch_id: str, first: int, last: int,
         raise HistoryTruncated(store.session_id, branch_id, first, floor)
     if last < first:
         return []
-    if committed and not store.path.exists():
+    if committed and not os.path.exists(str(store.path)):
         if found.archived is None:
             # Redis knows committed bytes of a file that is not there. (A file cut short
             # is read up to its damage and reported as CorruptLine, as before.)

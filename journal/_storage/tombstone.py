@@ -51,11 +51,18 @@ def marks_path(root: Path, session_id: str) -> Path:
 
 
 def load(root: Path, session_id: str) -> Marks:
+    return load_path(str(marks_path(root, session_id)))
+
+
+def load_path(path: str) -> Marks:
     try:
-        with open(marks_path(root, session_id), "rb") as f:
-            raw = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return NONE
+    try:
+        raw = os.read(fd, 1 << 20)
+    finally:
+        os.close(fd)
     return _decoder.decode(raw)
 
 
