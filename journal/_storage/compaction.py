@@ -20,10 +20,29 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
+
+from journal._model.records import DECODE_ERRORS
 from journal._storage.session_file import INDEX_ENTRY, SessionStore, iter_lines
 from journal._storage.tombstone import Marks, sync_dir
 
 _SUFFIX = ".compact"
+
+
+class Position(msgspec.Struct):
+    session_id: str
+    branch_id: str
+    sequence: int
+
+
+_position = msgspec.json.Decoder(Position)
+
+
+def position(raw: bytes) -> Position | None:
+    try:
+        return _position.decode(raw)
+    except DECODE_ERRORS:
+        return None
 
 
 def tmp_path(store: SessionStore) -> Path:
@@ -39,8 +58,6 @@ def _index_tmps(store: SessionStore) -> list[Path]:
 def prepare(store: SessionStore, floors: dict[str, int], committed: int,
             heads: dict[str, int]) -> int:
     """Write the compacted file and index beside the live ones; returns the new length."""
-    from journal._storage.gate import position
-
     kept: list[bytes] = []
     rows: dict[str, list[tuple[int, int]]] = {
         b: [(0, 0)] * (floors.get(b, 1) - 1) for b in heads

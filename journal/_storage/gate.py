@@ -18,24 +18,9 @@ import msgspec
 from journal import _fault_hook as fault
 from journal._model.records import DECODE_ERRORS, EventRecord, decode_line
 from journal._storage import archive, compaction, tombstone
+from journal._storage.compaction import position
 from journal._storage.session_file import SessionStore, TailResult
 from journal.errors import HistoryTruncated, SessionDeleted, StorageError
-
-
-class Position(msgspec.Struct):
-    session_id: str
-    branch_id: str
-    sequence: int
-
-
-_position = msgspec.json.Decoder(Position)
-
-
-def position(raw: bytes) -> Position | None:
-    try:
-        return _position.decode(raw)
-    except DECODE_ERRORS:
-        return None
 
 
 def _root(store: SessionStore) -> Path:
