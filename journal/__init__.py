@@ -11,6 +11,7 @@ from journal._model.records import Actor, EventRecord, EventSchema
 from journal.errors import (
     AppendOutcomeUnknown,
     CorruptLine,
+    HistoryTruncated,
     InvalidId,
     InvalidInput,
     InvalidRecord,
@@ -20,6 +21,7 @@ from journal.errors import (
     RedisServerNotFound,
     RedisUnavailable,
     SequenceConflict,
+    SessionDeleted,
     StorageError,
 )
 from journal.settings import JournalSettings
@@ -31,6 +33,7 @@ __all__ = [
     "CorruptLine",
     "EventRecord",
     "EventSchema",
+    "HistoryTruncated",
     "InvalidId",
     "InvalidInput",
     "InvalidRecord",
@@ -42,6 +45,7 @@ __all__ = [
     "RedisServerNotFound",
     "RedisUnavailable",
     "SequenceConflict",
+    "SessionDeleted",
     "StorageError",
     "kinds",
 ]

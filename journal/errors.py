@@ -77,3 +77,35 @@ class RedisServerNotFound(JournalError):
 
 class StorageError(JournalError):
     """The file system refused a write (ENOSPC, EIO, ...). Nothing was committed."""
+
+
+class SessionDeleted(JournalError):
+    """The session was deleted (``delete``): its events are gone and its id stays retired.
+
+    Appends, reads, heads and subscriptions of a deleted session raise this.
+    """
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(
+            f"session {session_id} was deleted; its id cannot be used again (see README, "
+            "'The life of a session')"
+        )
+
+
+class HistoryTruncated(JournalError):
+    """A read started below a branch's truncation point (``truncate_before``).
+
+    ``first`` is the lowest sequence still stored: read again from there. Nothing is ever
+    silently left out of a read.
+    """
+
+    def __init__(self, session_id: str, branch_id: str, requested: int, first: int) -> None:
+        self.session_id = session_id
+        self.branch_id = branch_id
+        self.requested = requested
+        self.first = first
+        super().__init__(
+            f"session {session_id} branch {branch_id}: history before sequence {first} was "
+            f"truncated; a read from {requested} must start at {first}"
+        )

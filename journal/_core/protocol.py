@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,9 +24,11 @@ from journal import _observe
 from journal._core.keys import SessionKeys, session_keys
 from journal._model.announcement import encode_announcement
 from journal._model.records import EventRecord
+from journal._storage import gate
 from journal._storage.session_file import SessionStore
 from journal.errors import (
     AppendOutcomeUnknown,
+    HistoryTruncated,
     JournalError,
     LeaseTimeout,
     RedisUnavailable,
@@ -232,7 +235,7 @@ def rebuild(core: Core, session_id: str, waiter: Backoff) -> Steps[None]:
         # before looking at the tail.
         yield Sleep(core.settings.lease_hold_ms / 1000)
     try:
-        found = yield Blocking(lambda: store.rebuild(clock.guard))
+        found = yield Blocking(lambda: gate.rebuild(store, clock.guard))
     except Exception:  # not GeneratorExit: a closed protocol must not yield again
         yield from _release(keys, token)
         raise
@@ -263,7 +266,7 @@ def _state(core: Core, session_id: str, branch_id: str) -> Steps[tuple[int, int]
                     continue
             return committed, int(reply[1] or 0)
         store = core.store(session_id)
-        if not (yield Blocking(store.path.exists)):
+        if not (yield Blocking(partial(gate.exists, store))):
             return None
         yield from rebuild(core, session_id, waiter)
 
@@ -335,7 +338,7 @@ def read(
     last = min(top, first + limit - 1)
     store = core.store(session_id)
     records: list[EventRecord] = yield Blocking(
-        lambda: store.read(branch_id, first, last, committed)
+        lambda: gate.read(store, branch_id, first, last, committed)
     )
     return records
 
@@ -355,7 +358,7 @@ def session_state(core: Core, session_id: str) -> Steps[tuple[int, dict[str, int
                 continue
         if "len" in fields:
             return int(fields["len"]), _heads(fields)
-        if not (yield Blocking(core.store(session_id).path.exists)):
+        if not (yield Blocking(partial(gate.exists, core.store(session_id)))):
             return 0, {}
         yield from rebuild(core, session_id, waiter)
 
@@ -484,11 +487,8 @@ def _under_lease(
     branch = first.branch_id
     store = core.store(first.session_id)
     size = yield Blocking(store.size)
-    if size < committed:
-        raise StorageError(
-            f"{store.path} holds {size} bytes but {committed} are committed: it was truncated "
-            "or replaced outside the journal; run `journal verify`"
-        )
+    if size < committed:  # an archived session reopens; anything else is refused
+        size = yield Blocking(lambda: gate.short_file(store, size, committed, clock.guard))
     if size > committed:
         # A writer died after or during its write: roll its tail forward or cut it first.
         committed, heads, _ = yield from _recover(core, keys, token, clock, store, committed)
@@ -592,8 +592,9 @@ def _resolve_conflict(
     idempotent retry); otherwise it is a :class:`SequenceConflict`."""
     first, last = records[0], records[-1]
     if last.sequence <= head_now:
-        stored = yield from read(core, first.session_id, first.branch_id, first.sequence,
-                                 len(records))
-        if [r.event_id for r in stored] == [r.event_id for r in records]:
-            return stored
+        with contextlib.suppress(HistoryTruncated):  # gone on purpose: a plain conflict
+            stored = yield from read(core, first.session_id, first.branch_id, first.sequence,
+                                     len(records))
+            if [r.event_id for r in stored] == [r.event_id for r in records]:
+                return stored
     raise SequenceConflict(first.session_id, first.branch_id, head_now + 1, first.sequence)

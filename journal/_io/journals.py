@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from journal._core import protocol
+from journal._core import lifecycle, protocol
 from journal._core.group_commit import GroupQueue, Pending, merge, settle
 from journal._io import connect
 from journal._io.connect import redis_error
@@ -242,6 +242,22 @@ class AsyncJournal(_Base):
         _, heads = await self._run(protocol.session_state(self.core, session_id))
         return dict(heads)
 
+    async def delete(self, session_id: str) -> None:
+        """Delete a session for good (see README, 'The life of a session')."""
+        validate_id(session_id, "session_id", self.settings.max_id_length)
+        await self._run(lifecycle.delete(self.core, session_id))
+
+    async def truncate_before(self, session_id: str, branch_id: str, sequence: int) -> int:
+        """Drop a branch's events below ``sequence`` (compacted at once); its new first."""
+        self._ids(session_id, branch_id)
+        return int(await self._run(
+            lifecycle.truncate_before(self.core, session_id, branch_id, sequence)))
+
+    async def archive(self, session_id: str) -> bool:
+        """Compress a session to ``archive/``; reads go on, an append reopens it."""
+        validate_id(session_id, "session_id", self.settings.max_id_length)
+        return bool(await self._run(lifecycle.archive(self.core, session_id)))
+
     def subscribe(
         self, session_id: str, branch_id: str = "main", after_sequence: int = 0, **options: Any
     ) -> AsyncIterator[EventRecord]:
@@ -372,6 +388,19 @@ class Journal(_Base):
         validate_id(session_id, "session_id", self.settings.max_id_length)
         _, heads = self._run(protocol.session_state(self.core, session_id))
         return dict(heads)
+
+    def delete(self, session_id: str) -> None:
+        validate_id(session_id, "session_id", self.settings.max_id_length)
+        self._run(lifecycle.delete(self.core, session_id))
+
+    def truncate_before(self, session_id: str, branch_id: str, sequence: int) -> int:
+        self._ids(session_id, branch_id)
+        return int(self._run(lifecycle.truncate_before(self.core, session_id, branch_id,
+                                                       sequence)))
+
+    def archive(self, session_id: str) -> bool:
+        validate_id(session_id, "session_id", self.settings.max_id_length)
+        return bool(self._run(lifecycle.archive(self.core, session_id)))
 
     def subscribe(
         self, session_id: str, branch_id: str = "main", after_sequence: int = 0, **options: Any

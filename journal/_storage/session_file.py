@@ -109,6 +109,9 @@ class SessionStore:
         self._path = str(self.path)
         self._hint = str(self.index_dir / "committed")
         self._index_ready = False
+        # Truncation points (branch -> lowest stored sequence), set from the lifecycle marks
+        # by journal._storage.gate: the scans below start each branch there.
+        self.floors: dict[str, int] = {}
 
     def _open_in_index(self, path: str, flags: int) -> int:
         """Open a file under index/<sid>/, creating the folder the first time (or again, if
@@ -369,8 +372,8 @@ class SessionStore:
                 os.truncate(path, count * INDEX_ENTRY.size)
 
     def _rebuild_scan(self, guard: Callable[[], None], hint: int) -> TailResult:
-        heads: dict[str, int] = {}
-        entries: dict[str, list[tuple[int, int]]] = {}
+        heads: dict[str, int] = {b: f - 1 for b, f in self.floors.items()}
+        entries: dict[str, list[tuple[int, int]]] = {b: [(0, 0)] * h for b, h in heads.items()}
         length = 0
         truncated_from: int | None = None
         try:
@@ -466,7 +469,8 @@ class SessionStore:
             size = os.fstat(fd).st_size
             if size < want:
                 # The index lags (written by another tool, or lost): rebuild it from the file.
-                old = self._scan_branch_offsets(branch_id, committed)
+                old = [(0, 0)] * (self.floors.get(branch_id, 1) - 1)  # truncated: unused
+                old += self._scan_branch_offsets(branch_id, committed)
                 if len(old) != head_before:
                     return  # the file disagrees with Redis: leave it, readers fall back
                 os.pwrite(fd, b"".join(INDEX_ENTRY.pack(o, n) for o, n in old), 0)
@@ -500,7 +504,7 @@ class SessionStore:
             return
         try:
             lineno = 0
-            expected = 1
+            expected = floor = self.floors.get(branch_id, 1)
             for offset, raw, complete in iter_lines(fd, 0, end):
                 lineno += 1
                 if not raw.strip():
@@ -516,7 +520,7 @@ class SessionStore:
                 if pos.session_id != self.session_id:
                     raise CorruptLine(str(self.path), lineno,
                                       f"session_id {pos.session_id!r} in this session's file")
-                if pos.branch_id == branch_id:
+                if pos.branch_id == branch_id and pos.sequence >= floor:
                     # The committed region holds every sequence of a branch once, in order:
                     # anything else means a damaged line (maybe an earlier one).
                     if pos.sequence != expected:

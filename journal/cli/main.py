@@ -31,6 +31,7 @@ from journal._io.journals import Journal
 from journal._model.ids import validate_id
 from journal._model.records import EventRecord, encode_line
 from journal.cli import argtypes
+from journal.cli.lifecycle import COMMANDS as LIFECYCLE_COMMANDS
 from journal.errors import (
     AppendOutcomeUnknown,
     CorruptLine,
@@ -194,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sessions", metavar="SESSION", nargs="*", help="default: every session")
     p.add_argument("--wait", type=_SECONDS, default=10.0, metavar="S",
                    help="how long to wait for a busy session's writer (default: 10)")
+
+    from journal.cli.lifecycle import add_commands
+
+    add_commands(command, _POSITIVE)  # delete, truncate, archive, gc
 
     p = command("redis", "start, stop or show the embedded redis-server of --root")
     p.add_argument("action", choices=["up", "down", "status"])
@@ -621,6 +626,7 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "sessions": cmd_sessions,
     "verify": cmd_verify,
     "rebuild": cmd_rebuild,
+    **LIFECYCLE_COMMANDS,
     "redis": cmd_redis,
     "demo": cmd_demo,
     "fleet": cmd_fleet,

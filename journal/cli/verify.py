@@ -41,6 +41,7 @@ import msgspec
 from journal._model.ids import validate_id
 from journal._model.records import EventRecord
 from journal._storage.session_file import HINT, INDEX_ENTRY, iter_lines
+from journal.cli.lifecycle import verify_hook, verify_sessions
 from journal.errors import InvalidId, InvalidRecord, JournalError
 from journal.kinds import validate_kind
 
@@ -134,7 +135,11 @@ class _SessionCheck:
     def add(self, path: Path | str, line: int, problem: str, severity: Severity = "error") -> None:
         self.report.findings.append(Finding(str(path), line, problem, severity))
 
+    Branch = _Branch
+
     def run(self) -> None:
+        if verify_hook(self):  # deleted or archived sessions; truncation points (issue 14)
+            return
         try:
             self.size = self.path.stat().st_size
         except FileNotFoundError:
@@ -367,7 +372,8 @@ def _all_sessions(root: Path) -> list[str]:
     events = root / "events"
     if not events.is_dir():
         return []
-    return sorted(p.name.removesuffix(".jsonl") for p in events.glob("*.jsonl"))
+    names = {p.name.removesuffix(".jsonl") for p in events.glob("*.jsonl")}
+    return sorted(names | verify_sessions(root))
 
 
 def verify_report(

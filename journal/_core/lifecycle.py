@@ -1,0 +1,236 @@
+"""Delete, truncate and archive: the life of a session, as protocols of operations.
+
+Like ``protocol.py`` these are generators that yield :class:`~journal._core.protocol.Lua`,
+``Call``, ``Blocking`` and ``Sleep`` and are run by the same drivers. Each one works under the
+session's writer lease (taken with ``lifecycle_acquire.lua``, fair like ``begin.lua``, for
+``rebuild_lease_ms``), and each has one commit point, so a crash at any step leaves the
+session whole in its old form or whole in its new form, and running the operation again
+finishes it. docs/lifecycle.md gives the steps and why each order is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from functools import partial
+
+import msgspec
+
+from journal import _fault_hook as fault
+from journal._core import protocol
+from journal._core.protocol import Backoff, Blocking, Core, LeaseClock, Lua, Sleep, Steps, text
+from journal._storage import archive as archives
+from journal._storage import compaction, gate, tombstone
+from journal._storage.session_file import SessionStore
+from journal.errors import InvalidInput, LeaseTimeout, RedisUnavailable
+
+_ROUNDS = 100
+
+
+def tomb_key(core: Core, session_id: str) -> str:
+    return f"{core.settings.key_prefix}:{{{session_id}}}:tomb"
+
+
+class _Lease:
+    def __init__(self, token: str, clock: LeaseClock, fields: dict[str, str]) -> None:
+        self.token, self.clock, self.fields = token, clock, fields
+
+    @property
+    def heads(self) -> dict[str, int]:
+        return {k[2:]: int(v) for k, v in self.fields.items() if k.startswith("h:")}
+
+
+def _acquire(core: Core, session_id: str, waiter: Backoff) -> Steps[_Lease]:
+    keys = core.keys(session_id)
+    lease_ms = core.settings.rebuild_lease_ms
+    token = uuid.uuid4().hex
+    # A lease this process still holds after an append would only make us wait for it.
+    yield from protocol.settle_pending(core, session_id)
+    held = core.held.pop(session_id, None)
+    if held is not None and not held.pending:
+        yield from _release(core, session_id, held.token)
+    while True:
+        clock = LeaseClock(lease_ms)
+        reply = yield Lua("lifecycle_acquire", [keys.state, keys.lease, keys.want],
+                          [token, lease_ms])
+        if text(reply[0]) == "busy":
+            yield Sleep(waiter.next(int(reply[1])))
+            continue
+        flat = [text(v) for v in reply[1]]
+        return _Lease(token, clock, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+
+def _release(core: Core, session_id: str, token: str) -> Steps[None]:
+    with contextlib.suppress(RedisUnavailable):
+        yield Lua("release", [core.keys(session_id).lease], [token])
+
+
+def _guarded(clock: LeaseClock, fn: Callable[[], object]) -> object:
+    clock.guard()
+    return fn()
+
+
+# ----- delete ----------------------------------------------------------------------------
+
+
+def delete(core: Core, session_id: str) -> Steps[None]:
+    """Hard delete. Commit point: the tombstone in the marks file (fsynced). Then Redis drops
+    the state and keeps a tombstone key, and the files go."""
+    store, root = core.store(session_id), core.root
+    keys = core.keys(session_id)
+    waiter = Backoff(core.settings.lease_wait_s)
+    for _round in range(_ROUNDS):
+        lease = yield from _acquire(core, session_id, waiter)
+        fault.hit("delete:after_lease")
+        marks = yield Blocking(partial(tombstone.load, root, session_id))
+        if marks.deleted_at is None:
+            there = marks.archived is not None or (yield Blocking(store.path.exists))
+            if not there and "len" not in lease.fields:
+                yield from _release(core, session_id, lease.token)
+                raise InvalidInput(f"no session {session_id} under {root}")
+            dead = msgspec.structs.replace(marks, deleted_at=time.time())
+            yield Blocking(partial(_guarded, lease.clock,
+                                   partial(tombstone.save, root, session_id, dead)))
+            fault.hit("delete:after_tombstone")
+        ok = yield Lua("lifecycle_clear", [keys.state, keys.lease, tomb_key(core, session_id),
+                                           keys.want],
+                       [lease.token, "delete", f"{time.time():.3f}"])
+        if ok != 1:
+            continue  # our lease expired: the tombstone stands; take the lease again
+        fault.hit("delete:after_redis")
+        yield Blocking(partial(gate.remove_files, store))
+        return
+    raise LeaseTimeout(f"delete of {session_id} kept losing its lease")
+
+
+# ----- truncate ---------------------------------------------------------------------------
+
+
+def _settled(core: Core, session_id: str, store: SessionStore, waiter: Backoff,
+             ) -> Steps[tuple[_Lease, int] | None]:
+    """Our lease over a session whose Redis state exists and whose file holds exactly the
+    committed length (the tail rolled forward first). None: try again."""
+    lease = yield from _acquire(core, session_id, waiter)
+    if "len" not in lease.fields:
+        yield from _release(core, session_id, lease.token)
+        if not (yield Blocking(partial(gate.exists, store))):
+            raise InvalidInput(f"no session {session_id} under {core.root}")
+        yield from protocol.rebuild(core, session_id, waiter)
+        return None
+    committed = int(lease.fields["len"])
+    try:
+        marks = yield Blocking(partial(gate.marks, store))
+    except Exception:
+        yield from _release(core, session_id, lease.token)
+        raise
+    size = yield Blocking(store.size)
+    if size > committed:
+        yield from _release(core, session_id, lease.token)
+        yield from protocol.roll_forward(core, session_id)
+        return None
+    if size < committed and marks.archived is None:
+        yield from _release(core, session_id, lease.token)
+        raise gate.mismatch(store, size, committed)
+    return lease, committed
+
+
+def truncate_before(core: Core, session_id: str, branch_id: str, sequence: int) -> Steps[int]:
+    """Hide the events of a branch below ``sequence`` and compact the file at once.
+
+    Steps: write the compacted file and index beside the old ones; drop the Redis state
+    (everyone now waits on our lease); write the marks (floors + the compaction's lengths);
+    rename the new file over the old one (the commit point); commit the new length. Returns
+    the branch's new lowest sequence."""
+    store, root = core.store(session_id), core.root
+    keys = core.keys(session_id)
+    waiter = Backoff(core.settings.lease_wait_s)
+    for _round in range(_ROUNDS):
+        settled = yield from _settled(core, session_id, store, waiter)
+        if settled is None:
+            continue
+        lease, committed = settled
+        fault.hit("truncate:after_lease")
+        marks = yield Blocking(partial(gate.marks, store))
+        heads = lease.heads
+        head = heads.get(branch_id, 0)
+        floor: int = marks.floors.get(branch_id, 1)
+        problem = None
+        if sequence > head + 1:
+            problem = (f"cannot truncate {session_id}/{branch_id} before {sequence}: "
+                       f"its head is {head}")
+        elif marks.archived is not None and not (yield Blocking(store.path.exists)):
+            problem = (f"session {session_id} is archived: truncate it before archiving, "
+                       "or append to reopen it")
+        if problem is not None or sequence <= floor:
+            yield from _release(core, session_id, lease.token)
+            if problem is not None:
+                raise InvalidInput(problem)
+            return floor
+        floors = {**marks.floors, branch_id: sequence}
+        new_len = yield Blocking(partial(compaction.prepare, store, floors, committed, heads))
+        fault.hit("truncate:after_prepare")
+        ok = yield Lua("lifecycle_clear", [keys.state, keys.lease, tomb_key(core, session_id),
+                                           keys.want], [lease.token, "clear", ""])
+        if ok != 1:
+            yield Blocking(partial(compaction.discard, store))
+            continue
+        fault.hit("truncate:after_clear")
+        new = msgspec.structs.replace(
+            marks, floors=floors, compaction=tombstone.Compaction(committed, new_len)
+        )
+        yield Blocking(partial(_guarded, lease.clock,
+                               partial(tombstone.save, root, session_id, new)))
+        fault.hit("truncate:after_marks")
+        yield Blocking(partial(compaction.finish, store, new, lease.clock.guard))
+        fault.hit("truncate:after_rename")
+        pairs: list[str | int | bytes] = []
+        for branch, top in heads.items():
+            pairs += [branch, top]
+        yield Lua("commit", keys.all,
+                  [lease.token, "0", new_len, "replace", "", "", *pairs])
+        return sequence
+    raise LeaseTimeout(f"truncate of {session_id} kept losing its lease")
+
+
+# ----- archive ----------------------------------------------------------------------------
+
+
+def _write_archive(store: SessionStore, committed: int) -> str:
+    with open(store.path, "rb") as f:
+        data = f.read(committed)
+    path = archives.archive_path(store.path.parent.parent, store.session_id)
+    return archives.write(path, data)
+
+
+def archive(core: Core, session_id: str) -> Steps[bool]:
+    """Compress the session into ``archive/<sid>.jsonl.zst``. Commit point: the marks say
+    archived (after the archive is durable); then the file and its index go. Reads are
+    served from the archive; the next append reopens it. False: it was archived already."""
+    store, root = core.store(session_id), core.root
+    waiter = Backoff(core.settings.lease_wait_s)
+    for _round in range(_ROUNDS):
+        settled = yield from _settled(core, session_id, store, waiter)
+        if settled is None:
+            continue
+        lease, committed = settled
+        fault.hit("archive:after_lease")
+        marks = yield Blocking(partial(gate.marks, store))
+        if not (yield Blocking(store.path.exists)):
+            yield from _release(core, session_id, lease.token)
+            return False  # archived already (the marks say so: _settled checked the size)
+        sha = yield Blocking(partial(_write_archive, store, committed))
+        fault.hit("archive:after_write")
+        new = msgspec.structs.replace(
+            marks, compaction=None,
+            archived=tombstone.Archived(committed, sha, lease.heads, time.time()),
+        )
+        yield Blocking(partial(_guarded, lease.clock,
+                               partial(tombstone.save, root, session_id, new)))
+        fault.hit("archive:after_marks")
+        yield Blocking(partial(_guarded, lease.clock, partial(gate.archive_files, store)))
+        fault.hit("archive:after_unlink")
+        yield from _release(core, session_id, lease.token)
+        return True
+    raise LeaseTimeout(f"archive of {session_id} kept losing its lease")

@@ -1,0 +1,156 @@
+"""Where the read, rebuild and append paths meet a session's life marks (docs/lifecycle.md).
+
+``protocol.py`` calls these few functions instead of the plain :class:`SessionStore`
+methods, inside the same blocking steps, so honouring tombstones, truncation points and
+archives costs the hot path one failed ``open`` of the marks file and one ``stat``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from journal import _fault_hook as fault
+from journal._model.records import DECODE_ERRORS, EventRecord, decode_line
+from journal._storage import archive, compaction, tombstone
+from journal._storage.compaction import position
+from journal._storage.session_file import SessionStore, TailResult
+from journal.errors import HistoryTruncated, SessionDeleted, StorageError
+
+
+def _root(store: SessionStore) -> Path:
+    return store.path.parent.parent
+
+
+_marks_paths: dict[str, str] = {}
+
+
+def _marks_path(store: SessionStore) -> str:
+    """Computed once per file: pathlib on every read costs more than the open itself."""
+    key = str(store.path)
+    found = _marks_paths.get(key)
+    if found is None:
+        if len(_marks_paths) > 4096:
+            _marks_paths.clear()
+        found = _marks_paths[key] = str(tombstone.marks_path(_root(store), store.session_id))
+    return found
+
+
+def marks(store: SessionStore) -> tombstone.Marks:
+    found = tombstone.load_path(_marks_path(store))
+    if found.deleted_at is not None:
+        raise SessionDeleted(store.session_id)
+    store.floors = found.floors
+    return found
+
+
+def exists(store: SessionStore) -> bool:
+    """Is there a session to rebuild Redis state from? (SessionDeleted for a tombstone.)"""
+    found = marks(store)
+    return store.path.exists() or found.archived is not None
+
+
+def rebuild(store: SessionStore, guard: Callable[[], None]) -> TailResult:
+    """``SessionStore.rebuild`` that knows archives and finishes an interrupted compaction
+    (called under the rebuild lease)."""
+    found = marks(store)
+    if found.archived is not None and not store.path.exists():
+        return TailResult(length=found.archived.length, heads=dict(found.archived.heads))
+    compaction.finish(store, found, guard)
+    return store.rebuild(guard)
+
+
+def mismatch(store: SessionStore, size: int, committed: int) -> StorageError:
+    return StorageError(
+        f"{store.path} holds {size} bytes but Redis says {committed} are committed for "
+        f"session {store.session_id}: this root's files were deleted or cut outside the "
+        "journal, or another root shares this Redis and key_prefix. Nothing was written. "
+        f"Run `journal rebuild {store.session_id}` to reset Redis from this root, or give "
+        "each root its own key_prefix"
+    )
+
+
+def read(store: SessionStore, branch_id: str, first: int, last: int,
+         committed: int) -> list[EventRecord]:
+    found = marks(store)
+    floor = found.floors.get(branch_id, 1)
+    if first < floor:
+        raise HistoryTruncated(store.session_id, branch_id, first, floor)
+    if last < first:
+        return []
+    if committed and not os.path.exists(str(store.path)):
+        if found.archived is None:
+            # Redis knows committed bytes of a file that is not there. (A file cut short
+            # is read up to its damage and reported as CorruptLine, as before.)
+            raise mismatch(store, 0, committed)
+        data = archive.read(archive.archive_path(_root(store), store.session_id),
+                            found.archived.sha256)
+        return _read_bytes(store, data, branch_id, first, last, committed)
+    # A length from just before a compaction is fine too: reads are bounded by sequence,
+    # and every line read is verified.
+    return store.read(branch_id, first, last, committed)
+
+
+def _read_bytes(store: SessionStore, data: bytes, branch_id: str, first: int, last: int,
+                committed: int) -> list[EventRecord]:
+    out: list[EventRecord] = []
+    lineno = 0
+    for raw in memoryview(data)[:committed].tobytes().split(b"\n"):
+        lineno += 1
+        pos = position(raw) if raw.strip() else None
+        if pos is None or pos.branch_id != branch_id or pos.sequence < first:
+            continue
+        if pos.sequence > last:
+            break
+        try:
+            out.append(decode_line(raw))
+        except DECODE_ERRORS as exc:
+            raise StorageError(f"{store.path} (archived) line {lineno}: {exc}") from None
+    return out
+
+
+def short_file(store: SessionStore, size: int, committed: int,
+               guard: Callable[[], None]) -> int:
+    """An append found the file shorter than the committed length. An archived session is
+    reopened (its file restored, the archive removed); anything else is refused."""
+    found = marks(store)
+    if found.archived is None or size != 0 or store.path.exists():
+        raise mismatch(store, size, committed)
+    root = _root(store)
+    src = archive.archive_path(root, store.session_id)
+    data = archive.read(src, found.archived.sha256)
+    tmp = compaction.tmp_path(store)
+    compaction.write_durably_no_rename(tmp, data)
+    fault.hit("reopen:after_write")
+    guard()
+    tmp.replace(store.path)  # the commit point: from here on the file is the truth again
+    tombstone.sync_dir(store.path.parent)
+    fault.hit("reopen:after_rename")
+    tombstone.save(root, store.session_id, msgspec.structs.replace(found, archived=None))
+    src.unlink(missing_ok=True)
+    return len(data)
+
+
+def remove_files(store: SessionStore) -> None:
+    """Remove every file of a session but its marks (delete; under the lease)."""
+    root = _root(store)
+    for path in (store.path, compaction.tmp_path(store),
+                 archive.archive_path(root, store.session_id)):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(store.index_dir)
+    for folder in (store.path.parent, root / "archive", root / "index"):
+        tombstone.sync_dir(folder)
+
+
+def archive_files(store: SessionStore) -> None:
+    """After the marks say archived: the file and its index go (under the lease)."""
+    store.path.unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(store.index_dir)
+    tombstone.sync_dir(store.path.parent)

@@ -1,0 +1,36 @@
+"""Runs one lifecycle operation in a child process (for the kill-at-every-step tests).
+
+Usage: lifecycle_worker.py ROOT URL OP SESSION, OP one of delete, truncate:N (main branch),
+archive, append:N (one event at sequence N, which reopens an archived session).
+``JOURNAL_FAULTS`` picks the step to die at (journal.testing.faults).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from journal import EventRecord, Journal
+from journal.testing import faults
+
+
+def main() -> None:
+    root, url, op, session = sys.argv[1:5]
+    faults.configure_from_env()
+    with Journal(root, url, rebuild_lease_ms=600, lease_ms=600) as j:
+        name, _, arg = op.partition(":")
+        if name == "delete":
+            j.delete(session)
+        elif name == "truncate":
+            j.truncate_before(session, "main", int(arg))
+        elif name == "archive":
+            j.archive(session)
+        elif name == "append":
+            j.append(EventRecord.new(session, "main", int(arg),
+                                     {"type": "UserMessage", "content": "after"}))
+
+
+if __name__ == "__main__":
+    main()

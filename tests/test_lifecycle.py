@@ -1,0 +1,161 @@
+"""Delete, truncate and archive (issue 14), against a real redis-server."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from journal import (
+    EventRecord,
+    HistoryTruncated,
+    InvalidInput,
+    Journal,
+    SessionDeleted,
+    StorageError,
+)
+from journal._storage import archive as archives
+from journal.errors import SequenceConflict
+
+from .conftest import Backend
+
+
+def _fill(j: Journal, sid: str, n: int, branch: str = "main", start: int = 1) -> None:
+    j.append_batch([EventRecord.new(sid, branch, s, {"type": "UserMessage", "content": f"m{s}"})
+                    for s in range(start, start + n)])
+
+
+def test_delete_removes_events_and_everything_after_raises(real_backend: Backend) -> None:
+    j = real_backend.journal()
+    _fill(j, "s1", 5)
+    _fill(j, "keep", 2)
+    j.delete("s1")
+    root = real_backend.root
+    assert not (root / "events" / "s1.jsonl").exists()
+    assert not (root / "index" / "s1").exists()
+    assert (root / "lifecycle" / "s1.json").exists()
+    assert j.redis.exists("journal:{s1}:tomb") == 1
+    for call in (lambda: j.read("s1"), lambda: j.head("s1"), lambda: j.branches("s1"),
+                 lambda: _fill(j, "s1", 1)):
+        with pytest.raises(SessionDeleted, match="s1 was deleted"):
+            call()
+    # Redis forgetting everything does not bring it back: the tombstone is on disk too.
+    real_backend.restart_empty()
+    j2 = real_backend.journal()
+    with pytest.raises(SessionDeleted):
+        _fill(j2, "s1", 1)
+    with pytest.raises(SessionDeleted):
+        j2.read("s1")
+    assert [r.sequence for r in j2.read("keep")] == [1, 2]
+    j2.delete("s1")  # deleting again is a no-op, not an error
+    with pytest.raises(InvalidInput, match="no session nope"):
+        j2.delete("nope")
+    j.close()
+    j2.close()
+
+
+def test_subscriber_ends_with_session_deleted(real_backend: Backend) -> None:
+    j = real_backend.journal()
+    _fill(j, "s1", 3)
+    sub = j.subscribe("s1", idle_s=0.2)
+    got = [next(sub).sequence for _ in range(3)]
+    assert got == [1, 2, 3]
+    j.delete("s1")
+    with pytest.raises(SessionDeleted):
+        next(sub)
+    j.close()
+
+
+def test_truncate_hides_history_and_compacts(real_backend: Backend) -> None:
+    j = real_backend.journal()
+    _fill(j, "s1", 10)
+    _fill(j, "s1", 3, branch="alt")
+    path = real_backend.root / "events" / "s1.jsonl"
+    before = path.stat().st_size
+    assert j.truncate_before("s1", "main", 7) == 7
+    assert path.stat().st_size < before
+    with pytest.raises(HistoryTruncated, match="must start at 7") as info:
+        j.read("s1", "main", 1)
+    assert info.value.first == 7
+    assert [r.sequence for r in j.read("s1", "main", 7)] == [7, 8, 9, 10]
+    assert [r.sequence for r in j.read("s1", "alt", 1)] == [1, 2, 3]
+    assert j.head("s1") == 10
+    _fill(j, "s1", 2, start=11)
+    assert [r.sequence for r in j.read("s1", "main", 9)] == [9, 10, 11, 12]
+    with pytest.raises(SequenceConflict):
+        _fill(j, "s1", 1, start=3)
+    # Redis lost: the rebuild knows the truncation point (fast path, then a lost index too).
+    real_backend.restart_empty()
+    j2 = real_backend.journal()
+    assert j2.head("s1") == 12
+    assert [r.sequence for r in j2.read("s1", "main", 7)] == [7, 8, 9, 10, 11, 12]
+    shutil.rmtree(real_backend.root / "index")
+    real_backend.restart_empty()
+    j3 = real_backend.journal()
+    assert j3.branches("s1") == {"main": 12, "alt": 3}
+    assert [r.sequence for r in j3.read("s1", "main", 8)] == [8, 9, 10, 11, 12]
+    _fill(j3, "s1", 1, start=13)
+    assert [r.sequence for r in j3.read("s1", "main", 12)] == [12, 13]
+    with pytest.raises(InvalidInput, match="its head is 13"):
+        j3.truncate_before("s1", "main", 20)
+    assert j3.truncate_before("s1", "main", 14) == 14  # everything: the branch is empty
+    assert j3.read("s1", "main", 14) == []
+    _fill(j3, "s1", 1, start=14)
+    assert [r.sequence for r in j3.read("s1", "main", 14)] == [14]
+    for x in (j, j2, j3):
+        x.close()
+
+
+def test_archive_reads_through_and_an_append_reopens(real_backend: Backend) -> None:
+    j = real_backend.journal()
+    _fill(j, "s1", 20)
+    original = (real_backend.root / "events" / "s1.jsonl").read_bytes()
+    assert j.archive("s1") is True
+    assert j.archive("s1") is False
+    root = real_backend.root
+    assert not (root / "events" / "s1.jsonl").exists()
+    assert archives.decompress(root / "archive" / "s1.jsonl.zst") == original
+    assert [r.sequence for r in j.read("s1", "main", 15)] == [15, 16, 17, 18, 19, 20]
+    assert j.head("s1") == 20
+    sub = j.subscribe("s1", after_sequence=18)
+    assert [next(sub).sequence for _ in range(2)] == [19, 20]
+    sub.close()  # type: ignore[attr-defined]
+    real_backend.restart_empty()
+    j2 = real_backend.journal()
+    assert j2.branches("s1") == {"main": 20}
+    _fill(j2, "s1", 1, start=21)  # reopens
+    assert (root / "events" / "s1.jsonl").read_bytes().startswith(original)
+    assert not (root / "archive" / "s1.jsonl.zst").exists()
+    assert [r.sequence for r in j2.read("s1", "main", 19)] == [19, 20, 21]
+    j.close()
+    j2.close()
+
+
+def test_a_damaged_archive_is_reported_not_served(real_backend: Backend) -> None:
+    j = real_backend.journal()
+    _fill(j, "s1", 5)
+    j.archive("s1")
+    path = real_backend.root / "archive" / "s1.jsonl.zst"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x20
+    path.write_bytes(bytes(raw))
+    with pytest.raises(StorageError, match="archive"):
+        j.read("s1")
+    j.close()
+
+
+def test_a_root_that_no_longer_matches_its_redis(real_backend: Backend, tmp_path: Path) -> None:
+    j = real_backend.journal()
+    _fill(j, "s1", 5)
+    j.close()
+    shutil.rmtree(real_backend.root)
+    j = real_backend.journal()
+    for seq in (1, 6):
+        with pytest.raises(StorageError) as info:
+            _fill(j, "s1", 1, start=seq)
+        message = str(info.value)
+        assert "0 bytes but Redis says" in message and "another root shares this Redis" in message
+        assert "journal rebuild s1" in message and "key_prefix" in message
+        assert not (real_backend.root / "events" / "s1.jsonl").exists()  # nothing written
+    j.close()
