@@ -27,7 +27,7 @@ from .errors import (
     SequenceConflict,
     StorageError,
 )
-from .filestore import SessionStore
+from .filestore import VIEW_CATCH_UP_S, SessionStore
 from .keys import SessionKeys, session_keys
 from .messages import encode_announcement
 from .records import EventRecord
@@ -480,10 +480,12 @@ def _under_lease(
     store = core.store(first.session_id)
     size = yield Blocking(store.size)
     if size < committed:
-        raise StorageError(
-            f"{store.path} holds {size} bytes but {committed} are committed: it was truncated "
-            "or replaced outside the journal; run `journal verify`"
-        )
+        # Another host's committed bytes may not be visible here yet (a shared mount's
+        # cache): wait for them, bounded. Never write, recover or truncate on that view; the
+        # lease clock guards whatever follows the wait.
+        size = yield Blocking(lambda: store.size_reaching(committed, VIEW_CATCH_UP_S))
+        if size < committed:
+            raise StorageError(store.lagging(size, committed))
     if size > committed:
         # A writer died after or during its write: roll its tail forward or cut it first.
         committed, heads, _ = yield from _recover(core, keys, token, clock, store, committed)
