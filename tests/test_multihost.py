@@ -133,12 +133,12 @@ def test_four_writers_on_two_hosts_race_on_one_session(hosts: Hosts) -> None:
 @pytest.mark.parametrize("window", WINDOWS)
 def test_writers_on_two_hosts_killed_inside_a_window(hosts: Hosts, window: str) -> None:
     target = 20 * SCALE
-    faults = f"{window}=kill@0.15"
+    faults = f"{window}=kill@0.2"
     live = [hosts.spawn(h, target, faults=faults, lease_ms=500) for h in ("a", "b")]
     spawned = 2
     kills = 0
     deadline = time.monotonic() + 60 * SCALE
-    while time.monotonic() < deadline and len(hosts.acked()) < target:
+    while time.monotonic() < deadline and (len(hosts.acked()) < target or kills == 0):
         for p in list(live):
             if p.poll() is None:
                 continue
