@@ -46,6 +46,12 @@ class JournalSettings(BaseSettings):
         description="Redis Cluster (as does a redis+cluster:// URL); turns sharded_pubsub on",
     )
     socket_timeout_s: float = Field(default=10.0, gt=0)
+    view_catch_up_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="how long a file that looks shorter than its committed length is "
+        "re-read before it is reported: a shared mount's view may lag another host's writes",
+    )
 
     @field_validator("key_prefix")
     @classmethod

@@ -362,7 +362,9 @@ class Corpus:
         self.prefix = f"corpus{uuid.uuid4().hex}"
         self.key = f"{self.prefix}:{{s}}:state"
         # No held lease: a rebuild then does not wait out a hold window, once per offset.
-        self.j = Journal(root, url, lease_ms=2000, key_prefix=self.prefix, **NO_HOLD).open()
+        # One local disk: a short file is never a lagging view, so it is judged at once.
+        self.j = Journal(root, url, lease_ms=2000, key_prefix=self.prefix, view_catch_up_s=0,
+                         **NO_HOLD).open()
         self.originals = [
             self.j.append(EventRecord.new("s", "main", i,
                                           {"type": "UserMessage", "content": f"m{i}"},

@@ -202,7 +202,8 @@ class Core:
         if store is None:
             if len(self._stores) >= 4096:
                 self._stores.clear()  # a plain bound; stores are cheap to make again
-            store = self._stores[session_id] = SessionStore(self.root, session_id)
+            store = self._stores[session_id] = SessionStore(
+                self.root, session_id, self.settings.view_catch_up_s)
         return store
 
 
@@ -487,7 +488,11 @@ def _under_lease(
     branch = first.branch_id
     store = core.store(first.session_id)
     size = yield Blocking(store.size)
-    if size < committed:  # an archived session reopens; anything else is refused
+    if size < committed:
+        # Another host's committed bytes may not be visible here yet (a shared mount's
+        # cache): wait for them, bounded. An archived session reopens; anything else is
+        # refused. Never write, recover or truncate on a short view; the lease clock guards
+        # whatever follows the wait.
         size = yield Blocking(lambda: gate.short_file(store, size, committed, clock.guard))
     if size > committed:
         # A writer died after or during its write: roll its tail forward or cut it first.

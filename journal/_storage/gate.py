@@ -69,7 +69,8 @@ def mismatch(store: SessionStore, size: int, committed: int) -> StorageError:
     return StorageError(
         f"{store.path} holds {size} bytes but Redis says {committed} are committed for "
         f"session {store.session_id}: this root's files were deleted or cut outside the "
-        "journal, or another root shares this Redis and key_prefix. Nothing was written. "
+        "journal, another root shares this Redis and key_prefix, or (on a shared filesystem) "
+        "this host's view of the file lags (see README, 'Several hosts'). Nothing was written. "
         f"Run `journal rebuild {store.session_id}` to reset Redis from this root, or give "
         "each root its own key_prefix"
     )
@@ -119,7 +120,14 @@ def short_file(store: SessionStore, size: int, committed: int,
     """An append found the file shorter than the committed length. An archived session is
     reopened (its file restored, the archive removed); anything else is refused."""
     found = marks(store)
-    if found.archived is None or size != 0 or store.path.exists():
+    if found.archived is None:
+        size = store.size_reaching(committed, store.view_catch_up_s)
+        if size >= committed:
+            return size
+        if size > 0:
+            raise StorageError(store.lagging(size, committed))
+        raise mismatch(store, size, committed)
+    if size != 0 or store.path.exists():
         raise mismatch(store, size, committed)
     root = _root(store)
     src = archive.archive_path(root, store.session_id)

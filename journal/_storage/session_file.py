@@ -38,6 +38,10 @@ INDEX_ENTRY = struct.Struct("<QI")  # byte offset of the line, its length with t
 # shorter than the write's intended end cuts all of it: a batch is all or nothing.
 HINT = struct.Struct("<QQ")
 CHUNK = 1 << 20
+# How long a lagging view of the file (a shared mount's attribute cache) may take to show
+# what was committed, before the journal calls the mount incoherent. GlusterFS caches
+# attributes for 1 s by default.
+VIEW_CATCH_UP_S = 2.0
 
 
 class _Position(msgspec.Struct):
@@ -102,8 +106,10 @@ class SessionStore:
     """File operations for one session. Holds no open descriptors, so any number of threads
     may share one; the path strings are computed once (pathlib is slow on the hot path)."""
 
-    def __init__(self, root: Path, session_id: str) -> None:
+    def __init__(self, root: Path, session_id: str,
+                 view_catch_up_s: float = VIEW_CATCH_UP_S) -> None:
         self.session_id = session_id
+        self.view_catch_up_s = view_catch_up_s
         self.path = root / "events" / f"{session_id}.jsonl"
         self.index_dir = root / "index" / session_id
         self._path = str(self.path)
@@ -134,6 +140,21 @@ class SessionStore:
         except FileNotFoundError:
             return 0
 
+    def size_reaching(self, at_least: int, bound_s: float) -> int:
+        """The file's size, waiting up to ``bound_s`` for it to reach ``at_least``.
+
+        On a network filesystem a host's cached attributes can lag what another host wrote
+        and synced (GlusterFS's FUSE attribute cache, NFS's ac* timeouts); a fresh stat after
+        the cache expires sees it. Nothing may act on the lagging view meanwhile."""
+        deadline = time.monotonic() + bound_s
+        delay = 0.01
+        while True:
+            size = self.size()
+            if size >= at_least or time.monotonic() >= deadline:
+                return size
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
     def line_number(self, offset: int) -> int:
         """1-based line number of the line starting at ``offset`` (only used for errors)."""
         count = 1
@@ -146,6 +167,14 @@ class SessionStore:
                 count += chunk.count(b"\n")
                 remaining -= len(chunk)
         return count
+
+    def lagging(self, size: int, committed: int) -> str:
+        return (
+            f"the mount's view of {self.path} lags the committed length ({size} < {committed}) "
+            f"after {self.view_catch_up_s:g} s: check the filesystem's caching (see README, "
+            "'Several hosts'); if the file was truncated or replaced outside the journal, "
+            "run `journal verify`"
+        )
 
     def corrupt(self, offset: int, problem: str) -> CorruptLine:
         return CorruptLine(str(self.path), self.line_number(offset), problem)
@@ -300,7 +329,9 @@ class SessionStore:
         rule applies.
         """
         hint = self.read_hint()
-        if hint and self.size() >= hint:
+        # A hint beyond the size we see is most likely a lagging view of a shared mount: let
+        # it catch up first, or the scan would cut the committed region short.
+        if hint and self.size_reaching(hint, self.view_catch_up_s) >= hint:
             heads = self._indexed_prefix(hint)
             if heads is not None:
                 with contextlib.suppress(OSError):
