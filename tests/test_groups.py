@@ -309,6 +309,37 @@ def test_on_poison_halt_stops_only_that_session_until_replay(real_backend: Backe
     j.close()
 
 
+def test_a_worker_dying_inside_a_batch_makes_the_next_holder_go_event_by_event(
+        real_backend: Backend) -> None:
+    """Acks are committed in batches, so a worker that dies mid-batch leaves only the start
+    of its run marked. The next holder redelivers the run one event at a time (each one
+    marked), so an event that kills every worker that runs it still counts its attempts and
+    is parked after ``max_attempts``, and the session goes on."""
+    j = real_backend.journal()
+    fill(j, 1, 10)
+    claim = session_group_keys("journal", "g", "s0").claim
+    opts = {**FAST, "commit_every": 100, "commit_s": 10.0, "max_attempts": 2}
+    seen: list[tuple[str, int, int]] = []
+    for worker in ("a", "b", "c", "d"):
+        ds = j.consume("g", worker=worker, **opts)  # type: ignore[arg-type]
+        with ds:
+            for d in ds:
+                seen.append((worker, d.event.sequence, d.attempt))
+                if d.event.sequence == 5:  # the handler kills its worker: no ack, no close
+                    real_backend.sync_client().delete(claim)  # ... and its claim expires
+                    ds.worker.closed = True
+                    break
+                d.ack()
+    assert seen == [("a", 1, 1), ("a", 2, 1), ("a", 3, 1), ("a", 4, 1), ("a", 5, 1),
+                    ("b", 1, 2), ("b", 2, 1), ("b", 3, 1), ("b", 4, 1), ("b", 5, 1),
+                    ("c", 5, 2),
+                    ("d", 6, 1), ("d", 7, 1), ("d", 8, 1), ("d", 9, 1), ("d", 10, 1)]
+    parked = GroupStore(real_backend.root, "g").parked()
+    assert [(p.sequence, p.attempts, p.error) for p in parked] == [
+        (5, 2, "worker lost mid-handler")]
+    j.close()
+
+
 def test_async_consume(real_backend: Backend) -> None:
     fill(real_backend.journal(), 2, 5)
 
