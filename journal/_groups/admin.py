@@ -46,6 +46,13 @@ def status(j: Journal, group: str) -> dict[str, Any]:
     return _collect(j, shell)
 
 
+def create_group(j: Journal, group: str, start: str = "earliest") -> None:
+    """Create ``group`` now (otherwise its first worker does): with ``start="latest"`` the
+    events already in the journal are not delivered, sessions created later are, fully."""
+    shell = SyncDeliveries(j, make_worker(j, group, "admin", {"start": start}))
+    shell.run(shell.worker._create_group())
+
+
 def _collect(j: Journal, shell: SyncDeliveries) -> dict[str, Any]:
     w = shell.worker
     reg = w.registry
