@@ -142,8 +142,11 @@ def check(t: Trial, heads: dict[str, dict[str, int]], final: dict[str, Any]) -> 
             open_[key].update(done=x["t"], nack=x["nack"])
         else:
             open_.pop(key)["ok"] = x["ok"]
+    # (by time, starts first: two lines may carry the same time.time(), and the dicts
+    # themselves do not compare)
     events = sorted([(h["t"], 0, h) for h in handlings]
-                    + [(h["done"], 1, h) for h in handlings if h["done"] is not None])
+                    + [(h["done"], 1, h) for h in handlings if h["done"] is not None],
+                    key=lambda e: (e[0], e[1]))
     for when, kind, h in events:
         pos = (h["s"], h["b"], h["q"])
         if kind == 0:
