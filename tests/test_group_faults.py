@@ -187,8 +187,13 @@ def check(t: Trial, heads: dict[str, dict[str, int]], final: dict[str, Any]) -> 
     w3_sessions = {x["s"] for x in lines if x["w"] == "w3"}
     moved = {s: min((x["t"] for x in lines if x["s"] == s and x["t"] > t.events["kill"]
                      and x["w"] != "w3"), default=None) for s in w3_sessions}
+    # The Redis loss comes 2.9 s after the kill, inside this window: it ends every claim
+    # (also the survivors' fresh claims of the dead worker's sessions), so a session that
+    # had not moved by then moves within the window after the loss instead.
+    restart = t.events["restart"]
     late = {s: m - t.events["kill"] for s, m in moved.items()
-            if m is not None and m - t.events["kill"] > window}
+            if m is not None and m - t.events["kill"] > window
+            and not (restart < m and m - restart <= window)}
     ckpt = {s["session"]: s["checkpoints"] for s in final["sessions"]}
     files = {s: (store.read(s).branches if store.read(s) else {}) for s in heads}  # type: ignore[union-attr]
     poison_s, poison_b, poison_q = POISON.replace("#", "/").split("/")
@@ -210,7 +215,8 @@ def check(t: Trial, heads: dict[str, dict[str, int]], final: dict[str, Any]) -> 
                         f"{a} then {b}; faults {t.events}")
     if late:
         failures.append(f"killed worker's sessions moved on later than the {window:.1f} s "
-                        f"window: { {s: round(d, 2) for s, d in late.items()} }")
+                        f"window: { {s: round(d, 2) for s, d in late.items()} } s after the "
+                        f"kill (the Redis loss came {restart - t.events['kill']:.2f} s after it)")
     if not refused["w2"]:
         failures.append("the zombie's late ack was not refused")
     if ckpt != expected:
