@@ -38,7 +38,9 @@ def test_demo_runs_verifies_and_cleans_up() -> None:
     out = done.stdout
     for expected in ("no gap, no duplicate", "all in the files at their sequence",
                      "exactly once", "journal verify: no findings", "result               PASS",
-                     "conflicts retried", "appends per second", "subscriber lag"):
+                     "conflicts retried", "appends per second", "subscriber lag",
+                     "the worker group handled each of the", "group worker g1",
+                     "group worker g2"):
         assert expected in out, out
     assert "[FAIL]" not in out
     assert "  feed: " in out  # the live display, as plain lines when not on a terminal

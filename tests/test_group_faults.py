@@ -142,8 +142,11 @@ def check(t: Trial, heads: dict[str, dict[str, int]], final: dict[str, Any]) -> 
             open_[key].update(done=x["t"], nack=x["nack"])
         else:
             open_.pop(key)["ok"] = x["ok"]
+    # (by time, starts first: two lines may carry the same time.time(), and the dicts
+    # themselves do not compare)
     events = sorted([(h["t"], 0, h) for h in handlings]
-                    + [(h["done"], 1, h) for h in handlings if h["done"] is not None])
+                    + [(h["done"], 1, h) for h in handlings if h["done"] is not None],
+                    key=lambda e: (e[0], e[1]))
     for when, kind, h in events:
         pos = (h["s"], h["b"], h["q"])
         if kind == 0:
@@ -184,8 +187,13 @@ def check(t: Trial, heads: dict[str, dict[str, int]], final: dict[str, Any]) -> 
     w3_sessions = {x["s"] for x in lines if x["w"] == "w3"}
     moved = {s: min((x["t"] for x in lines if x["s"] == s and x["t"] > t.events["kill"]
                      and x["w"] != "w3"), default=None) for s in w3_sessions}
+    # The Redis loss comes 2.9 s after the kill, inside this window: it ends every claim
+    # (also the survivors' fresh claims of the dead worker's sessions), so a session that
+    # had not moved by then moves within the window after the loss instead.
+    restart = t.events["restart"]
     late = {s: m - t.events["kill"] for s, m in moved.items()
-            if m is not None and m - t.events["kill"] > window}
+            if m is not None and m - t.events["kill"] > window
+            and not (restart < m and m - restart <= window)}
     ckpt = {s["session"]: s["checkpoints"] for s in final["sessions"]}
     files = {s: (store.read(s).branches if store.read(s) else {}) for s in heads}  # type: ignore[union-attr]
     poison_s, poison_b, poison_q = POISON.replace("#", "/").split("/")
@@ -193,18 +201,40 @@ def check(t: Trial, heads: dict[str, dict[str, int]], final: dict[str, Any]) -> 
           f"{out_of_order}, concurrent holders {concurrent}, redeliveries "
           f"{sum(len(v) - 1 for v in starts.values())}, unexplained {len(unexplained)}, "
           f"zombie acks refused {refused['w2']}, parked {sorted(parked)}")
-    assert lost == []
-    assert out_of_order == 0
-    assert concurrent == 0
-    assert unexplained == [], (t.events, [x for x in lines if x["s"] == unexplained[0][0][0]
-                                          and abs(x["t"] - unexplained[0][1]["t"]) < 3])
-    assert late == {}
-    assert refused["w2"] >= 1, "the zombie's late ack must be refused"
-    assert ckpt == {s: {b: h for b, h in bs.items()} for s, bs in heads.items()}
-    assert files == ckpt, "the durable checkpoints equal the heads after a clean stop"
-    assert (poison_s, poison_b, int(poison_q)) in parked
-    assert (poison_s, poison_b, int(poison_q) + 1) in ok_end, "the poison's session went on"
-
+    expected = {s: dict(bs) for s, bs in heads.items()}
+    failures = []
+    if lost:
+        failures.append(f"lost {len(lost)} event(s), first {lost[:5]}")
+    if out_of_order:
+        failures.append(f"{out_of_order} handled out of order")
+    if concurrent:
+        failures.append(f"{concurrent} overlapping handlings by two claims in one session")
+    if unexplained:
+        pos, a, b = unexplained[0]
+        failures.append(f"{len(unexplained)} unexplained redelivery(ies), first {pos}: "
+                        f"{a} then {b}; faults {t.events}")
+    if late:
+        failures.append(f"killed worker's sessions moved on later than the {window:.1f} s "
+                        f"window: { {s: round(d, 2) for s, d in late.items()} } s after the "
+                        f"kill (the Redis loss came {restart - t.events['kill']:.2f} s after it)")
+    if not refused["w2"]:
+        failures.append("the zombie's late ack was not refused")
+    if ckpt != expected:
+        diff = {s: (ckpt.get(s), expected[s]) for s in expected if ckpt.get(s) != expected[s]}
+        failures.append(f"checkpoints (redis/status) != heads for {len(diff)} session(s): "
+                        f"{diff} (status lag {final['lag']})")
+    if files != ckpt:
+        diff = {s: (files.get(s), ckpt.get(s)) for s in ckpt if files.get(s) != ckpt.get(s)}
+        failures.append(f"durable checkpoint files != redis after a clean stop: {diff}")
+    if (poison_s, poison_b, int(poison_q)) not in parked:
+        failures.append(f"the poison event {POISON} was not parked (parked: {sorted(parked)})")
+    after = (poison_s, poison_b, int(poison_q) + 1)
+    if after not in ok_end:
+        poison_lines = [x for x in lines if x["s"] == poison_s and x["b"] == poison_b
+                        and x["q"] >= int(poison_q)]
+        failures.append(f"the poison's session did not go on: {after} never handled; "
+                        f"head {heads[poison_s].get(poison_b)}; log {poison_lines[:12]}")
+    assert not failures, "\n".join(failures)
 
 def test_group_faults_single_redis(tmp_path: Path) -> None:
     with RedisServer(dir=tmp_path / "redis") as server:

@@ -46,6 +46,13 @@ def status(j: Journal, group: str) -> dict[str, Any]:
     return _collect(j, shell)
 
 
+def create_group(j: Journal, group: str, start: str = "earliest") -> None:
+    """Create ``group`` now (otherwise its first worker does): with ``start="latest"`` the
+    events already in the journal are not delivered, sessions created later are, fully."""
+    shell = SyncDeliveries(j, make_worker(j, group, "admin", {"start": start}))
+    shell.run(shell.worker._create_group())
+
+
 def _collect(j: Journal, shell: SyncDeliveries) -> dict[str, Any]:
     w = shell.worker
     reg = w.registry
@@ -67,7 +74,8 @@ def _collect(j: Journal, shell: SyncDeliveries) -> dict[str, Any]:
         lag = {b: h - ckpt.get(b, 0) for b, h in heads.items()}
         total += sum(lag.values())
         sessions.append({"session": sid, "holder": _s(holder) if holder else None,
-                         "checkpoints": ckpt, "heads": heads, "lag": lag, "source": source})
+                         "checkpoints": ckpt, "heads": heads, "lag": lag, "source": source,
+                         "halted": fields.get("halted")})
     listed = [{"worker": k, "expires_ms": v, "sessions": load.get(k, 0)}
               for k, v in sorted(workers.items())]
     return {"group": w.group, "workers": listed, "sessions": sessions, "lag": total}
@@ -88,7 +96,8 @@ def _status(j: Journal, shell: SyncDeliveries, args: argparse.Namespace) -> int:
     for s in st["sessions"]:
         branches = ", ".join(f"{b} {s['checkpoints'].get(b, 0)}/{h} (lag {s['lag'][b]})"
                              for b, h in sorted(s["heads"].items()))
-        print(f"  {s['session']}  {s['holder'] or '-'}  {branches}")
+        halted = f"  HALTED at {s['halted']}" if s["halted"] else ""
+        print(f"  {s['session']}  {s['holder'] or '-'}  {branches}{halted}")
     return 0
 
 
@@ -109,16 +118,23 @@ def _row(p: Any) -> dict[str, Any]:
 
 
 def _replay(j: Journal, shell: SyncDeliveries, args: argparse.Namespace) -> int:
+    """Parked events are redelivered to their session's holder; a halted session goes on
+    from its halted event (its attempts start over)."""
     store = shell.worker.store
-    asked = 0
+    asked = resumed = 0
     for p in store.parked():
-        if p.state != "parked":
-            continue
-        store.log(p.session_id, {"op": "replay", "branch": p.branch_id, "sequence": p.sequence})
-        keys = session_group_keys(shell.worker.prefix, shell.worker.group, p.session_id)
-        shell.run(_one(keys.group))
-        asked += 1
-    print(f"{asked} parked event(s) queued for replay")
+        if p.state == "halted":
+            store.log(p.session_id, {"op": "resume", "branch": p.branch_id,
+                                     "sequence": p.sequence})
+            _move(j, shell, p.session_id, [p.branch_id], p.sequence - 1)
+            resumed += 1
+        elif p.state == "parked":
+            store.log(p.session_id, {"op": "replay", "branch": p.branch_id,
+                                     "sequence": p.sequence})
+            keys = session_group_keys(shell.worker.prefix, shell.worker.group, p.session_id)
+            shell.run(_one(keys.group))
+            asked += 1
+    print(f"{asked} parked event(s) queued for replay, {resumed} halted session(s) resumed")
     return 0
 
 
@@ -139,14 +155,25 @@ def _reset(j: Journal, shell: SyncDeliveries, args: argparse.Namespace) -> int:
         if args.to > heads.get(b, 0):
             raise InvalidInput(f"--to {args.to} is beyond the head of {args.session}/{b} "
                                f"({heads.get(b, 0)})")
-    w = shell.worker
-    keys = session_group_keys(w.prefix, w.group, args.session)
-    fence = shell.run(_reset_steps(w, args.session, keys, branches, args.to))
-    fields = _pairs([x for kv in j.redis.hgetall(keys.group).items() for x in kv])
-    w.store.write(args.session, Checkpoint(int(fence), checkpoints_of(fields), f"{fence}:reset"))
+    for p in shell.worker.store.parked(args.session):  # a reset also ends a halt
+        if p.state == "halted":
+            shell.worker.store.log(args.session, {"op": "resume", "branch": p.branch_id,
+                                                  "sequence": p.sequence})
+    fence = _move(j, shell, args.session, branches, args.to)
     print(f"{args.session}: {', '.join(branches) or '(no branches)'} reset to {args.to} "
           f"(fence {fence}; the holder, if any, lost its claim)")
     return 0
+
+
+def _move(j: Journal, shell: SyncDeliveries, sid: str, branches: list[str], to: int) -> int:
+    """Move checkpoints under a new fence (ending any claim and any halt), in Redis and in
+    the durable file."""
+    w = shell.worker
+    keys = session_group_keys(w.prefix, w.group, sid)
+    fence = int(shell.run(_reset_steps(w, sid, keys, branches, to)))
+    fields = _pairs([x for kv in j.redis.hgetall(keys.group).items() for x in kv])
+    w.store.write(sid, Checkpoint(fence, checkpoints_of(fields), f"{fence}:reset"))
+    return fence
 
 
 def _reset_steps(w: Any, sid: str, keys: Any, branches: list[str], to: int) -> Any:

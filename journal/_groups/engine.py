@@ -17,10 +17,18 @@ The life of a session in a worker:
    fence to the checkpoint file before its first delivery, so fences only grow, even across
    a Redis restart.
 3. **Deliver** one event at a time per session, in order per branch, read from the file in
-   pages. The start of a delivery is marked in Redis (``step.lua``: the attempt number
-   survives a crash); the mark for the next event rides on the previous ack.
-4. **Ack**: ``step.lua`` checks the claim token and moves the checkpoint, atomically. The
-   durable checkpoint file follows at most ``flush_s`` later (and at every release).
+   pages. The start of a run of deliveries is marked in Redis (``step.lua``: the attempt
+   number survives a crash); the mark rides on the commit before it.
+4. **Ack** is local while the claim is surely ours (our clock is well inside ``claim_ms``
+   since Redis last extended it). The acks are **committed** by ``step.lua``, which checks
+   the claim token and moves the checkpoint, atomically: every ``commit_every`` acks or
+   ``commit_s`` seconds of a session, when it catches up with the head or the end of a page,
+   before a nack, an extend or a release, and at once when the claim's time is nearly up
+   (so a zombie's ack is refused). A commit marks the next event, and the holder may then
+   deliver up to ``commit_every`` events before its next commit. A holder that dies inside
+   that run makes the next holder go event by event over it (one commit per event), so an
+   event that kills its workers still counts its attempts and is parked. The durable
+   checkpoint file follows the commits at most ``flush_s`` later (and at every release).
 5. **Release** at an event boundary when the worker holds more than its fair share
    (ceil(sessions / live workers)), or at close. A lost claim (expired, reset, Redis
    restarted) just drops the session: its next holder starts from the last checkpoint.
@@ -90,6 +98,9 @@ class ConsumeOptions:
     scan_s: float = 1.0  # discovery of unheld sessions with work, and reconciliation
     flush_s: float = 1.0  # the durable checkpoint file trails Redis by at most this
     page_size: int = 200  # events per file read
+    commit_every: int = 100  # acks of a session committed together (1: every ack at once)
+    commit_s: float = 0.05  # ... or after this long: a crash redelivers at most these
+    on_poison: Literal["park", "halt"] = "park"  # after max_attempts: park it, or halt the session
     max_idle_s: float | None = None  # stop iterating after this long without a delivery
 
     @classmethod
@@ -100,8 +111,12 @@ class ConsumeOptions:
         opts = cls(**options)
         if opts.start not in ("earliest", "latest"):
             raise InvalidInput(f"start must be 'earliest' or 'latest', got {opts.start!r}")
-        if opts.claim_ms < 100 or opts.max_attempts < 1 or opts.page_size < 1:
-            raise InvalidInput("claim_ms must be >= 100, max_attempts and page_size >= 1")
+        if opts.on_poison not in ("park", "halt"):
+            raise InvalidInput(f"on_poison must be 'park' or 'halt', got {opts.on_poison!r}")
+        if (opts.claim_ms < 100 or opts.max_attempts < 1 or opts.page_size < 1
+                or opts.commit_every < 1 or opts.commit_s < 0):
+            raise InvalidInput("claim_ms must be >= 100, max_attempts, page_size and "
+                               "commit_every >= 1, commit_s >= 0")
         return opts
 
 
@@ -135,11 +150,17 @@ class Held:
     keys: SessionGroupKeys
     token: str
     fence: int
-    ckpt: dict[str, int]
+    ckpt: dict[str, int]  # committed: Redis accepted these under our claim
     heads: dict[str, int] = field(default_factory=dict)
     buffer: dict[str, deque[EventRecord]] = field(default_factory=dict)
     inflight: bool = False
-    mark: tuple[str, int, int] | None = None  # (branch, sequence, attempt) marked by an ack
+    acked: dict[str, int] = field(default_factory=dict)  # acked since the last commit
+    pending: int = 0  # how many acks that is
+    committed_at: float = 0.0
+    mark: tuple[str, int, int] | None = None  # (branch, sequence, attempt) marked by a commit
+    run: dict[str, int] = field(default_factory=dict)  # branch -> last sequence of the run
+    cautious: dict[str, int] = field(default_factory=dict)  # branch -> commit each ack up to
+    unmarked: tuple[str, int] | None = None  # the delivery in flight, when a run started it
     valid_until: float = 0.0  # our conservative view of the claim (monotonic clock)
     not_before: dict[str, float] = field(default_factory=dict)  # nack delays per branch
     polled: float = -math.inf
@@ -148,8 +169,12 @@ class Held:
     replay_seen: str | None = None
     replays: deque[tuple[str, int]] = field(default_factory=deque)
 
+    def done(self, branch: str) -> int:
+        """The last handled sequence of a branch (acked, committed or not)."""
+        return max(self.ckpt.get(branch, 0), self.acked.get(branch, 0))
+
     def has_work(self) -> bool:
-        return bool(self.replays) or any(h > self.ckpt.get(b, 0) for b, h in self.heads.items())
+        return bool(self.replays) or any(h > self.done(b) for b, h in self.heads.items())
 
 
 def fair_share(sessions: int, workers: int) -> int:
@@ -206,11 +231,15 @@ class Worker:
         self.sessions_seen = 0
         self.next_heartbeat = -math.inf
         self.next_scan = -math.inf
+        self.next_sweep = -math.inf
+        # the sweep over held sessions (polls, commits, flushes) need not run per delivery
+        self.sweep_s = min(options.poll_s, options.commit_s or options.poll_s,
+                           options.flush_s) / 2
         self.last_delivery = clock()
         self.ready = False
         self.closed = False
         self.stats: dict[str, int] = {"claimed": 0, "released": 0, "lost": 0, "delivered": 0,
-                                      "acked": 0, "refused": 0, "parked": 0}
+                                      "acked": 0, "refused": 0, "parked": 0, "halted": 0}
 
     # ----- the consumer loop --------------------------------------------------------------
 
@@ -267,9 +296,20 @@ class Worker:
             self.workers = int((yield self._heartbeat()))
             self.next_heartbeat = now + self.opts.claim_ms / 3000
         yield from self._balance()
+        if now >= self.next_sweep:
+            self.next_sweep = now + self.sweep_s
+            yield from self._sweep(now)
+        if now >= self.next_scan:
+            self.next_scan = now + self.opts.scan_s
+            yield from self._discover()
+
+    def _sweep(self, now: float) -> Steps:
         for sid in list(self.held):
             h = self.held.get(sid)
             if h is None or h.inflight:
+                continue
+            stale = h.pending and now - h.committed_at >= self.opts.commit_s
+            if stale and (yield from self._commit(sid, h)) is None:
                 continue
             idle = not any(h.buffer.get(b) for b in h.buffer)
             due = now - h.polled >= (self.opts.poll_s if idle else self.opts.claim_ms / 3000)
@@ -277,9 +317,6 @@ class Worker:
                 yield from self._poll(sid, h)
             if sid in self.held and h.dirty and now - h.flushed_at >= self.opts.flush_s:
                 yield from self._flush(sid, h)
-        if now >= self.next_scan:
-            self.next_scan = now + self.opts.scan_s
-            yield from self._discover()
 
     def _heartbeat(self, leave: bool = False) -> Script:
         r = self.registry
@@ -302,7 +339,11 @@ class Worker:
             yield from self._release(sid)
 
     def _release(self, sid: str) -> Steps:
-        h = self.held.pop(sid)
+        """Commit, write the checkpoint down, and give the claim back."""
+        h = self.held[sid]
+        if h.pending and (yield from self._commit(sid, h)) is None:
+            return  # the claim was gone: lost, not released
+        del self.held[sid]
         self.order.remove(sid)
         yield from self._write_checkpoint(sid, h)
         yield Script("release", [h.keys.claim], [h.token])
@@ -395,7 +436,8 @@ class Worker:
         ckpt = (yield Blocking(lambda: self.store.read(sid))) or Checkpoint()
         parked = yield Blocking(lambda: self.store.parked(sid))
         replay = any(p.state == "replaying" for p in parked)
-        flat: list[str | int] = [ckpt.fence, "1" if replay else "0"]
+        halted = next((f"{p.branch_id}#{p.sequence}" for p in parked if p.state == "halted"), "")
+        flat: list[str | int] = [ckpt.fence, "1" if replay else "0", halted]
         for b, s in ckpt.branches.items():
             flat += [b, s]
         yield Script("seed", [keys.group], flat)
@@ -427,7 +469,7 @@ class Worker:
             return Delivery(found[0], 1, h.fence, h.token, replay=True)
         now = self.clock()
         for branch, head in sorted(h.heads.items()):
-            seq = h.ckpt.get(branch, 0) + 1
+            seq = h.done(branch) + 1
             if seq > head or now < h.not_before.get(branch, 0.0):
                 continue
             buf = h.buffer.setdefault(branch, deque())
@@ -443,38 +485,69 @@ class Worker:
                 return None
             if attempt > self.opts.max_attempts:
                 # Its holders kept dying in the handler: park it without running it again.
-                yield from self._park(sid, h, buf[0], attempt - 1, "worker lost mid-handler")
+                if not (yield from self._poison(sid, h, buf[0], attempt - 1,
+                                                "worker lost mid-handler")):
+                    return None
+                if sid not in self.held:  # halted: the session was given back
+                    return None
                 continue
             h.inflight = True
             return Delivery(buf[0], attempt, h.fence, h.token)
         return None
 
-    def _confirm(self, sid: str, h: Held) -> Steps:
-        """Extend the claim, and learn whether it is still ours."""
+    def _commit(self, sid: str, h: Held, mark: tuple[str, int] | None = None,
+                served: str = "") -> Steps:
+        """One fenced step: commit the acks since the last one, mark ``mark`` as the start
+        of a delivery and extend the claim. The attempt of the marked delivery (0 without a
+        mark), or None when the claim is lost (then so are the uncommitted acks: their
+        events go to the next holder)."""
         sent = self.clock()
+        acks: list[str | int] = [x for b, q in h.acked.items() for x in (b, q)]
+        mb, mq = mark or ("", 0)
         r = yield Script("step", [h.keys.group, h.keys.claim],
-                         [h.token, self.opts.claim_ms, "", 0, "", 0])
+                         [h.token, self.opts.claim_ms, mb, mq, served, *acks])
         if not int(r[0]):
             self.stats["refused"] += 1
             yield from self._lose(sid)
-            return False
+            return None
         h.valid_until = sent + self.opts.claim_ms * 0.8 / 1000
-        return True
+        h.committed_at = sent
+        if h.acked:
+            for b, q in h.acked.items():
+                h.ckpt[b] = max(q, h.ckpt.get(b, 0))
+                h.run.pop(b, None)  # Redis no longer holds a mark on b beyond this commit
+            h.acked.clear()
+            h.pending = 0
+            h.dirty = True
+        attempt = int(r[1])
+        h.mark = None
+        if mark is not None:
+            h.mark = (mb, mq, attempt)
+            if attempt > 1:  # a redelivery: its last holder may have run this far unmarked
+                h.run.pop(mb, None)
+                h.cautious[mb] = max(h.cautious.get(mb, 0), mq + self.opts.commit_every - 1)
+            elif mq > h.cautious.get(mb, 0):
+                h.run[mb] = mq + self.opts.commit_every - 1
+            else:
+                h.run.pop(mb, None)
+        return attempt
+
+    def _confirm(self, sid: str, h: Held) -> Steps:
+        """Commit, extend the claim, and learn whether it is still ours."""
+        return (yield from self._commit(sid, h)) is not None
 
     def _start(self, sid: str, h: Held, branch: str, seq: int) -> Steps:
         """The attempt number of a delivery about to start, or None when the claim is lost.
-        An ack already marked it, unless the claim has gone quiet since (a paused worker
-        must look again before it runs a handler)."""
-        if h.mark is not None and h.mark[:2] == (branch, seq) and self.clock() < h.valid_until:
-            return h.mark[2]
-        sent = self.clock()
-        r = yield Script("step", [h.keys.group, h.keys.claim],
-                         [h.token, self.opts.claim_ms, "", 0, branch, seq])
-        if not int(r[0]):
-            yield from self._lose(sid)
-            return None
-        h.valid_until = sent + self.opts.claim_ms * 0.8 / 1000
-        return int(r[1])
+        Inside a run that a commit marked, no Redis call is needed, unless the claim has
+        gone quiet since (a paused worker must look again before it runs a handler)."""
+        h.unmarked = None
+        if self.clock() < h.valid_until:
+            if h.mark is not None and h.mark[:2] == (branch, seq):
+                return h.mark[2]
+            if seq <= h.run.get(branch, 0):
+                h.unmarked = (branch, seq)
+                return 1
+        return (yield from self._commit(sid, h, (branch, seq)))
 
     # ----- settling a delivery ------------------------------------------------------------
 
@@ -489,8 +562,9 @@ class Worker:
             return False
 
     def ack(self, d: Delivery) -> Steps:
-        """Move the checkpoint past ``d``, fenced. False: the claim is no longer ours (the
-        event will be delivered again by the next holder)."""
+        """Ack ``d``: locally while the claim is surely ours, committed (fenced) in batches.
+        False: the claim is no longer ours (the event will be delivered again by the next
+        holder)."""
         sid = d.session_id
         h = self.held.get(sid)
         if h is None or h.token != d.token:
@@ -499,24 +573,23 @@ class Worker:
         if d.replay:
             return (yield from self._ack_replay(sid, h, d))
         branch, seq = d.branch_id, d.sequence
-        buf = h.buffer.get(branch)
-        nxt = buf[1] if buf is not None and len(buf) > 1 else None
-        mark = (branch, seq + 1) if nxt is not None and nxt.sequence == seq + 1 else ("", 0)
-        sent = self.clock()
-        r = yield Script("step", [h.keys.group, h.keys.claim],
-                         [h.token, self.opts.claim_ms, branch, seq, *mark])
         h.inflight = False
-        if not int(r[0]):
-            self.stats["refused"] += 1
-            yield from self._lose(sid)
+        h.acked[branch] = max(seq, h.acked.get(branch, 0))
+        h.pending += 1
+        buf = h.buffer.get(branch)
+        if buf and buf[0].sequence == seq:
+            buf.popleft()
+        now = self.clock()
+        nxt = seq + 1 if seq < h.heads.get(branch, 0) else None
+        if (h.pending < self.opts.commit_every and now - h.committed_at < self.opts.commit_s
+                and now < h.valid_until and seq >= h.cautious.get(branch, 0)
+                and nxt is not None and buf):
+            self.stats["acked"] += 1
+            return True
+        mark = (branch, nxt) if nxt is not None else None
+        if (yield from self._commit(sid, h, mark)) is None:
             return False
         self.stats["acked"] += 1
-        h.valid_until = sent + self.opts.claim_ms * 0.8 / 1000
-        h.ckpt[branch] = max(seq, h.ckpt.get(branch, 0))
-        h.dirty = True
-        if buf:
-            buf.popleft()
-        h.mark = (mark[0], int(mark[1]), int(r[1])) if mark[0] else None
         if self.clock() - h.flushed_at >= self.opts.flush_s:
             yield from self._flush(sid, h)
         return True
@@ -529,13 +602,13 @@ class Worker:
             "op": "done", "branch": d.branch_id, "sequence": d.sequence, "fence": h.fence}))
         h.replays.popleft()
         if not h.replays and h.replay_seen is not None:
-            yield Script("step", [h.keys.group, h.keys.claim],
-                         [h.token, self.opts.claim_ms, "", 0, "", 0, h.replay_seen])
+            yield from self._commit(sid, h, served=h.replay_seen)
         return True
 
     def nack(self, d: Delivery, delay_s: float | None, error: str) -> Steps:
         """Deliver ``d`` again after ``delay_s`` (default: exponential backoff); after
-        ``max_attempts`` park it durably with ``error`` and go on with the session."""
+        ``max_attempts`` park it durably with ``error`` and go on with the session (or halt
+        the session, with ``on_poison="halt"``)."""
         sid = d.session_id
         h = self.held.get(sid)
         if h is None or h.token != d.token:
@@ -545,27 +618,55 @@ class Worker:
             h.inflight = False
             h.replays.popleft()
             return (yield from self._confirm(sid, h))
+        h.inflight = False
         if d.attempt >= self.opts.max_attempts:
-            h.inflight = False
             if not (yield from self._confirm(sid, h)):
                 return False
-            return (yield from self._park(sid, h, d.event, d.attempt, error))
-        h.inflight = False
-        h.mark = None
-        if not (yield from self._confirm(sid, h)):
+            return (yield from self._poison(sid, h, d.event, d.attempt, error))
+        # The redelivery must count this attempt: a delivery a run started is marked now.
+        pos = (d.branch_id, d.sequence)
+        if (yield from self._commit(sid, h, pos if h.unmarked == pos else None)) is None:
             return False
+        h.mark, h.unmarked = None, None
+        h.run.pop(d.branch_id, None)
         wait = backoff(self.opts, d.attempt) if delay_s is None else max(0.0, delay_s)
         h.not_before[d.branch_id] = self.clock() + wait
         return True
 
+    def _poison(self, sid: str, h: Held, event: EventRecord, attempts: int, error: str) -> Steps:
+        """An event failed ``max_attempts`` times: park it and go on, or halt the session."""
+        if self.opts.on_poison == "halt":
+            return (yield from self._halt(sid, h, event, attempts, error))
+        return (yield from self._park(sid, h, event, attempts, error))
+
     def _park(self, sid: str, h: Held, event: EventRecord, attempts: int, error: str) -> Steps:
-        yield Blocking(lambda: self.store.log(sid, {
-            "op": "park", "branch": event.branch_id, "sequence": event.sequence,
-            "attempts": attempts, "error": error[:2000], "event_id": event.event_id,
-            "worker": self.worker, "fence": h.fence}))
+        yield Blocking(partial(self.store.log, sid, self._parked_entry(h, event, attempts, error)))
         self.stats["parked"] += 1
         h.inflight = True
         return (yield from self.ack(Delivery(event, attempts, h.fence, h.token)))
+
+    def _halt(self, sid: str, h: Held, event: EventRecord, attempts: int, error: str) -> Steps:
+        """Write the halt down (durably, so a Redis restarted empty keeps it), commit what
+        was acked before it, mark the session halted (fenced) and give it back: no worker
+        claims it until ``journal group replay-parked`` or ``reset``."""
+        entry = {**self._parked_entry(h, event, attempts, error), "halt": True}
+        yield Blocking(partial(self.store.log, sid, entry))
+        if not (yield from self._confirm(sid, h)):
+            return False
+        where = f"{event.branch_id}#{event.sequence}"
+        if not int((yield Script("halt", [h.keys.group, h.keys.claim], [h.token, where]))):
+            self.stats["refused"] += 1
+            yield from self._lose(sid)
+            return False
+        self.stats["halted"] += 1
+        yield from self._release(sid)
+        return True
+
+    def _parked_entry(self, h: Held, event: EventRecord, attempts: int,
+                      error: str) -> dict[str, Any]:
+        return {"op": "park", "branch": event.branch_id, "sequence": event.sequence,
+                "attempts": attempts, "error": error[:2000], "event_id": event.event_id,
+                "worker": self.worker, "fence": h.fence}
 
     def extend(self, d: Delivery) -> Steps:
         h = self.held.get(d.session_id)

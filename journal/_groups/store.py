@@ -10,7 +10,8 @@ hands out later (seeded from the file after a restart) is higher than any fence 
 could still hold, and a zombie's late write is refused by the file as it is by the Lua check.
 
 ``parked/<session>.jsonl`` is append-only (one fsynced line per change): a parked event with
-its error, a request to replay it, and the replay's outcome.
+its error (or a halt of its session, with ``on_poison="halt"``), a request to replay it, the
+replay's outcome, and the resumption of a halted session.
 """
 
 from __future__ import annotations
@@ -142,11 +143,14 @@ class GroupStore:
                     continue  # a torn last line of a crashed writer
                 key = (str(e["branch"]), int(e["sequence"]))
                 if e["op"] == "park":
-                    found.setdefault(key, ParkedEvent(sid, key[0], key[1], int(e["attempts"]),
-                                                      str(e["error"]), str(e.get("event_id", ""))))
+                    parked = found.setdefault(key, ParkedEvent(
+                        sid, key[0], key[1], int(e["attempts"]), str(e["error"]),
+                        str(e.get("event_id", ""))))
+                    if e.get("halt"):
+                        parked.state = "halted"
                 elif key in found:
-                    found[key].state = {"replay": "replaying", "done": "replayed"}.get(
-                        e["op"], found[key].state)
+                    found[key].state = {"replay": "replaying", "done": "replayed",
+                                        "resume": "resumed"}.get(e["op"], found[key].state)
             out += found.values()
         return out
 
@@ -159,7 +163,7 @@ class ParkedEvent:
     attempts: int
     error: str
     event_id: str
-    state: str = "parked"  # parked | replaying | replayed
+    state: str = "parked"  # parked | replaying | replayed | halted | resumed
 
 
 def _may_replace(current: Checkpoint, new: Checkpoint) -> bool:

@@ -3,11 +3,12 @@
 -- KEYS[2] claim string ({sid}): "<fence>:<worker>" with a PX expiry
 -- KEYS[3] the journal's state hash of the session ({sid}): h:<branch> heads
 -- ARGV[1] worker id, ARGV[2] claim_ms, ARGV[3] "1": claim even without pending work
--- -> {"seed"} (cache empty: load the checkpoint file first), {"busy", holder},
+-- -> {"seed"} (cache empty: load the checkpoint file first), {"busy", holder}, {"halted"},
 --    {"nostate"} (journal state missing: rebuild it first), {"idle"}, or {"ok", token, fields}
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'seed'} end
 local holder = redis.call('GET', KEYS[2])
 if holder then return {'busy', holder} end
+if redis.call('HEXISTS', KEYS[1], 'halted') == 1 then return {'halted'} end
 if ARGV[3] ~= '1' then
   local state = redis.call('HGETALL', KEYS[3])
   if #state == 0 then return {'nostate'} end

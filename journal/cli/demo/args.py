@@ -23,6 +23,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds the workers write for (default: 3)")
     p.add_argument("--pause", type=_SECONDS, default=0.0, metavar="S",
                    help="pause of each worker between turns (default: 0)")
+    p.add_argument("--group-workers", type=argtypes.integer(0, 8), default=2, metavar="N",
+                   help="worker-group processes sharing the sessions' events (default: 2)")
     p.add_argument("--keep", action="store_true",
                    help="keep the temporary root (it is always kept when a check fails)")
 

@@ -107,6 +107,9 @@ def run_demo(args: argparse.Namespace, *, root: Path | None, redis_url: str | No
         print(f"  redis     {redact_url(redis_url)} ({how})", file=out)
         print(f"  sessions  {', '.join(sessions)} (branches main, {BRANCH})", file=out)
         print("", file=out)
+        if args.group_workers:
+            print(f"worker group {prefix}: {args.group_workers} processes share every "
+                  f"session's events (journal group status {prefix})", file=out)
         print("live feed (a subscriber process, one subscription per session and branch):",
               file=out)
         out.flush()
@@ -135,6 +138,7 @@ def _run(args: argparse.Namespace, root: Path, work: Path, redis_url: str,
         "root": str(root), "sessions": sessions, "ready": str(work / "ready"),
         "expect": str(work / "expect.json"), "seen": str(work / "seen.jsonl"),
         "timeout": args.duration + 60.0, "grace": 15.0,
+        "work": str(work), "group": prefix,
     }
     (work / "spec.json").write_text(json.dumps(spec))
     procs: list[subprocess.Popen[Any]] = []
@@ -149,6 +153,9 @@ def _run(args: argparse.Namespace, root: Path, work: Path, redis_url: str,
             if subscriber.poll() is not None or time.monotonic() > deadline:
                 return False, ["FAIL: the subscriber did not start"]
             time.sleep(0.02)
+        group_procs = _start_group(args, root, work, redis_url, env, spec, procs)
+        if group_procs is None:
+            return False, ["FAIL: the worker group did not start"]
         began = time.monotonic()
         workers = []
         for i in range(1, args.workers + 1):
@@ -196,10 +203,90 @@ def _run(args: argparse.Namespace, root: Path, work: Path, redis_url: str,
             records = {
                 (s, b): _read_branch(j, s, b, h) for s, hs in heads.items() for b, h in hs.items()
             }
+            failures += _stop_group(j, prefix, sessions, group_procs)
         return _verify_and_summarize(args, root, work, sessions, heads, records, stats,
                                      failures, writing, last_ack)
     finally:
         _kill_all(procs)
+
+
+def _start_group(args: argparse.Namespace, root: Path, work: Path, redis_url: str,
+                 env: dict[str, str], spec: dict[str, Any],
+                 procs: list[subprocess.Popen[Any]]) -> list[subprocess.Popen[Any]] | None:
+    """Create the demo's group (at "latest": a reused root's older sessions are not its
+    work) and start its worker processes; None if one did not get ready."""
+    if not args.group_workers:
+        return []
+    from journal._groups.admin import create_group
+
+    with Journal(root, redis_url) as j:
+        create_group(j, spec["group"], start="latest")
+    started = []
+    for i in range(1, args.group_workers + 1):
+        argv = [sys.executable, "-m", "journal.cli.demo.groupworker", str(work / "spec.json"),
+                f"g{i}"]
+        started.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL))
+        procs.append(started[-1])
+    deadline = time.monotonic() + 30
+    while not all((work / f"group-g{i}.ready").exists()
+                  for i in range(1, args.group_workers + 1)):
+        if any(p.poll() is not None for p in started) or time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
+    return started
+
+
+def _stop_group(j: Journal, group: str, sessions: list[str],
+                group_procs: list[subprocess.Popen[Any]]) -> list[str]:
+    """Wait until the group has caught up with this run's sessions, then stop its workers
+    (SIGTERM: they commit, write their checkpoints down and leave)."""
+    if not group_procs:
+        return []
+    from journal._groups.admin import status
+
+    failures = []
+    deadline = time.monotonic() + 30
+    while True:
+        lag = sum(sum(s["lag"].values()) for s in status(j, group)["sessions"]
+                  if s["session"] in sessions)
+        if lag == 0:
+            break
+        if time.monotonic() > deadline:
+            failures.append(f"the worker group did not catch up (lag {lag} events)")
+            break
+        time.sleep(0.1)
+    for p in group_procs:
+        p.terminate()
+    for i, p in enumerate(group_procs, start=1):
+        try:
+            if p.wait(timeout=15) != 0:
+                failures.append(f"group worker g{i} exited {p.returncode}")
+        except subprocess.TimeoutExpired:
+            failures.append(f"group worker g{i} did not stop")
+    return failures
+
+
+def _group_summary(args: argparse.Namespace, work: Path, where: dict[str, tuple[str, str, int]],
+                   ) -> tuple[Check | None, list[tuple[str, str]]]:
+    """Every event handled at least once by the group, and what each worker handled."""
+    if not args.group_workers:
+        return None, []
+    handled: set[str] = set()
+    rows = []
+    for i in range(1, args.group_workers + 1):
+        lines = list(_read_jsonl(work / f"group-g{i}.jsonl"))
+        mine = [x for x in lines if x["e"] in where]
+        handled |= {x["e"] for x in mine}
+        positions = collections.Counter((x["s"], x["b"], x["q"]) for x in mine)
+        again = sum(1 for x in mine if x["a"] > 1) + sum(c - 1 for c in positions.values())
+        held = len({x["s"] for x in mine})
+        rows.append((f"group worker g{i}", f"{len(mine):,} events, {held} session"
+                     f"{'' if held == 1 else 's'}, {again} redeliveries"))
+    missing = len(set(where) - handled)
+    check = Check(not missing, f"the worker group handled each of the {len(where)} events "
+                  "at least once" if not missing else
+                  f"the worker group never handled {missing} of {len(where)} events")
+    return check, rows
 
 
 def _read_branch(j: Journal, session: str, branch: str, head: int) -> list[EventRecord]:
@@ -275,6 +362,10 @@ def _verify_and_summarize(
         else f"subscriber: {missed} missed, {twice} seen more than once, {foreign} unknown",
     ))
 
+    group_check, group_rows = _group_summary(args, work, where)
+    if group_check is not None:
+        checks.append(group_check)
+
     report = verify_report(root, sessions)
     checks.append(Check(
         not report.findings,
@@ -311,6 +402,7 @@ def _verify_and_summarize(
                            f" max {_ms(lags[-1] if lags else float('nan'))}"
                            " (event created -> seen)"),
         ("final lag", f"{_ms(max(last_seen - last_ack, 0.0))} (last ack -> subscriber caught up)"),
+        *group_rows,
         ("result", "PASS" if passed else "FAIL"),
     ]
     lines += ["", "summary"]
