@@ -77,3 +77,10 @@ class RedisServerNotFound(JournalError):
 
 class StorageError(JournalError):
     """The file system refused a write (ENOSPC, EIO, ...). Nothing was committed."""
+
+
+class SubscriptionIdle(JournalError, TimeoutError):
+    """A subscription made with ``idle_timeout_s`` saw no event for that long.
+
+    Raised by ``next``/``anext``; the subscription stays usable: the next call goes on
+    waiting. It lets a consumer notice silence (a stuck producer, a dead feed)."""

@@ -283,7 +283,7 @@ class SessionStore:
             return start
         return None
 
-    def rebuild(self, guard: Callable[[], None]) -> TailResult:
+    def rebuild(self, guard: Callable[[], None], full: bool = False) -> TailResult:
         """Recompute every head and the committed length from the file (Redis lost them).
 
         Fast path: the committed prefix that the hint and the index describe is trusted once
@@ -291,9 +291,12 @@ class SessionStore:
         read. Otherwise a full scan: below the hint every line must be valid (a bad one
         there is corruption and is reported, never truncated); beyond it the tail-recovery
         rule applies.
+
+        ``full`` (the operator's ``journal rebuild``) skips the fast path and decodes every
+        committed line completely, so a damaged line anywhere is reported.
         """
         hint = self.read_hint()
-        if hint and self.size() >= hint:
+        if hint and self.size() >= hint and not full:
             heads = self._indexed_prefix(hint)
             if heads is not None:
                 with contextlib.suppress(OSError):
@@ -305,7 +308,7 @@ class SessionStore:
                 with contextlib.suppress(OSError):
                     self.write_hint(found.length)
                 return found
-        return self._rebuild_scan(guard, hint)
+        return self._rebuild_scan(guard, hint, full)
 
     def _indexed_prefix(self, hint: int) -> dict[str, int] | None:
         """The heads of the committed prefix ``[0, hint)``, read from the index alone, or
@@ -364,7 +367,7 @@ class SessionStore:
             if path.stat().st_size > count * INDEX_ENTRY.size:
                 os.truncate(path, count * INDEX_ENTRY.size)
 
-    def _rebuild_scan(self, guard: Callable[[], None], hint: int) -> TailResult:
+    def _rebuild_scan(self, guard: Callable[[], None], hint: int, full: bool = False) -> TailResult:
         heads: dict[str, int] = {}
         entries: dict[str, list[tuple[int, int]]] = {}
         length = 0
@@ -389,6 +392,8 @@ class SessionStore:
                         raise self.corrupt(offset, "torn line inside the committed region")
                     try:
                         pos = _position_decoder.decode(raw)
+                        if full:
+                            decode_line(raw)  # the whole record, as a read would decode it
                     except DECODE_ERRORS as exc:
                         raise self.corrupt(offset, f"invalid record: {exc}") from None
                     expected = heads.get(pos.branch_id, 0) + 1
