@@ -482,8 +482,11 @@ def _under_lease(
     size = yield Blocking(store.size)
     if size < committed:
         raise StorageError(
-            f"{store.path} holds {size} bytes but {committed} are committed: it was truncated "
-            "or replaced outside the journal; run `journal verify`"
+            f"{store.path} holds {size} bytes but Redis says {committed} are committed. "
+            "Likely causes: another journal root uses this Redis without its own key_prefix "
+            "(give each root one: JOURNAL_KEY_PREFIX), or the file was deleted, truncated or "
+            "replaced by hand. If this file is the truth, `journal rebuild "
+            f"{first.session_id}` resets Redis from it"
         )
     if size > committed:
         # A writer died after or during its write: roll its tail forward or cut it first.

@@ -179,7 +179,8 @@ class SessionStore:
             end = os.lseek(fd, 0, os.SEEK_CUR)
             if written != len(data):
                 # A short write is a torn line beyond the committed length: recovery cuts it.
-                raise OSError(errno.ENOSPC, f"short write to {self.path}: {written} bytes")
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a short write to "
+                              f"{self.path}: {written} of {len(data)} bytes)")
             fault.hit("after_write")
             if sync:
                 fault.hit("fsync")
