@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
 import socket
@@ -255,6 +256,8 @@ class Emit:
 
 
 Action = Connect | Disconnect | Sleep | Listen | Ping | Read | Check | Emit
+
+_log = logging.getLogger("journal.subscription")
 
 _PUBLISHED = frozenset({"message", "pmessage", "smessage"})
 _CONFIRMED = frozenset({"subscribe", "psubscribe", "ssubscribe"})
@@ -735,7 +738,7 @@ class _Pump:
                     heads = yield _Run(_check_steps(self.core, action))
                     f.on_heads(action.session_id, heads, time.monotonic())
             except _COMMAND_ERRORS as exc:
-                f.lost(time.monotonic(), _describe(exc))
+                self._lost(exc)
         else:
             try:
                 if isinstance(action, Connect):
@@ -745,7 +748,15 @@ class _Pump:
                 elif isinstance(action, Listen):
                     yield from self._listen(action, min(action.timeout, left))
             except _PUBSUB_ERRORS as exc:
-                f.lost(time.monotonic(), _describe(exc))
+                self._lost(exc)
+
+    def _lost(self, exc: BaseException) -> None:
+        reason = _describe(exc)
+        _log.warning("%s: lost its Redis connection (%s); reconnecting, then catching up "
+                     "from the file", self.what, reason, extra={
+                         "event": "subscription_reconnect", "subscription": self.what,
+                         "error": reason})
+        self.follower.lost(time.monotonic(), reason)
 
     def _listen(self, action: Listen, timeout: float) -> _Steps:
         f = self.follower
@@ -754,7 +765,12 @@ class _Pump:
             if message is None:
                 f.on_drained(False)
                 return
+            overflows = f.stats.overflows
             f.on_pubsub(message["type"], message["data"], time.monotonic())
+            if f.stats.overflows != overflows:
+                _log.info("%s: the consumer is slower than the feed; reading the file instead "
+                          "of %d buffered messages", self.what, f.options.buffer_size, extra={
+                              "event": "subscription_file_fallback", "subscription": self.what})
             if timeout:
                 # It arrived while we waited: hand it out before draining the socket again
                 # (the next Listen drains; "more" keeps the backlog rules unchanged).

@@ -17,6 +17,7 @@ import array
 import bisect
 import contextlib
 import errno
+import logging
 import os
 import struct
 import sys
@@ -94,6 +95,21 @@ def iter_lines(fd: int, start: int, end: int | None = None) -> Iterator[tuple[in
         carry_offset = offset
     if carry:
         yield carry_offset, carry, False
+
+
+_log = logging.getLogger("journal.storage")
+
+
+def _log_tail(session_id: str, found: TailResult, event: str) -> None:
+    """Recoveries are rare and worth a line: what was rolled forward, what was cut."""
+    if found.kept or found.truncated_from is not None:
+        _log.warning("%s: recovered an uncommitted tail: %d line(s) rolled forward%s",
+                     session_id, len(found.kept),
+                     "" if found.truncated_from is None
+                     else f", cut from byte {found.truncated_from}", extra={
+                         "event": event, "session_id": session_id,
+                         "rolled_forward": len(found.kept),
+                         "truncated_from": found.truncated_from, "length": found.length})
 
 
 class SessionStore:
@@ -251,6 +267,7 @@ class SessionStore:
             self.truncate(result.length, guard)
         with contextlib.suppress(OSError, JournalError):  # the index is a cache
             self._index_lines(result.kept, heads, result.length)
+        _log_tail(self.session_id, result, "tail_recovery")
         return result
 
     def read_intent(self) -> tuple[int, int]:
@@ -304,12 +321,19 @@ class SessionStore:
                     for branch_id, count in heads.items():
                         self._cut_index(branch_id, count)  # leftovers past the prefix
                 found = self.recover_tail(hint, heads, guard)
+                _log.info("rebuilt the state of %s from its index", self.session_id, extra={
+                    "event": "rebuild_indexed", "session_id": self.session_id,
+                    "length": found.length})
                 heads.update(found.heads)
                 found.heads = heads
                 with contextlib.suppress(OSError):
                     self.write_hint(found.length)
                 return found
-        return self._rebuild_scan(guard, hint, full)
+        found = self._rebuild_scan(guard, hint, full)
+        _log.info("rebuilt the state of %s from its file (full scan)", self.session_id, extra={
+            "event": "rebuild_scan", "session_id": self.session_id, "length": found.length,
+            "heads": found.heads, "truncated_from": found.truncated_from})
+        return found
 
     def _indexed_prefix(self, hint: int) -> dict[str, int] | None:
         """The heads of the committed prefix ``[0, hint)``, read from the index alone, or
