@@ -164,7 +164,8 @@ async def test_aclose_from_another_task_ends_a_waiting_anext(
 
 async def test_async_idle_timeout(tmp_path: Path, server: RedisServer) -> None:
     async with AsyncJournal(tmp_path, server.url) as j:
-        async with j.subscribe("s1", idle_timeout_s=0.3, idle_s=0.1) as sub:
+        sub = j.subscribe("s1", idle_timeout_s=0.3, idle_s=0.1)
+        async with sub:
             with pytest.raises(SubscriptionIdle):
                 await anext(sub)
             await j.append(ev(1))
