@@ -165,7 +165,7 @@ def test_two_roots_on_one_redis_without_key_prefix_get_a_useful_hint(
         with pytest.raises(StorageError) as info:
             b.append(ev(3))
     message = str(info.value)
-    assert "key_prefix" in message and "by hand" in message
+    assert "key_prefix" in message and "outside the journal" in message
     assert "journal rebuild s1" in message and "journal verify" not in message
 
 

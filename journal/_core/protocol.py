@@ -485,7 +485,7 @@ def _under_lease(
             f"{store.path} holds {size} bytes but Redis says {committed} are committed. "
             "Likely causes: another journal root uses this Redis without its own key_prefix "
             "(give each root one: JOURNAL_KEY_PREFIX), or the file was deleted, truncated or "
-            "replaced by hand. If this file is the truth, `journal rebuild "
+            "replaced outside the journal (by hand). If this file is the truth, `journal rebuild "
             f"{first.session_id}` resets Redis from it"
         )
     if size > committed:
