@@ -5,9 +5,18 @@ checks the expected sequence before every durable write; Redis pub/sub carries c
 events to subscribers in every process.
 """
 
+import logging as _logging
+
 from journal import kinds
+from journal._core.repair import RebuildResult
+from journal._core.retry import TRANSIENT, RetryPolicy
 from journal._io.journals import AsyncJournal, Journal
-from journal._model.records import Actor, EventRecord, EventSchema
+from journal._io.subscriptions import (
+    AsyncSubscription,
+    SubscriptionStats,
+    SyncSubscription,
+)
+from journal._model.records import Actor, EventRecord, EventSchema, decode_line, encode_line
 from journal.errors import (
     AppendOutcomeUnknown,
     CorruptLine,
@@ -23,13 +32,20 @@ from journal.errors import (
     SequenceConflict,
     SessionDeleted,
     StorageError,
+    SubscriptionIdle,
 )
 from journal.settings import JournalSettings
 
+# Quiet by default, as a library should be: the application (or `journal -v`) decides
+# where the "journal" logger's records go.
+_logging.getLogger("journal").addHandler(_logging.NullHandler())
+
 __all__ = [
+    "TRANSIENT",
     "Actor",
     "AppendOutcomeUnknown",
     "AsyncJournal",
+    "AsyncSubscription",
     "CorruptLine",
     "EventRecord",
     "EventSchema",
@@ -41,11 +57,18 @@ __all__ = [
     "JournalError",
     "JournalSettings",
     "LeaseTimeout",
+    "RebuildResult",
     "RecordTooLarge",
     "RedisServerNotFound",
     "RedisUnavailable",
+    "RetryPolicy",
     "SequenceConflict",
     "SessionDeleted",
     "StorageError",
+    "SubscriptionIdle",
+    "SubscriptionStats",
+    "SyncSubscription",
+    "decode_line",
+    "encode_line",
     "kinds",
 ]

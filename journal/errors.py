@@ -109,3 +109,10 @@ class HistoryTruncated(JournalError):
             f"session {session_id} branch {branch_id}: history before sequence {first} was "
             f"truncated; a read from {requested} must start at {first}"
         )
+
+
+class SubscriptionIdle(JournalError, TimeoutError):
+    """A subscription made with ``idle_timeout_s`` saw no event for that long.
+
+    Raised by ``next``/``anext``; the subscription stays usable: the next call goes on
+    waiting. It lets a consumer notice silence (a stuck producer, a dead feed)."""

@@ -35,8 +35,12 @@ _journal_venv_bootstrap() {
     if [[ ! -f "$stamp" || "$JOURNAL_ROOT/pyproject.toml" -nt "$stamp" ]]; then
         echo "==> pip install -e '.[dev]'"
         # -q hides progress chatter but keeps warnings and errors.
+        # editable_mode=compat: a plain path entry instead of setuptools' import hook. The
+        # repository folder is called journal too; from its parent directory Python would
+        # otherwise import that folder as a namespace package ("cannot import name ...
+        # (unknown location)"), because the hook only runs after the path search.
         "$JOURNAL_VENV/bin/python" -m pip install -q --disable-pip-version-check \
-            -e "$JOURNAL_ROOT[dev]" || return 1
+            --config-settings editable_mode=compat -e "$JOURNAL_ROOT[dev]" || return 1
         # Touched only after a successful install, so a failed one is retried next time.
         touch "$stamp"
     fi

@@ -88,10 +88,10 @@ def test_fleet_worker_on_its_own(tmp_path: Path, redis_server: RedisServer) -> N
     assert len(lines) == stats["appends"]
     with Journal(root, redis_server.url) as j:
         for a in lines:
-            [stored] = j.read(a["s"], a["b"], a["q"], 1)
-            assert stored.event_id == a["e"]
+            [stored] = j.read(a["session_id"], a["branch_id"], a["sequence"], 1)
+            assert stored.event_id == a["event_id"]
             assert stored.actor.component == "w1"
-        first = j.read(lines[0]["s"], "main", 1, 2)
+        first = j.read(lines[0]["session_id"], "main", 1, 2)
         assert [r.kind_type for r in first] == ["SessionCreated", "PhaseEntered"]
         assert first[1].kind == {"type": "PhaseEntered", "phase": "sleep"}
     assert verify(root) == []

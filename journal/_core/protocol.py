@@ -217,8 +217,9 @@ def _pairs(heads: dict[str, int]) -> list[str | int | bytes]:
 # ----- rebuild ---------------------------------------------------------------------------
 
 
-def rebuild(core: Core, session_id: str, waiter: Backoff) -> Steps[None]:
-    """Re-create a session's Redis state from its file, under a create-only lease."""
+def rebuild(core: Core, session_id: str, waiter: Backoff, full: bool = False) -> Steps[None]:
+    """Re-create a session's Redis state from its file, under a create-only lease.
+    ``full``: check every line (the operator's rebuild), not the index's fast path."""
     keys, store = core.keys(session_id), core.store(session_id)
     token = uuid.uuid4().hex
     clock = LeaseClock(core.settings.rebuild_lease_ms)
@@ -236,7 +237,7 @@ def rebuild(core: Core, session_id: str, waiter: Backoff) -> Steps[None]:
         # before looking at the tail.
         yield Sleep(core.settings.lease_hold_ms / 1000)
     try:
-        found = yield Blocking(lambda: gate.rebuild(store, clock.guard))
+        found = yield Blocking(lambda: gate.rebuild(store, clock.guard, full))
     except Exception:  # not GeneratorExit: a closed protocol must not yield again
         yield from _release(keys, token)
         raise

@@ -8,25 +8,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
+import time
+import uuid
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from journal._core import lifecycle, protocol
+from journal._core import lifecycle, protocol, repair
+from journal._core import retry as _retry
 from journal._core.group_commit import GroupQueue, Pending, merge, settle
+from journal._core.repair import RebuildResult
+from journal._core.retry import Head, Pause, Put, RetryPolicy
 from journal._io import connect
 from journal._io.connect import redis_error
 from journal._io.drivers import AsyncDriver, SyncDriver
+from journal._io.subscriptions import (
+    AsyncSubscription,
+    SyncSubscription,
+    subscribe_all_async,
+    subscribe_all_sync,
+    subscribe_async,
+    subscribe_sync,
+)
 from journal._model.ids import validate_id
 from journal._model.records import EventRecord, prepare_for_write
 from journal.errors import InvalidInput, JournalError
+from journal.kinds import KindBase
 from journal.settings import JournalSettings, redact_url
 
 if TYPE_CHECKING:
     from journal._groups import AsyncDeliveries, SyncDeliveries
+
+Kind = KindBase | Mapping[str, Any]  # a typed variant of journal.kinds, or {"type": ...}
 
 
 def make_settings(
@@ -74,6 +91,23 @@ class _Base:
             url = ensure_embedded(Path(self.settings.root))
         return url
 
+    def _deferred(self, client: object) -> bool:
+        """The embedded server of a root that does not exist yet: open() starts nothing
+        (a mistyped root must not get a directory and a server); the first write does."""
+        return (client is None and self.settings.redis_url_value() is None
+                and not Path(self.settings.root).exists())
+
+    def _no_root(self) -> bool:
+        """True when the root does not exist: a read then answers "empty" (head 0, no
+        events) without connecting, creating or starting anything. A root that is a file
+        is refused."""
+        root = Path(self.settings.root)
+        if root.is_dir():
+            return False
+        if root.exists():
+            raise InvalidInput(f"root {root} is not a directory")
+        return True
+
     def _ids(self, session_id: str, branch_id: str) -> None:
         validate_id(session_id, "session_id", self.settings.max_id_length)
         validate_id(branch_id, "branch_id", self.settings.max_id_length)
@@ -108,8 +142,23 @@ class _Base:
         assert pending.result is not None
         return pending.result
 
+    def _next_plan(self, session_id: str, branch_id: str, kind: Kind,
+                   retry: RetryPolicy | None, fields: dict[str, Any]) -> _retry.Plan:
+        self._ids(session_id, branch_id)
+        fields.setdefault("event_id", str(uuid.uuid4()))  # one id for every try
+
+        def make(sequence: int) -> EventRecord:
+            return EventRecord.new(session_id, branch_id, sequence, kind, **fields)
+
+        self._prepare([make(1)])  # a bad kind or field: refused before anything is done
+        return _retry.append_next(retry or RetryPolicy(), session_id, branch_id, make)
+
     def sessions(self) -> list[str]:
-        """Every session with a file under the root, sorted."""
+        """Every session with a file under the root (``<root>/events/*.jsonl``), sorted.
+
+        Reads the directory only (no Redis); empty when the root does not exist."""
+        if self._no_root():
+            return []
         events = Path(self.settings.root) / "events"
         if not events.is_dir():
             return []
@@ -140,6 +189,13 @@ class AsyncJournal(_Base):
         self._where = "(given client)"
 
     async def open(self) -> Self:
+        """Connect (``async with`` does it). With the embedded server of a root that does
+        not exist yet, nothing starts until the first write."""
+        if self._driver is None and not self._deferred(self._client):
+            await self._connect()
+        return self
+
+    async def _connect(self) -> AsyncDriver:
         if self._driver is None:
             if self._client is None:
                 url = self._resolve_url()
@@ -151,7 +207,7 @@ class AsyncJournal(_Base):
             except connect.CLIENT_ERRORS as exc:
                 raise redis_error(exc, self._where) from None
             self._driver = AsyncDriver(self._client, self._where)
-        return self
+        return self._driver
 
     async def close(self) -> None:
         if self._driver is not None:
@@ -178,14 +234,52 @@ class AsyncJournal(_Base):
         return self._client
 
     async def _run(self, steps: protocol.Steps[Any]) -> Any:
-        driver = self._driver or (await self.open())._driver
-        assert driver is not None
+        driver = self._driver or await self._connect()
         return await driver.run(steps)
 
-    async def append(self, record: EventRecord) -> EventRecord:
-        """Append one event at ``head + 1`` of its (session, branch). Returns the stored record."""
+    async def append(self, record: EventRecord, *, retry: RetryPolicy | None = None
+                     ) -> EventRecord:
+        """Append one event at ``head + 1`` of its (session, branch). Returns the stored record.
+
+        ``retry``: retry transient failures (``AppendOutcomeUnknown``, ``RedisUnavailable``,
+        ``LeaseTimeout``) with the same record, as :class:`journal.RetryPolicy` says."""
+        if retry is not None:
+            return await self._retrying(_retry.append_with_retry(retry, record))
         stored = await self.append_batch([record])
         return stored[0]
+
+    async def append_next(self, session_id: str, branch_id: str, kind: Kind, *,
+                          retry: RetryPolicy | None = None, **fields: Any) -> EventRecord:
+        """Append one event at the next sequence (``head + 1``), whatever other writers do;
+        returns the stored record. See :meth:`Journal.append_next`."""
+        return await self._retrying(self._next_plan(session_id, branch_id, kind, retry, fields))
+
+    async def _retrying(self, plan: _retry.Plan) -> EventRecord:
+        outcome: tuple[Any, BaseException | None] = (None, None)
+        while not (step := _retry.advance(plan, *outcome))[0]:
+            try:
+                outcome = (await self._retry_step(step[1]), None)
+            except JournalError as exc:
+                outcome = (None, exc)
+        return step[1]  # type: ignore[no-any-return]
+
+    async def _retry_step(self, step: Put | Head | Pause) -> Any:
+        if isinstance(step, Put):
+            return (await self.append_batch([step.record]))[0]
+        if isinstance(step, Head):
+            return await self.head(step.session_id, step.branch_id)
+        await asyncio.sleep(step.seconds)
+        return None
+
+    async def rebuild(self, session_id: str, *, wait_s: float = 10.0) -> RebuildResult:
+        """Reset a session's Redis state from its file, checking every line: a damaged line
+        raises :class:`CorruptLine`. See :meth:`Journal.rebuild`."""
+        validate_id(session_id, "session_id", self.settings.max_id_length)
+        if self._no_root():
+            raise InvalidInput(f"root {self.settings.root} does not exist")
+        result: RebuildResult = await self._run(repair.rebuild(self.core, session_id, wait_s))
+        _log_rebuild(result)
+        return result
 
     async def append_batch(self, records: Iterable[EventRecord]) -> list[EventRecord]:
         """Append contiguous events of one (session, branch), all or nothing."""
@@ -225,6 +319,8 @@ class AsyncJournal(_Base):
         """Committed events of a branch from ``from_sequence``, at most ``limit``."""
         self._ids(session_id, branch_id)
         self._check_range(from_sequence, limit)
+        if self._no_root():
+            return []
         result: list[EventRecord] = await self._run(
             protocol.read(self.core, session_id, branch_id, from_sequence, limit)
         )
@@ -233,12 +329,16 @@ class AsyncJournal(_Base):
     async def head(self, session_id: str, branch_id: str = "main") -> int:
         """The last committed sequence of a branch, 0 when it is empty."""
         self._ids(session_id, branch_id)
+        if self._no_root():
+            return 0
         result: int = await self._run(protocol.head(self.core, session_id, branch_id))
         return result
 
     async def branches(self, session_id: str) -> dict[str, int]:
         """Every branch of a session with its head."""
         validate_id(session_id, "session_id", self.settings.max_id_length)
+        if self._no_root():
+            return {}
         _, heads = await self._run(protocol.session_state(self.core, session_id))
         return dict(heads)
 
@@ -260,17 +360,15 @@ class AsyncJournal(_Base):
 
     def subscribe(
         self, session_id: str, branch_id: str = "main", after_sequence: int = 0, **options: Any
-    ) -> AsyncIterator[EventRecord]:
-        """Every committed event above ``after_sequence``, exactly once, in order, live."""
-        from journal._io.subscriptions import subscribe_async
-
+    ) -> AsyncSubscription:
+        """Every committed event above ``after_sequence``, exactly once, in order, live.
+        See :class:`AsyncSubscription` for its life cycle and options."""
         self._ids(session_id, branch_id)
         return subscribe_async(self, session_id, branch_id, after_sequence, **options)
 
-    def subscribe_all(self, session_prefix: str = "", **options: Any) -> AsyncIterator[EventRecord]:
-        """The firehose: every session (optionally by id prefix), in order per branch."""
-        from journal._io.subscriptions import subscribe_all_async
-
+    def subscribe_all(self, session_prefix: str = "", **options: Any) -> AsyncSubscription:
+        """The firehose: every session (optionally by id prefix), in order per branch. It
+        listens once ``await sub.ready()`` returns (or inside ``async with``)."""
         return subscribe_all_async(self, session_prefix, **options)
 
     def consume(self, group: str, worker: str | None = None, **options: Any) -> AsyncDeliveries:
@@ -299,6 +397,13 @@ class Journal(_Base):
         self._where = "(given client)"
 
     def open(self) -> Self:
+        """Connect (``with`` does it). With the embedded server of a root that does not
+        exist yet, nothing starts until the first write."""
+        if self._driver is None and not self._deferred(self._client):
+            self._connect()
+        return self
+
+    def _connect(self) -> SyncDriver:
         if self._driver is None:
             if self._client is None:
                 url = self._resolve_url()
@@ -310,7 +415,7 @@ class Journal(_Base):
             except connect.CLIENT_ERRORS as exc:
                 raise redis_error(exc, self._where) from None
             self._driver = SyncDriver(self._client, self._where)
-        return self
+        return self._driver
 
     def close(self) -> None:
         if self._driver is not None:
@@ -337,12 +442,67 @@ class Journal(_Base):
         return self._client
 
     def _run(self, steps: protocol.Steps[Any]) -> Any:
-        driver = self._driver or self.open()._driver
-        assert driver is not None
+        driver = self._driver or self._connect()
         return driver.run(steps)
 
-    def append(self, record: EventRecord) -> EventRecord:
+    def append(self, record: EventRecord, *, retry: RetryPolicy | None = None) -> EventRecord:
+        """Append one event at ``head + 1`` of its (session, branch). Returns the stored record.
+
+        The record's sequence must be ``head + 1``, else :class:`SequenceConflict`; an append
+        that conflicts with the very same event (same ``event_id``) already stored at that
+        sequence succeeds and returns it, so retrying is always safe. ``retry``: retry
+        transient failures (``AppendOutcomeUnknown``, ``RedisUnavailable``, ``LeaseTimeout``)
+        with the same record, as :class:`journal.RetryPolicy` says; other errors are final.
+        """
+        if retry is not None:
+            return self._retrying(_retry.append_with_retry(retry, record))
         return self.append_batch([record])[0]
+
+    def append_next(self, session_id: str, branch_id: str, kind: Kind, *,
+                    retry: RetryPolicy | None = None, **fields: Any) -> EventRecord:
+        """Append one event at the next sequence (``head + 1``), whatever other writers do;
+        returns the stored record (its ``sequence`` is the one it got).
+
+        On a :class:`SequenceConflict` (another writer took that sequence) it reads the head
+        again and retries, at most ``retry.conflicts`` times (default 100). ``fields`` are
+        those of :meth:`EventRecord.new` (``event_id``, ``agent_id``, ``actor``, ...); the
+        ``event_id`` is drawn once, so a transient failure is retried at the *same* sequence
+        with the same event and an unknown outcome is settled before the head is read again:
+        the event is stored exactly once. For a batch, read the head and use
+        :meth:`append_batch` with explicit sequences (a conflict then means: read again).
+        """
+        return self._retrying(self._next_plan(session_id, branch_id, kind, retry, fields))
+
+    def _retrying(self, plan: _retry.Plan) -> EventRecord:
+        outcome: tuple[Any, BaseException | None] = (None, None)
+        while not (step := _retry.advance(plan, *outcome))[0]:
+            try:
+                outcome = (self._retry_step(step[1]), None)
+            except JournalError as exc:
+                outcome = (None, exc)
+        return step[1]  # type: ignore[no-any-return]
+
+    def _retry_step(self, step: Put | Head | Pause) -> Any:
+        if isinstance(step, Put):
+            return self.append_batch([step.record])[0]
+        if isinstance(step, Head):
+            return self.head(step.session_id, step.branch_id)
+        time.sleep(step.seconds)
+        return None
+
+    def rebuild(self, session_id: str, *, wait_s: float = 10.0) -> RebuildResult:
+        """Reset a session's Redis state from its file (what ``journal rebuild`` does).
+
+        Clears the state only while no writer holds the session's lease (waits up to
+        ``wait_s``, then :class:`LeaseTimeout`), then scans and decodes *every* line of the
+        file: a damaged line raises :class:`CorruptLine` (the automatic rebuild after Redis
+        lost its state may trust the index instead). Returns the heads before and after."""
+        validate_id(session_id, "session_id", self.settings.max_id_length)
+        if self._no_root():
+            raise InvalidInput(f"root {self.settings.root} does not exist")
+        result: RebuildResult = self._run(repair.rebuild(self.core, session_id, wait_s))
+        _log_rebuild(result)
+        return result
 
     def append_batch(self, records: Iterable[EventRecord]) -> list[EventRecord]:
         checked, data = self._prepare(records)
@@ -374,6 +534,8 @@ class Journal(_Base):
     ) -> list[EventRecord]:
         self._ids(session_id, branch_id)
         self._check_range(from_sequence, limit)
+        if self._no_root():
+            return []
         result: list[EventRecord] = self._run(
             protocol.read(self.core, session_id, branch_id, from_sequence, limit)
         )
@@ -381,11 +543,15 @@ class Journal(_Base):
 
     def head(self, session_id: str, branch_id: str = "main") -> int:
         self._ids(session_id, branch_id)
+        if self._no_root():
+            return 0
         result: int = self._run(protocol.head(self.core, session_id, branch_id))
         return result
 
     def branches(self, session_id: str) -> dict[str, int]:
         validate_id(session_id, "session_id", self.settings.max_id_length)
+        if self._no_root():
+            return {}
         _, heads = self._run(protocol.session_state(self.core, session_id))
         return dict(heads)
 
@@ -404,15 +570,16 @@ class Journal(_Base):
 
     def subscribe(
         self, session_id: str, branch_id: str = "main", after_sequence: int = 0, **options: Any
-    ) -> Iterator[EventRecord]:
-        from journal._io.subscriptions import subscribe_sync
-
+    ) -> SyncSubscription:
+        """Every committed event above ``after_sequence``, exactly once, in order, live.
+        Listening when the call returns. See :class:`SyncSubscription`."""
         self._ids(session_id, branch_id)
         return subscribe_sync(self, session_id, branch_id, after_sequence, **options)
 
-    def subscribe_all(self, session_prefix: str = "", **options: Any) -> Iterator[EventRecord]:
-        from journal._io.subscriptions import subscribe_all_sync
-
+    def subscribe_all(self, session_prefix: str = "", **options: Any) -> SyncSubscription:
+        """The firehose: every session whose id starts with ``session_prefix``, in order per
+        (session, branch); listening when the call returns (an event committed after it is
+        delivered)."""
         return subscribe_all_sync(self, session_prefix, **options)
 
     def consume(self, group: str, worker: str | None = None, **options: Any) -> SyncDeliveries:
@@ -420,3 +587,11 @@ class Journal(_Base):
         from journal._groups import SyncDeliveries, make_worker
 
         return SyncDeliveries(self, make_worker(self, group, worker, options))
+
+_log = logging.getLogger("journal.rebuild")
+
+
+def _log_rebuild(result: RebuildResult) -> None:
+    _log.info("rebuilt %s from its file: %s", result.session_id, result.heads, extra={
+        "event": "rebuild", "session_id": result.session_id, "heads": result.heads,
+        "before": result.before, "file_bytes": result.file_bytes})

@@ -63,11 +63,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
+import socket
+import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -80,11 +83,18 @@ from journal import _observe
 from journal._core import protocol
 from journal._core.keys import channel_pattern
 from journal._core.protocol import text
+from journal._core.retry import advance as _advance
 from journal._io import connect
 from journal._model.announcement import Announcement, decode_announcement, decode_positions
 from journal._model.ids import validate_id
 from journal._model.records import EventRecord
-from journal.errors import InvalidInput, JournalError, LeaseTimeout, RedisUnavailable
+from journal.errors import (
+    InvalidInput,
+    JournalError,
+    LeaseTimeout,
+    RedisUnavailable,
+    SubscriptionIdle,
+)
 from journal.settings import JournalSettings
 
 
@@ -97,7 +107,7 @@ class Journal(Protocol):
     @property
     def redis(self) -> connect.SyncClient: ...
 
-    def open(self) -> Any: ...
+    def _connect(self) -> Any: ...
 
     def _run(self, steps: protocol.Steps[Any]) -> Any: ...
 
@@ -111,7 +121,7 @@ class AsyncJournal(Protocol):
     @property
     def redis(self) -> connect.AsyncClient: ...
 
-    async def open(self) -> Any: ...
+    async def _connect(self) -> Any: ...
 
     async def _run(self, steps: protocol.Steps[Any]) -> Any: ...
 
@@ -247,6 +257,8 @@ class Emit:
 
 
 Action = Connect | Disconnect | Sleep | Listen | Ping | Read | Check | Emit
+
+_log = logging.getLogger("journal.subscription")
 
 _PUBLISHED = frozenset({"message", "pmessage", "smessage"})
 _CONFIRMED = frozenset({"subscribe", "psubscribe", "ssubscribe"})
@@ -546,6 +558,22 @@ class Follower:
             if st.target > st.last:
                 self._active[key] = None
 
+    @property
+    def listening(self) -> bool:
+        """Redis confirmed the (S/P)SUBSCRIBE on the current connection."""
+        return self._state == "up"
+
+    def interrupted(self, now: float) -> None:
+        """The shell abandoned a pub/sub step half done (a cancelled await): the
+        connection may hold half a message, so start it over at once (no backoff: Redis
+        is fine) and catch up from the file on the new confirmation."""
+        self._state = "down"
+        self._must_close = True
+        self._ping = None
+        self._polled = True
+        self._backlog = False
+        self._retry_at = now
+
     def lost(self, now: float, reason: str) -> None:
         """Redis failed (an error from any action, or a timeout we noticed): drop the
         pub/sub connection and reconnect after a bounded, jittered, growing delay."""
@@ -567,7 +595,7 @@ class Follower:
         self._delay = self.options.backoff_min_s
 
 
-# ----- the shells ---------------------------------------------------------------------------
+# ----- the dispatch both shells share -------------------------------------------------------
 
 # Errors that mean "Redis (or the connection to it) is in trouble": reconnect and catch up.
 # File errors (CorruptLine, StorageError, OSError from the store) are not among them for
@@ -584,12 +612,173 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+# What a shell is asked to do: the only I/O of a subscription. The shells differ only in
+# how they wait for these (blocking or awaited); every decision is taken in ``_Pump``.
+
+
+@dataclass(frozen=True, slots=True)
+class _Open:
+    """Close the pub/sub connection if any, open a new one and send the (S/P)SUBSCRIBE."""
+
+    refresh: bool  # reload a cluster's slot map first (after a lost connection)
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    """Close the pub/sub connection (idempotent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Receive:
+    """One message from the pub/sub connection, or None after ``timeout`` seconds."""
+
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Ping:
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Run a protocol (a read, a head check) through the journal's driver."""
+
+    steps: protocol.Steps[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """Sleep; a shell may end it early when the subscription is closed."""
+
+    seconds: float
+
+
+_Io = _Open | _Close | _Receive | _Ping | _Run | _Wait
+_Steps = Generator[_Io, Any, Any]
+
+
 @dataclass(frozen=True, slots=True)
 class _Listening:
     """How to subscribe: the redis-py method and its argument."""
 
     method: str  # "subscribe", "ssubscribe" or "psubscribe"
     name: str
+
+
+class _Pump:
+    """Turns the :class:`Follower`'s actions into shell I/O and reports the outcomes back.
+
+    Each call of :meth:`until_event` is a fresh generator of :data:`_Io` steps, so a step
+    cut short (a cancelled await, a timeout around ``anext``) never leaves a half-run
+    generator behind: the Follower's state is only changed by completed steps, and the
+    next call starts over from it. Events taken from the Follower wait in ``out``.
+    """
+
+    def __init__(self, core: protocol.Core, follower: Follower, idle_timeout_s: float | None,
+                 what: str) -> None:
+        self.core = core
+        self.follower = follower
+        self.idle_timeout_s = idle_timeout_s
+        self.what = what
+        self.out: deque[EventRecord] = deque()
+        self.closed = False
+
+    def until_event(self) -> _Steps:
+        """Steps until the next event, which it returns; None once closed. Raises
+        :class:`SubscriptionIdle` when ``idle_timeout_s`` passes without one."""
+        f = self.follower
+        limit = self.idle_timeout_s
+        deadline = math.inf if limit is None else time.monotonic() + limit
+        while not self.closed:
+            if self.out:
+                return self.out.popleft()
+            now = time.monotonic()
+            action = f.next_action(now)
+            if isinstance(action, Emit):
+                self.out.extend(action.records)
+                continue
+            if now >= deadline:
+                raise SubscriptionIdle(f"{self.what}: no event for {limit:g}s")
+            yield from self._perform(action, deadline - now)
+        return None
+
+    def until_listening(self) -> _Steps:
+        """Steps until Redis confirmed the (S/P)SUBSCRIBE, or the first attempt failed
+        (the subscription then keeps trying when it is iterated)."""
+        f = self.follower
+        while not self.closed and not f.listening:
+            action = f.next_action(time.monotonic())
+            if isinstance(action, Emit):
+                self.out.extend(action.records)
+            elif isinstance(action, Connect | Listen | Disconnect):
+                yield from self._perform(action, math.inf)
+            else:  # a backoff sleep: the first attempt failed
+                return None
+        return None
+
+    def interrupted(self, io: _Io) -> None:
+        """A step was cut short (a cancelled await). A pub/sub step may have left a message
+        half read: start that connection over, and catch up from the file."""
+        if not isinstance(io, _Run | _Wait):
+            self.follower.interrupted(time.monotonic())
+
+    def _perform(self, action: Action, left: float) -> _Steps:
+        f = self.follower
+        if isinstance(action, Sleep):
+            yield _Wait(min(action.seconds, left))
+        elif isinstance(action, Disconnect):
+            yield _Close()
+        elif isinstance(action, Read | Check):
+            try:
+                if isinstance(action, Read):
+                    records = yield _Run(protocol.read(
+                        self.core, action.session_id, action.branch_id, action.first,
+                        action.limit))
+                    f.on_read(action, records, time.monotonic())
+                else:
+                    heads = yield _Run(_check_steps(self.core, action))
+                    f.on_heads(action.session_id, heads, time.monotonic())
+            except _COMMAND_ERRORS as exc:
+                self._lost(exc)
+        else:
+            try:
+                if isinstance(action, Connect):
+                    yield _Open(refresh=f.stats.disconnects > 0)
+                elif isinstance(action, Ping):
+                    yield _Ping(action.token)
+                elif isinstance(action, Listen):
+                    yield from self._listen(action, min(action.timeout, left))
+            except _PUBSUB_ERRORS as exc:
+                self._lost(exc)
+
+    def _lost(self, exc: BaseException) -> None:
+        reason = _describe(exc)
+        _log.warning("%s: lost its Redis connection (%s); reconnecting, then catching up "
+                     "from the file", self.what, reason, extra={
+                         "event": "subscription_reconnect", "subscription": self.what,
+                         "error": reason})
+        self.follower.lost(time.monotonic(), reason)
+
+    def _listen(self, action: Listen, timeout: float) -> _Steps:
+        f = self.follower
+        for _ in range(action.limit):
+            message = yield _Receive(timeout)
+            if message is None:
+                f.on_drained(False)
+                return
+            overflows = f.stats.overflows
+            f.on_pubsub(message["type"], message["data"], time.monotonic())
+            if f.stats.overflows != overflows:
+                _log.info("%s: the consumer is slower than the feed; reading the file instead "
+                          "of %d buffered messages", self.what, f.options.buffer_size, extra={
+                              "event": "subscription_file_fallback", "subscription": self.what})
+            if timeout:
+                # It arrived while we waited: hand it out before draining the socket again
+                # (the next Listen drains; "more" keeps the backlog rules unchanged).
+                f.on_drained(True)
+                return
+        f.on_drained(True)
 
 
 def _validate_after(after_sequence: int) -> None:
@@ -599,22 +788,34 @@ def _validate_after(after_sequence: int) -> None:
         raise InvalidInput(f"after_sequence must be an integer >= 0, got {after_sequence!r}")
 
 
+def _idle_timeout(options: dict[str, Any]) -> float | None:
+    value = options.pop("idle_timeout_s", None)
+    if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)
+                              or not math.isfinite(value) or value <= 0):
+        raise InvalidInput(f"idle_timeout_s must be a number > 0 or None, got {value!r}")
+    return value
+
+
 def _single(
-    settings: Any, session_id: str, branch_id: str, after_sequence: int,
-    core: protocol.Core, options: dict[str, Any],
-) -> tuple[Follower, _Listening]:
+    journal: Any, session_id: str, branch_id: str, after_sequence: int,
+    options: dict[str, Any],
+) -> tuple[_Pump, _Listening]:
     _validate_after(after_sequence)
+    options = dict(options)
+    idle = _idle_timeout(options)
     opts = SubscribeOptions.parse(options, firehose=False)
+    what = f"subscription to {session_id}/{branch_id}"
     follower = Follower(opts, session_id=session_id, branch_id=branch_id,
-                        after_sequence=after_sequence,
-                        what=f"subscription to {session_id}/{branch_id}")
-    method = "ssubscribe" if settings.sharded_pubsub else "subscribe"
-    return follower, _Listening(method, core.keys(session_id).channel)
+                        after_sequence=after_sequence, what=what)
+    method = "ssubscribe" if journal.settings.sharded_pubsub else "subscribe"
+    listening = _Listening(method, journal.core.keys(session_id).channel)
+    return _Pump(journal.core, follower, idle, what), listening
 
 
 def _firehose(
-    settings: Any, session_prefix: str, options: dict[str, Any]
-) -> tuple[Follower, _Listening]:
+    journal: Any, session_prefix: str, options: dict[str, Any]
+) -> tuple[_Pump, _Listening]:
+    settings = journal.settings
     if not isinstance(session_prefix, str):
         raise InvalidInput(f"session_prefix must be a string, got {type(session_prefix).__name__}")
     if session_prefix:
@@ -625,9 +826,13 @@ def _firehose(
             "(sharded_pubsub=True, forced on in Redis Cluster mode) does not have; subscribe "
             "per session instead (docs/cluster.md, 'The firehose on a cluster')"
         )
+    options = dict(options)
+    idle = _idle_timeout(options)
     opts = SubscribeOptions.parse(options, firehose=True)
-    follower = Follower(opts, what=f"firehose {session_prefix or '*'}")
-    return follower, _Listening("psubscribe", channel_pattern(settings.key_prefix, session_prefix))
+    what = f"firehose {session_prefix or '*'}"
+    follower = Follower(opts, what=what)
+    listening = _Listening("psubscribe", channel_pattern(settings.key_prefix, session_prefix))
+    return _Pump(journal.core, follower, idle, what), listening
 
 
 def _check_steps(core: protocol.Core, action: Check) -> protocol.Steps[dict[str, int]]:
@@ -638,32 +843,119 @@ def _check_steps(core: protocol.Core, action: Check) -> protocol.Steps[dict[str,
     return heads
 
 
-class SyncSubscription(Iterator[EventRecord]):
-    """The blocking subscription: an iterator of :class:`EventRecord`.
+# ----- the shells ---------------------------------------------------------------------------
 
-    Close it with ``close()``, a ``with`` block, or by dropping it after ``break``; the
-    pub/sub connection is closed then. ``stats`` tells what it did.
+
+class SyncSubscription(Iterator[EventRecord]):
+    """The blocking subscription: an iterator of :class:`EventRecord`, listening from the
+    moment it was made.
+
+    Life cycle: iterate it (``next`` blocks until the next event); ``close()`` ends it, from
+    any thread at any moment: a ``next`` blocked in another thread then returns promptly
+    (the iteration stops). ``with`` closes it on exit, and so does dropping it after
+    ``break``. With ``idle_timeout_s``, ``next`` raises :class:`journal.SubscriptionIdle`
+    after that long without an event; the subscription stays usable. ``stats`` tells what
+    it did.
     """
 
-    def __init__(self, journal: Journal, follower: Follower, listening: _Listening) -> None:
-        self._follower = follower
-        # The generator must not refer back to this object: then dropping the subscription
-        # (``break`` out of a for loop) frees and closes it at once, without waiting for
-        # the cycle collector.
-        self._gen = _sync_events(journal, follower, listening)
+    def __init__(self, journal: Journal, pump: _Pump, listening: _Listening) -> None:
+        self._journal = journal
+        self._pump = pump
+        self._listening = listening
+        self._pubsub: Any = None
+        self._lock = threading.Lock()
+        self._busy = False
+        self._wake = threading.Event()  # set by close(): ends a wait early
+        self._drive(pump.until_listening())
 
     @property
     def stats(self) -> SubscriptionStats:
-        return self._follower.stats
+        return self._pump.follower.stats
+
+    @property
+    def closed(self) -> bool:
+        return self._pump.closed
+
+    def ready(self) -> Self:
+        """Listening already (the call that made it waited for Redis's confirmation)."""
+        return self
 
     def __iter__(self) -> Self:
         return self
 
     def __next__(self) -> EventRecord:
-        return next(self._gen)
+        with self._lock:
+            if self._pump.closed:
+                raise StopIteration
+            if self._busy:
+                raise InvalidInput("this subscription is already being iterated by another "
+                                   "thread; give each consumer its own subscription")
+            self._busy = True
+        try:
+            record = self._drive(self._pump.until_event())
+        finally:
+            with self._lock:
+                self._busy = False
+            if self._pump.closed:
+                self._release()
+        if record is None:
+            raise StopIteration
+        return record  # type: ignore[no-any-return]
+
+    def _drive(self, steps: _Steps) -> Any:
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            done, step = _advance(steps, result, error)
+            if done:
+                return step
+            try:
+                result, error = self._do(step), None
+            except Exception as exc:
+                if self._pump.closed:
+                    return None  # close() cut the connection under us: that is the end
+                result, error = None, exc
+
+    def _do(self, io: _Io) -> Any:
+        if isinstance(io, _Receive):
+            return self._pubsub.get_message(timeout=io.timeout)
+        if isinstance(io, _Run):
+            return self._journal._run(io.steps)
+        if isinstance(io, _Wait):
+            self._wake.wait(io.seconds)
+        elif isinstance(io, _Ping):
+            self._pubsub.ping(io.token)
+        else:
+            pubsub, self._pubsub = self._pubsub, None
+            _close_sync(pubsub)
+            if isinstance(io, _Open):
+                self._journal._connect()
+                # On a cluster: the owner of the channel's slot, re-resolved after a lost
+                # connection (failover, slot migration).
+                name = self._listening.name
+                self._pubsub = connect.sync_pubsub(self._journal.redis, name, refresh=io.refresh)
+                getattr(self._pubsub, self._listening.method)(name)
+        return None
 
     def close(self) -> None:
-        self._gen.close()
+        """End the subscription and close its connection; safe from any thread, any time."""
+        with self._lock:
+            self._pump.closed = True
+            busy = self._busy
+        self._wake.set()
+        if busy:
+            # Another thread waits on the socket: cut it (shutdown is safe across threads;
+            # the waiting thread closes the rest on its way out).
+            _interrupt_sync(self._pubsub)
+        else:
+            self._release()
+
+    def _release(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        _close_sync(pubsub)
+
+    def __del__(self) -> None:
+        self._release()
 
     def __enter__(self) -> Self:
         return self
@@ -674,105 +966,151 @@ class SyncSubscription(Iterator[EventRecord]):
         self.close()
 
 
-def _sync_events(
-    journal: Journal, follower: Follower, listening: _Listening
-) -> Generator[EventRecord, None, None]:
-    pubsub: Any = None
-    try:
-        while True:
-            action = follower.next_action(time.monotonic())
-            if isinstance(action, Emit):
-                yield from action.records
-                continue
-            if isinstance(action, Read | Check):
-                try:
-                    if isinstance(action, Read):
-                        records = journal._run(protocol.read(
-                            journal.core, action.session_id, action.branch_id,
-                            action.first, action.limit))
-                        follower.on_read(action, records, time.monotonic())
-                    else:
-                        heads = journal._run(_check_steps(journal.core, action))
-                        follower.on_heads(action.session_id, heads, time.monotonic())
-                except _COMMAND_ERRORS as exc:
-                    follower.lost(time.monotonic(), _describe(exc))
-                continue
-            if isinstance(action, Sleep):
-                time.sleep(action.seconds)
-                continue
-            if isinstance(action, Disconnect):
-                _close_sync(pubsub)
-                pubsub = None
-                continue
-            try:
-                if isinstance(action, Connect):
-                    _close_sync(pubsub)
-                    pubsub = None
-                    journal.open()
-                    # On a cluster: the owner of the channel's slot, re-resolved after a
-                    # lost connection (failover, slot migration).
-                    pubsub = connect.sync_pubsub(journal.redis, listening.name,
-                                                 refresh=follower.stats.disconnects > 0)
-                    getattr(pubsub, listening.method)(listening.name)
-                elif isinstance(action, Ping):
-                    pubsub.ping(action.token)
-                else:
-                    _listen_sync(pubsub, follower, action)
-            except _PUBSUB_ERRORS as exc:
-                follower.lost(time.monotonic(), _describe(exc))
-    finally:
-        _close_sync(pubsub)
-
-
-def _listen_sync(pubsub: Any, follower: Follower, action: Listen) -> None:
-    timeout = action.timeout
-    for _ in range(action.limit):
-        message = pubsub.get_message(timeout=timeout)
-        if message is None:
-            follower.on_drained(False)
-            return
-        follower.on_pubsub(message["type"], message["data"], time.monotonic())
-        if timeout:
-            # It arrived while we waited: hand it out before draining the socket again
-            # (the next Listen drains; "more" keeps the backlog rules unchanged).
-            follower.on_drained(True)
-            return
-    follower.on_drained(True)
-
-
 def _close_sync(pubsub: Any) -> None:
     if pubsub is not None:
         with contextlib.suppress(Exception):
             pubsub.close()
 
 
+def _interrupt_sync(pubsub: Any) -> None:
+    with contextlib.suppress(Exception):
+        sock = pubsub.connection._sock  # redis-py keeps no public handle on the socket
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 class AsyncSubscription(AsyncIterator[EventRecord]):
     """The asyncio subscription: an async iterator of :class:`EventRecord`.
 
-    Close it with ``await aclose()`` or ``async with``; cancelling the consuming task closes
-    it too. Dropped after ``break``, it is closed by the event loop's async-generator
-    finalizer soon after.
+    It listens once ``await sub.ready()`` returned, or inside ``async with``; otherwise from
+    the first ``anext``. A wait cut short (``asyncio.wait_for(anext(sub), t)``, a
+    cancelled task) leaves it usable: the next ``anext`` goes on where it stopped, nothing
+    lost or repeated. ``aclose()`` is safe from any task of its event loop at any moment; a
+    task waiting in ``anext`` then stops iterating (``StopAsyncIteration``). Dropped
+    without ``aclose``, its connection is closed soon after. With ``idle_timeout_s``,
+    ``anext`` raises :class:`journal.SubscriptionIdle` after that long without an event.
     """
 
-    def __init__(self, journal: AsyncJournal, follower: Follower, listening: _Listening) -> None:
-        self._follower = follower
-        self._gen = _async_events(journal, follower, listening)  # no cycle: see SyncSubscription
+    def __init__(self, journal: AsyncJournal, pump: _Pump, listening: _Listening) -> None:
+        self._journal = journal
+        self._pump = pump
+        self._listening = listening
+        self._pubsub: Any = None
+        self._consumer: asyncio.Task[Any] | None = None
+        self._stopping = False  # aclose() cancelled the consumer to wake it
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def stats(self) -> SubscriptionStats:
-        return self._follower.stats
+        return self._pump.follower.stats
+
+    @property
+    def closed(self) -> bool:
+        return self._pump.closed
+
+    async def ready(self) -> Self:
+        """Wait until Redis confirmed the subscription: from then on, every event committed
+        is delivered. (If Redis cannot be reached, it returns and the subscription keeps
+        trying as it is iterated.)"""
+        await self._guarded(self._pump.until_listening())
+        return self
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> EventRecord:
-        return await self._gen.__anext__()
+        if self._pump.out and not self._pump.closed:
+            return self._pump.out.popleft()  # no await: nothing to cut short
+        record = await self._guarded(self._pump.until_event())
+        if record is None:
+            raise StopAsyncIteration
+        return record  # type: ignore[no-any-return]
+
+    async def _guarded(self, steps: _Steps) -> Any:
+        if self._pump.closed:
+            return None
+        if self._consumer is not None:
+            raise InvalidInput("this subscription is already being iterated by another task")
+        task = self._consumer = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        try:
+            return await self._drive(steps)
+        except asyncio.CancelledError:
+            if self._stopping and task is not None and task.uncancel() == 0:
+                return None  # only aclose() cancelled us: stop iterating
+            raise
+        finally:
+            self._consumer = None
+            if self._pump.closed:
+                await self._release()
+
+    async def _drive(self, steps: _Steps) -> Any:
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            done, step = _advance(steps, result, error)
+            if done:
+                return step
+            try:
+                result, error = await self._do(step), None
+            except asyncio.CancelledError:
+                self._pump.interrupted(step)
+                if not isinstance(step, _Run | _Wait):
+                    self._release_soon()
+                raise
+            except Exception as exc:
+                result, error = None, exc
+
+    async def _do(self, io: _Io) -> Any:
+        if isinstance(io, _Receive):
+            return await self._pubsub.get_message(timeout=io.timeout)
+        if isinstance(io, _Run):
+            return await self._journal._run(io.steps)
+        if isinstance(io, _Wait):
+            await asyncio.sleep(io.seconds)
+        elif isinstance(io, _Ping):
+            await self._pubsub.ping(io.token)
+        else:
+            await self._release()
+            if isinstance(io, _Open):
+                await self._journal._connect()
+                name = self._listening.name
+                self._pubsub = await connect.async_pubsub(self._journal.redis, name,
+                                                          refresh=io.refresh)
+                await getattr(self._pubsub, self._listening.method)(name)
+        return None
 
     async def aclose(self) -> None:
-        await self._gen.aclose()
+        """End the subscription and close its connection; safe from any task, any time."""
+        self._pump.closed = True
+        consumer = self._consumer
+        if consumer is not None and consumer is not asyncio.current_task():
+            # Another task waits in anext: wake it; it closes the connection on its way out.
+            self._stopping = True
+            consumer.cancel()
+            return
+        await self._release()
+
+    async def _release(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            # Shielded: a cancelled consumer must still release its connection.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pubsub.aclose())
+
+    def _release_soon(self) -> None:
+        """Close the connection without awaiting (a cancelled step, a dropped object)."""
+        pubsub, self._pubsub = self._pubsub, None
+        loop = self._loop
+        if pubsub is None or loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_spawn_close, loop, pubsub)
+
+    def __del__(self) -> None:
+        self._release_soon()
 
     async def __aenter__(self) -> Self:
-        return self
+        return await self.ready()
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -780,74 +1118,13 @@ class AsyncSubscription(AsyncIterator[EventRecord]):
         await self.aclose()
 
 
-async def _async_events(
-    journal: AsyncJournal, follower: Follower, listening: _Listening
-) -> AsyncGenerator[EventRecord, None]:
-    pubsub: Any = None
-    try:
-        while True:
-            action = follower.next_action(time.monotonic())
-            if isinstance(action, Emit):
-                for record in action.records:
-                    yield record
-                continue
-            if isinstance(action, Read | Check):
-                try:
-                    if isinstance(action, Read):
-                        records = await journal._run(protocol.read(
-                            journal.core, action.session_id, action.branch_id,
-                            action.first, action.limit))
-                        follower.on_read(action, records, time.monotonic())
-                    else:
-                        heads = await journal._run(_check_steps(journal.core, action))
-                        follower.on_heads(action.session_id, heads, time.monotonic())
-                except _COMMAND_ERRORS as exc:
-                    follower.lost(time.monotonic(), _describe(exc))
-                continue
-            if isinstance(action, Sleep):
-                await asyncio.sleep(action.seconds)
-                continue
-            if isinstance(action, Disconnect):
-                await _close_async(pubsub)
-                pubsub = None
-                continue
-            try:
-                if isinstance(action, Connect):
-                    await _close_async(pubsub)
-                    pubsub = None
-                    await journal.open()
-                    pubsub = await connect.async_pubsub(journal.redis, listening.name,
-                                                        refresh=follower.stats.disconnects > 0)
-                    await getattr(pubsub, listening.method)(listening.name)
-                elif isinstance(action, Ping):
-                    await pubsub.ping(action.token)
-                else:
-                    await _listen_async(pubsub, follower, action)
-            except _PUBSUB_ERRORS as exc:
-                follower.lost(time.monotonic(), _describe(exc))
-    finally:
-        await _close_async(pubsub)
+_closing: set[asyncio.Task[Any]] = set()  # strong references until the closes finish
 
 
-async def _listen_async(pubsub: Any, follower: Follower, action: Listen) -> None:
-    timeout = action.timeout
-    for _ in range(action.limit):
-        message = await pubsub.get_message(timeout=timeout)
-        if message is None:
-            follower.on_drained(False)
-            return
-        follower.on_pubsub(message["type"], message["data"], time.monotonic())
-        if timeout:  # as in _listen_sync
-            follower.on_drained(True)
-            return
-    follower.on_drained(True)
-
-
-async def _close_async(pubsub: Any) -> None:
-    if pubsub is not None:
-        # Shielded: a cancelled consumer must still release its connection.
-        with contextlib.suppress(Exception):
-            await asyncio.shield(pubsub.aclose())
+def _spawn_close(loop: asyncio.AbstractEventLoop, pubsub: Any) -> None:
+    task = loop.create_task(pubsub.aclose())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 # ----- the entry points (called by Journal/AsyncJournal.subscribe and subscribe_all) --------
@@ -858,9 +1135,8 @@ def subscribe_sync(
     **options: Any,
 ) -> SyncSubscription:
     """Every committed event of ``session_id``/``branch_id`` above ``after_sequence``."""
-    follower, listening = _single(journal.settings, session_id, branch_id, after_sequence,
-                                  journal.core, options)
-    return SyncSubscription(journal, follower, listening)
+    pump, listening = _single(journal, session_id, branch_id, after_sequence, options)
+    return SyncSubscription(journal, pump, listening)
 
 
 def subscribe_async(
@@ -868,9 +1144,8 @@ def subscribe_async(
     **options: Any,
 ) -> AsyncSubscription:
     """The asyncio form of :func:`subscribe_sync`."""
-    follower, listening = _single(journal.settings, session_id, branch_id, after_sequence,
-                                  journal.core, options)
-    return AsyncSubscription(journal, follower, listening)
+    pump, listening = _single(journal, session_id, branch_id, after_sequence, options)
+    return AsyncSubscription(journal, pump, listening)
 
 
 def subscribe_all_sync(
@@ -879,13 +1154,13 @@ def subscribe_all_sync(
     """The firehose: every session whose id starts with ``session_prefix``, in order per
     (session, branch). A (session, branch) first heard of live starts at that message
     (``from_start=True``: at sequence 1); from then on nothing is lost or duplicated."""
-    follower, listening = _firehose(journal.settings, session_prefix, options)
-    return SyncSubscription(journal, follower, listening)
+    pump, listening = _firehose(journal, session_prefix, options)
+    return SyncSubscription(journal, pump, listening)
 
 
 def subscribe_all_async(
     journal: AsyncJournal, session_prefix: str = "", **options: Any
 ) -> AsyncSubscription:
     """The asyncio form of :func:`subscribe_all_sync`."""
-    follower, listening = _firehose(journal.settings, session_prefix, options)
-    return AsyncSubscription(journal, follower, listening)
+    pump, listening = _firehose(journal, session_prefix, options)
+    return AsyncSubscription(journal, pump, listening)

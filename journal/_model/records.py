@@ -140,6 +140,22 @@ class EventRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
             **fields,
         )
 
+    def to_line(self) -> bytes:
+        """The record's JSONL line, exactly as the journal writes it (compact JSON in the
+        aiOS field order, optional fields left out when null, ending in ``\\n``)."""
+        return encode_line(self)
+
+    @classmethod
+    def from_line(cls, line: bytes | str) -> EventRecord:
+        """Decode one JSONL line as the journal reads it (``kind`` kept as it is, timestamps
+        normalized to UTC ``Z``). Raises :class:`journal.InvalidRecord` on a bad line."""
+        try:
+            return decode_line(line)
+        except DECODE_ERRORS as exc:
+            if isinstance(exc, InvalidRecord):
+                raise
+            raise InvalidRecord(f"invalid record line: {exc}") from None
+
     @property
     def kind_type(self) -> str:
         """The ``kind`` tag, e.g. ``"PhaseEntered"``."""

@@ -55,25 +55,18 @@ def exists(store: SessionStore) -> bool:
     return store.path.exists() or found.archived is not None
 
 
-def rebuild(store: SessionStore, guard: Callable[[], None]) -> TailResult:
+def rebuild(store: SessionStore, guard: Callable[[], None], full: bool = False) -> TailResult:
     """``SessionStore.rebuild`` that knows archives and finishes an interrupted compaction
     (called under the rebuild lease)."""
     found = marks(store)
     if found.archived is not None and not store.path.exists():
         return TailResult(length=found.archived.length, heads=dict(found.archived.heads))
     compaction.finish(store, found, guard)
-    return store.rebuild(guard)
+    return store.rebuild(guard, full)
 
 
 def mismatch(store: SessionStore, size: int, committed: int) -> StorageError:
-    return StorageError(
-        f"{store.path} holds {size} bytes but Redis says {committed} are committed for "
-        f"session {store.session_id}: this root's files were deleted or cut outside the "
-        "journal, another root shares this Redis and key_prefix, or (on a shared filesystem) "
-        "this host's view of the file lags (see README, 'Several hosts'). Nothing was written. "
-        f"Run `journal rebuild {store.session_id}` to reset Redis from this root, or give "
-        "each root its own key_prefix"
-    )
+    return StorageError(store.lagging(size, committed))
 
 
 def read(store: SessionStore, branch_id: str, first: int, last: int,
@@ -124,8 +117,6 @@ def short_file(store: SessionStore, size: int, committed: int,
         size = store.size_reaching(committed, store.view_catch_up_s)
         if size >= committed:
             return size
-        if size > 0:
-            raise StorageError(store.lagging(size, committed))
         raise mismatch(store, size, committed)
     if size != 0 or store.path.exists():
         raise mismatch(store, size, committed)

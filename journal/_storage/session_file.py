@@ -17,6 +17,7 @@ import array
 import bisect
 import contextlib
 import errno
+import logging
 import os
 import struct
 import sys
@@ -102,6 +103,21 @@ def iter_lines(fd: int, start: int, end: int | None = None) -> Iterator[tuple[in
         yield carry_offset, carry, False
 
 
+_log = logging.getLogger("journal.storage")
+
+
+def _log_tail(session_id: str, found: TailResult, event: str) -> None:
+    """Recoveries are rare and worth a line: what was rolled forward, what was cut."""
+    if found.kept or found.truncated_from is not None:
+        _log.warning("%s: recovered an uncommitted tail: %d line(s) rolled forward%s",
+                     session_id, len(found.kept),
+                     "" if found.truncated_from is None
+                     else f", cut from byte {found.truncated_from}", extra={
+                         "event": event, "session_id": session_id,
+                         "rolled_forward": len(found.kept),
+                         "truncated_from": found.truncated_from, "length": found.length})
+
+
 class SessionStore:
     """File operations for one session. Holds no open descriptors, so any number of threads
     may share one; the path strings are computed once (pathlib is slow on the hot path)."""
@@ -169,11 +185,15 @@ class SessionStore:
         return count
 
     def lagging(self, size: int, committed: int) -> str:
+        """The one-line error for a file shorter than the committed length Redis holds."""
         return (
-            f"the mount's view of {self.path} lags the committed length ({size} < {committed}) "
-            f"after {self.view_catch_up_s:g} s: check the filesystem's caching (see README, "
-            "'Several hosts'); if the file was truncated or replaced outside the journal, "
-            "run `journal verify`"
+            f"the view of {self.path} lags the committed length ({size} < {committed}) after "
+            f"waiting {self.view_catch_up_s:g} s. Likely causes: another journal root uses this "
+            "Redis without its own key_prefix (give each root one: JOURNAL_KEY_PREFIX); the "
+            "file was deleted, truncated or replaced outside the journal; or this host's view "
+            "of a shared mount lags (check its caching: see README, 'Several hosts'). Nothing "
+            f"was written. If this file is the truth, `journal rebuild {self.session_id}` resets "
+            "Redis from it"
         )
 
     def corrupt(self, offset: int, problem: str) -> CorruptLine:
@@ -213,7 +233,8 @@ class SessionStore:
             end = os.lseek(fd, 0, os.SEEK_CUR)
             if written != len(data):
                 # A short write is a torn line beyond the committed length: recovery cuts it.
-                raise OSError(errno.ENOSPC, f"short write to {self.path}: {written} bytes")
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a short write to "
+                              f"{self.path}: {written} of {len(data)} bytes)")
             fault.hit("after_write")
             if sync:
                 fault.hit("fsync")
@@ -286,6 +307,7 @@ class SessionStore:
             self.truncate(result.length, guard)
         with contextlib.suppress(OSError, JournalError):  # the index is a cache
             self._index_lines(result.kept, heads, result.length)
+        _log_tail(self.session_id, result, "tail_recovery")
         return result
 
     def read_intent(self) -> tuple[int, int]:
@@ -319,7 +341,7 @@ class SessionStore:
             return start
         return None
 
-    def rebuild(self, guard: Callable[[], None]) -> TailResult:
+    def rebuild(self, guard: Callable[[], None], full: bool = False) -> TailResult:
         """Recompute every head and the committed length from the file (Redis lost them).
 
         Fast path: the committed prefix that the hint and the index describe is trusted once
@@ -327,23 +349,33 @@ class SessionStore:
         read. Otherwise a full scan: below the hint every line must be valid (a bad one
         there is corruption and is reported, never truncated); beyond it the tail-recovery
         rule applies.
+
+        ``full`` (the operator's ``journal rebuild``) skips the fast path and decodes every
+        committed line completely, so a damaged line anywhere is reported.
         """
         hint = self.read_hint()
         # A hint beyond the size we see is most likely a lagging view of a shared mount: let
         # it catch up first, or the scan would cut the committed region short.
-        if hint and self.size_reaching(hint, self.view_catch_up_s) >= hint:
+        if hint and not full and self.size_reaching(hint, self.view_catch_up_s) >= hint:
             heads = self._indexed_prefix(hint)
             if heads is not None:
                 with contextlib.suppress(OSError):
                     for branch_id, count in heads.items():
                         self._cut_index(branch_id, count)  # leftovers past the prefix
                 found = self.recover_tail(hint, heads, guard)
+                _log.info("rebuilt the state of %s from its index", self.session_id, extra={
+                    "event": "rebuild_indexed", "session_id": self.session_id,
+                    "length": found.length})
                 heads.update(found.heads)
                 found.heads = heads
                 with contextlib.suppress(OSError):
                     self.write_hint(found.length)
                 return found
-        return self._rebuild_scan(guard, hint)
+        found = self._rebuild_scan(guard, hint, full)
+        _log.info("rebuilt the state of %s from its file (full scan)", self.session_id, extra={
+            "event": "rebuild_scan", "session_id": self.session_id, "length": found.length,
+            "heads": found.heads, "truncated_from": found.truncated_from})
+        return found
 
     def _indexed_prefix(self, hint: int) -> dict[str, int] | None:
         """The heads of the committed prefix ``[0, hint)``, read from the index alone, or
@@ -402,7 +434,7 @@ class SessionStore:
             if path.stat().st_size > count * INDEX_ENTRY.size:
                 os.truncate(path, count * INDEX_ENTRY.size)
 
-    def _rebuild_scan(self, guard: Callable[[], None], hint: int) -> TailResult:
+    def _rebuild_scan(self, guard: Callable[[], None], hint: int, full: bool = False) -> TailResult:
         heads: dict[str, int] = {b: f - 1 for b, f in self.floors.items()}
         entries: dict[str, list[tuple[int, int]]] = {b: [(0, 0)] * h for b, h in heads.items()}
         length = 0
@@ -427,6 +459,8 @@ class SessionStore:
                         raise self.corrupt(offset, "torn line inside the committed region")
                     try:
                         pos = _position_decoder.decode(raw)
+                        if full:
+                            decode_line(raw)  # the whole record, as a read would decode it
                     except DECODE_ERRORS as exc:
                         raise self.corrupt(offset, f"invalid record: {exc}") from None
                     expected = heads.get(pos.branch_id, 0) + 1

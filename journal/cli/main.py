@@ -13,27 +13,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
-import random
 import shutil
 import signal
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TextIO
 
-from journal._core.protocol import text
-from journal._core.scripts import SOURCES
+from journal._core.retry import RetryPolicy
 from journal._io.journals import Journal
 from journal._model.ids import validate_id
-from journal._model.records import EventRecord, encode_line
+from journal._model.records import Actor, EventRecord, encode_line, prepare_for_write
 from journal.cli import argtypes
 from journal.cli.lifecycle import COMMANDS as LIFECYCLE_COMMANDS
 from journal.errors import (
-    AppendOutcomeUnknown,
     CorruptLine,
     InvalidInput,
     JournalError,
@@ -66,8 +63,13 @@ EXIT_BROKEN_PIPE = 141  # stdout closed early, e.g. `journal read s | head` (128
 
 PROG = "journal"
 PAGE = 1000  # records per read while streaming a whole branch
-NEXT_ATTEMPTS = 100  # `append --next`: conflicts tolerated before giving up
-UNKNOWN_RETRIES = 5  # `append`: retries of a commit whose outcome is unknown
+# `append`: transient failures (an unknown outcome, Redis away, a busy lease) are retried
+# with the same record 5 times; `--next` tolerates 100 conflicts before giving up.
+APPEND_RETRY = RetryPolicy(attempts=5, backoff_s=0.05, conflicts=100)
+KIND_LIMIT = 1 << 20  # `--kind -`: the most bytes read from stdin (a record's default limit)
+# The commands that only read: on a root that does not exist they create nothing, start
+# no server, and say so (exit 2).
+READ_ONLY = frozenset({"sessions", "head", "read", "tail", "verify", "rebuild"})
 
 
 class CliError(Exception):
@@ -88,6 +90,22 @@ class Terminated(BaseException):
 _POSITIVE = argtypes.integer(1)
 _NON_NEGATIVE = argtypes.integer(0)
 _SECONDS = argtypes.seconds()
+
+
+def _NON_EMPTY(value: str) -> str:
+    if not value:
+        raise argparse.ArgumentTypeError("must not be empty (leave the option out for a new id)")
+    return value
+
+
+def _actor(value: str) -> Actor:
+    kind, _, component = value.partition(":")
+    if kind not in ("user", "agent", "system"):
+        raise argparse.ArgumentTypeError(
+            f"must be user, agent or system, optionally :COMPONENT; got {value!r}")
+    if _ and not component:
+        raise argparse.ArgumentTypeError(f"empty component in {value!r}")
+    return Actor(type=kind, component=component or None)  # type: ignore[arg-type]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,6 +135,11 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         "--durability", default=default, choices=["fsync", "batch", "none"],
         help="fsync (default): fdatasync before commit; batch: group commit; "
         "none: unsafe, no fsync ($JOURNAL_DURABILITY)",
+    )
+    group.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS if suppress else 0,
+        help="log what the journal does (recoveries, rebuilds, retries, reconnects) on "
+        "stderr; -vv adds debug detail",
     )
 
 
@@ -149,9 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", required=True, metavar="JSON",
                    help='the kind object, e.g. \'{"type":"UserMessage","content":"hi"}\'; '
                    "'-' reads it from stdin")
-    p.add_argument("--event-id", metavar="ID",
+    p.add_argument("--event-id", type=_NON_EMPTY, metavar="ID",
                    help="event id (default: a new UUID); retrying with the same id is safe")
-    p.add_argument("--agent-id", metavar="ID", help="agent id (default: a new UUID)")
+    p.add_argument("--agent-id", type=_NON_EMPTY, metavar="ID",
+                   help="agent id (default: a new UUID)")
+    p.add_argument("--actor", type=_actor, metavar="TYPE[:COMPONENT]",
+                   help="who caused the event: user, agent or system, optionally with a "
+                   "component, e.g. agent:planner (default: system:arcan-daemon)")
 
     p = command("read", "print the committed events of a branch")
     p.add_argument("session", metavar="SESSION")
@@ -244,6 +271,14 @@ class Context:
         self.durability: str | None = args.durability
         self._journal: Journal | None = None
 
+    def require_root(self) -> None:
+        """A read-only command on a root that does not exist must not create it (nor start
+        its embedded server): a mistyped --root is an input error."""
+        if not self.root.exists():
+            raise CliError(f"root {self.root} does not exist (check --root or $JOURNAL_ROOT)")
+        if not self.root.is_dir():
+            raise CliError(f"root {self.root} is not a directory")
+
     @property
     def where(self) -> str:
         return "embedded" if self.redis_url is None else redact_url(self.redis_url)
@@ -294,7 +329,17 @@ def _note(message: str) -> None:
 
 def _parse_kind(text: str) -> dict[str, Any]:
     if text == "-":
-        text = sys.stdin.read()
+        # Read one byte past the limit, never more: a huge input is refused at once.
+        stdin = getattr(sys.stdin, "buffer", None)
+        raw = stdin.read(KIND_LIMIT + 1) if stdin is not None else sys.stdin.read(
+            KIND_LIMIT + 1).encode()
+        if len(raw) > KIND_LIMIT:
+            raise CliError(f"--kind -: stdin holds more than {KIND_LIMIT} bytes "
+                           "(a record's limit); nothing was written")
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError as exc:
+            raise CliError(f"--kind -: stdin is not UTF-8: {exc}") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -362,40 +407,17 @@ def cmd_append(ctx: Context, args: argparse.Namespace) -> int:
     fields: dict[str, Any] = {"event_id": args.event_id or str(uuid.uuid4())}
     if args.agent_id:
         fields["agent_id"] = args.agent_id
+    if args.actor is not None:
+        fields["actor"] = args.actor
     # Build one record first: a bad kind is refused before Redis is even contacted.
-    probe = EventRecord.new(args.session, args.branch, args.sequence or 1, kind, **fields)
-    from journal._model.records import prepare_for_write
-
-    prepare_for_write([probe])
+    prepare_for_write([EventRecord.new(args.session, args.branch, args.sequence or 1, kind,
+                                       **fields)])
     j = ctx.journal()
-
-    def attempt(sequence: int) -> EventRecord:
-        record = EventRecord.new(args.session, args.branch, sequence, kind, **fields)
-        for retry in range(UNKNOWN_RETRIES):
-            try:
-                return j.append(record)
-            except AppendOutcomeUnknown:
-                # Same record, same sequence: the journal answers with the stored record if
-                # the first try did commit, and commits it otherwise.
-                if retry + 1 == UNKNOWN_RETRIES:
-                    raise
-                time.sleep(0.05 * (retry + 1))
-        raise AssertionError("unreachable")
-
-    if not args.next:
-        stored = attempt(args.sequence)
+    if args.next:
+        stored = j.append_next(args.session, args.branch, kind, retry=APPEND_RETRY, **fields)
     else:
-        conflict: SequenceConflict | None = None
-        for tries in range(NEXT_ATTEMPTS):
-            try:
-                stored = attempt(j.head(args.session, args.branch) + 1)
-                break
-            except SequenceConflict as exc:
-                conflict = exc  # another writer got there first: read the head again
-                time.sleep(random.uniform(0, 0.002 * min(tries + 1, 10)))
-        else:
-            assert conflict is not None
-            raise conflict
+        record = EventRecord.new(args.session, args.branch, args.sequence, kind, **fields)
+        stored = j.append(record, retry=APPEND_RETRY)
     _emit(encode_line(stored))
     return EXIT_OK
 
@@ -514,46 +536,27 @@ def cmd_rebuild(ctx: Context, args: argparse.Namespace) -> int:
     if not names:
         _note(f"no sessions under {ctx.root}")
         return EXIT_OK
-    clear = j.redis.register_script(SOURCES["clear_state"])
     status = EXIT_OK
     for name in names:
-        keys = j.core.keys(name)
-        deadline = time.monotonic() + args.wait
-        while True:
-            reply = clear(keys=[keys.state, keys.lease])
-            if text(reply[0]) == "ok":
-                break
-            if time.monotonic() >= deadline:
-                raise CliError(
-                    f"{name}: a writer held the session's lease for {args.wait:g}s; "
-                    "try again (or raise --wait)",
-                    EXIT_ERROR,
-                )
-            time.sleep(min(0.05, max(int(reply[1]), 1) / 1000))
-        flat = [text(v) for v in reply[1]]
-        old = dict(zip(flat[::2], flat[1::2], strict=True))
-        before = {k[2:]: int(v) for k, v in old.items() if k.startswith("h:")}
-        path = ctx.root / "events" / f"{name}.jsonl"
-        # The first reader finds no state and runs the journal's own rebuild protocol
-        # (create-only lease, tail recovery, heads, committed length, indexes, hint).
-        heads = j.branches(name)
-        if not path.exists():
-            _out(f"{name}: no events file; cleared its Redis state" if old
+        # Clears the state while no writer holds the lease, then scans every line: a
+        # damaged one stops the command with exit status 5 (CorruptLine).
+        done = j.rebuild(name, wait_s=args.wait)
+        if done.file_bytes is None:
+            _out(f"{name}: no events file; cleared its Redis state" if done.before is not None
                  else f"{name}: no such session")
-            if not old:
+            if done.before is None:
                 status = EXIT_ERROR
             continue
-        size = path.stat().st_size
         parts = []
-        for branch, head in sorted(heads.items(), key=lambda kv: kv[0] != "main"):
-            was = before.get(branch)
+        for branch, head in sorted(done.heads.items(), key=lambda kv: kv[0] != "main"):
+            was = (done.before or {}).get(branch)
             changed = "" if was is None or was == head else f" (was {was})"
             parts.append(f"{branch}={head}{changed}")
-        for branch in sorted(set(before) - set(heads)):
-            parts.append(f"{branch}=0 (was {before[branch]})")
-        origin = "" if old else " (Redis had no state)"
-        _out(f"{name}: rebuilt from {_human_bytes(size)}{origin}: "
-             f"{', '.join(parts) or 'no events'}")
+        for branch in sorted(set(done.before or {}) - set(done.heads)):
+            parts.append(f"{branch}=0 (was {(done.before or {})[branch]})")
+        origin = "" if done.before is not None else " (Redis had no state)"
+        _out(f"{name}: rebuilt from {_human_bytes(done.file_bytes)}{origin}, every line "
+             f"checked: {', '.join(parts) or 'no events'}")
     return status
 
 
@@ -688,7 +691,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     ctx = Context(args)
+    _log_to_stderr(args.verbose, ctx.secrets())
     try:
+        if args.command in READ_ONLY:
+            ctx.require_root()
         status = COMMANDS[args.command](ctx, args)
         sys.stdout.flush()
         return status
@@ -704,6 +710,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         with contextlib.suppress(Exception):  # a dead connection must not mask the outcome
             ctx.close()
+
+
+class _Redact(logging.Filter):
+    """Secrets never reach the log: the Redis password is replaced in every message."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, None
+        return True
+
+
+def _log_to_stderr(verbosity: int, secrets: Sequence[str]) -> None:
+    """`-v`: the journal's log records (INFO and up; DEBUG with -vv) on stderr, one line
+    each, with their structured fields (``extra=``) appended as key=value."""
+    if not verbosity:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Fields("%(asctime)s journal %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_Redact(secrets))
+    logger = logging.getLogger("journal")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
+
+
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class _Fields(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extra = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+        line = super().format(record)
+        return line + "".join(f" {k}={v}" for k, v in extra.items())
 
 
 def _broken_pipe() -> int:

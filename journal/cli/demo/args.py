@@ -43,7 +43,9 @@ def add_fleet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-id", default=None, metavar="ID",
                    help="name in the events' actor (default: HOSTNAME-PID)")
     p.add_argument("--acked", default=None, metavar="FILE",
-                   help="append one JSON line per acknowledged event to FILE")
+                   help="append one JSON line per acknowledged event to FILE: "
+                   '{"event_id", "session_id", "branch_id", "sequence", '
+                   '"acked_at" (Unix time, seconds)}')
     p.add_argument("--json", action="store_true",
                    help="print only a final JSON line of counters (for the demo)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")

@@ -103,8 +103,9 @@ class FleetWorker:
         self.stats.appends += 1
         if self.acked is not None:
             self.acked.write(json.dumps({
-                "e": record.event_id, "s": record.session_id, "b": record.branch_id,
-                "q": record.sequence, "t": time.time(),
+                "event_id": record.event_id, "session_id": record.session_id,
+                "branch_id": record.branch_id, "sequence": record.sequence,
+                "acked_at": time.time(),
             }) + "\n")
 
     def _retry_same(self, j: Journal, records: list[EventRecord]) -> list[EventRecord]:

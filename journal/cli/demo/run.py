@@ -185,7 +185,7 @@ def _run(args: argparse.Namespace, root: Path, work: Path, redis_url: str,
         # not part of the write rate.
         writing = max((float(s.get("elapsed", 0.0)) for s in stats),
                       default=time.monotonic() - began)
-        last_ack = max((a["t"] for i in range(1, args.workers + 1)
+        last_ack = max((a["acked_at"] for i in range(1, args.workers + 1)
                         for a in _read_jsonl(work / f"acked-{i}.jsonl")), default=time.time())
 
         with Journal(root, redis_url) as j:
@@ -341,7 +341,8 @@ def _verify_and_summarize(
     ))
 
     acked = [a for i in range(1, args.workers + 1) for a in _read_jsonl(work / f"acked-{i}.jsonl")]
-    lost = [a for a in acked if where.get(a["e"]) != (a["s"], a["b"], a["q"])]
+    lost = [a for a in acked
+            if where.get(a["event_id"]) != (a["session_id"], a["branch_id"], a["sequence"])]
     checks.append(Check(
         not lost and len(acked) == total,
         f"{len(acked)} acknowledged events, all in the files at their sequence"
@@ -351,7 +352,7 @@ def _verify_and_summarize(
     ))
 
     seen = list(_read_jsonl(work / "seen.jsonl"))
-    counts = collections.Counter(s["e"] for s in seen)
+    counts = collections.Counter(s["event_id"] for s in seen)
     twice = sum(1 for c in counts.values() if c > 1)
     missed = len(set(where) - set(counts))
     foreign = len(set(counts) - set(where))
@@ -373,8 +374,9 @@ def _verify_and_summarize(
         else f"journal verify: {len(report.findings)} findings, e.g. {report.findings[0]}",
     ))
 
-    lags = sorted(max(s["t"] - created[s["e"]], 0.0) for s in seen if s["e"] in created)
-    last_seen = max((s["t"] for s in seen), default=last_ack)
+    lags = sorted(max(s["seen_at"] - created[s["event_id"]], 0.0) for s in seen
+                  if s["event_id"] in created)
+    last_seen = max((s["seen_at"] for s in seen), default=last_ack)
     conflicts = sum(s.get("conflicts", 0) for s in stats)
     unknown = sum(s.get("unknown", 0) + s.get("unavailable", 0) for s in stats)
     appended = sum(s.get("appends", 0) for s in stats)

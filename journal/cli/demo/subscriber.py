@@ -72,8 +72,9 @@ async def _subscriber(spec: dict[str, Any]) -> int:
         progress.finish()
         with open(spec["seen"], "w", encoding="utf-8") as out:
             for event_id, session, branch, sequence, at in seen:
-                out.write(json.dumps({"e": event_id, "s": session, "b": branch,
-                                      "q": sequence, "t": at}) + "\n")
+                out.write(json.dumps({"event_id": event_id, "session_id": session,
+                                      "branch_id": branch, "sequence": sequence,
+                                      "seen_at": at}) + "\n")
     return status
 
 
