@@ -187,8 +187,9 @@ class SessionStore:
     def lagging(self, size: int, committed: int) -> str:
         """The one-line error for a file shorter than the committed length Redis holds."""
         return (
-            f"the view of {self.path} lags the committed length ({size} < {committed}) after "
-            f"waiting {self.view_catch_up_s:g} s. Likely causes: another journal root uses this "
+            f"{self.path} is shorter than the committed length Redis holds ({size} < "
+            f"{committed} bytes, after waiting {self.view_catch_up_s:g} s for this host's view to "
+            "catch up). Likely causes: another journal root uses this "
             "Redis without its own key_prefix (give each root one: JOURNAL_KEY_PREFIX); the "
             "file was deleted, truncated or replaced outside the journal; or this host's view "
             "of a shared mount lags (check its caching: see README, 'Several hosts'). Nothing "
