@@ -340,29 +340,30 @@ def test_file_is_fsynced_in_a_new_directory(backend: Backend) -> None:
     j.close()
 
 
-async def test_group_commit_shares_rounds_between_concurrent_tasks(backend: Backend) -> None:
+async def test_group_commit_shares_rounds_between_concurrent_tasks(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """durability="batch": concurrent appends in one process share protocol rounds (and so
     their fdatasync), each caller gets its own records back, and conflicts stay per caller."""
     import asyncio
 
-    from journal._core import protocol
+    from journal._core.group_commit import GroupQueue, Pending
 
     rounds = 0
-    real_append = protocol.append
+    real_next_round = GroupQueue.next_round
 
-    def counting(*args: object, **kw: object):  # type: ignore[no-untyped-def]
+    def counting(self: GroupQueue, merge: bool = True) -> list[Pending] | None:
         nonlocal rounds
-        rounds += 1
-        return real_append(*args, **kw)  # type: ignore[arg-type]
+        chain = real_next_round(self, merge)
+        rounds += chain is not None
+        return chain
 
     async with backend.async_journal(durability="batch") as j:
-        protocol_append, protocol.append = protocol.append, counting  # count rounds only
-        try:
-            results = await asyncio.gather(*(j.append(ev(i)) for i in range(1, 41)))
-            with pytest.raises(SequenceConflict):
-                await asyncio.gather(j.append(ev(41)), j.append(ev(41)))
-        finally:
-            protocol.append = protocol_append
+        monkeypatch.setattr(GroupQueue, "next_round", counting)  # count rounds only
+        results = await asyncio.gather(*(j.append(ev(i)) for i in range(1, 41)))
+        with pytest.raises(SequenceConflict):
+            await asyncio.gather(j.append(ev(41)), j.append(ev(41)))
+        monkeypatch.undo()
         assert [r.sequence for r in results] == list(range(1, 41))
         assert await j.head("s1") == 41
         assert [r.event_id for r in await j.read("s1", limit=40)] == [r.event_id for r in results]

@@ -1,22 +1,25 @@
 """The public journals: :class:`AsyncJournal` and :class:`Journal` (blocking).
 
-Both validate input and encode records here (pure code), then hand the protocols of
-``protocol.py`` to their driver. Neither holds any protocol logic of its own.
+Everything they share is in :class:`_Base`: settings, input checks, encoding, connecting,
+and one method per operation that checks its input and returns the protocol generator of
+``journal._core`` to run. The two shells only run those generators on their driver, with
+or without ``await``, and wait for group commit with a thread event or an asyncio future.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from journal._core import protocol
-from journal._core.group_commit import GroupQueue, Pending, merge, settle
+from journal._core.group_commit import GroupQueue, Pending, lead
 from journal._io import connect
 from journal._io.connect import redis_error
 from journal._io.drivers import AsyncDriver, SyncDriver
@@ -24,6 +27,9 @@ from journal._model.ids import validate_id
 from journal._model.records import EventRecord, prepare_for_write
 from journal.errors import InvalidInput, JournalError
 from journal.settings import JournalSettings, redact_url
+
+C = TypeVar("C")
+T = TypeVar("T")
 
 
 def make_settings(
@@ -47,9 +53,13 @@ def make_settings(
 
 
 class _Base:
-    """What both journals share: settings, input checks, names."""
+    """What both journals share: settings, input checks, names, and each operation up to
+    the protocol generator its shell runs."""
 
     settings: JournalSettings
+    _client: Any
+    _owns_client: bool
+    _where: str
 
     def _setup(
         self,
@@ -57,53 +67,85 @@ class _Base:
         redis_url: str | None,
         settings: JournalSettings | None,
         options: dict[str, Any],
+        client: Any,
     ) -> None:
         self.settings = make_settings(root, redis_url, settings, options)
         self.core = protocol.Core(self.settings)
         self._groups: dict[str, GroupQueue] = {}
         self._groups_lock = threading.Lock()
+        self._client = client
+        self._owns_client = client is None
+        self._where = "(given client)"
 
-    def _resolve_url(self) -> str:
-        url = self.settings.redis_url_value()
-        if url is None:
-            from journal.server.embedded import ensure_embedded
+    def _connect(self, factory: Callable[[JournalSettings, str], C]) -> C:
+        """The client to open with: the given one, or a new one for the URL (or the
+        embedded server's)."""
+        if self._client is None:
+            url = self.settings.redis_url_value()
+            if url is None:
+                from journal.server.embedded import ensure_embedded
 
-            url = ensure_embedded(Path(self.settings.root))
-        return url
+                url = ensure_embedded(Path(self.settings.root))
+            self._where = redact_url(url)
+            self._client = factory(self.settings, url)
+        connect.check_client(self.settings, self._client)
+        return self._client  # type: ignore[no-any-return]
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """redis-py errors of a direct client call, as RedisUnavailable."""
+        try:
+            yield
+        except connect.CLIENT_ERRORS as exc:
+            raise redis_error(exc, self._where) from None
+
+    def _owned_client(self) -> Any:
+        """The client to close with the journal (None if it was given to us): forgotten."""
+        client = self._client if self._owns_client else None
+        if self._owns_client:
+            self._client = None
+        return client
 
     def _ids(self, session_id: str, branch_id: str) -> None:
         validate_id(session_id, "session_id", self.settings.max_id_length)
         validate_id(branch_id, "branch_id", self.settings.max_id_length)
 
-    def _prepare(self, records: Iterable[EventRecord]) -> tuple[list[EventRecord], bytes]:
-        return prepare_for_write(
+    def _enqueue(
+        self, records: Iterable[EventRecord], notify: Callable[[], None]
+    ) -> tuple[Pending, protocol.Steps[None] | None]:
+        """Check and encode a batch and queue it. Returns the request and, when the caller
+        must lead its session's group commit, the leader's protocol to run."""
+        checked, data = prepare_for_write(
             records,
             max_record_bytes=self.settings.max_record_bytes,
             max_id_length=self.settings.max_id_length,
         )
+        pending = Pending(checked, data, notify=notify)
+        session_id = checked[0].session_id
+        with self._groups_lock:
+            queue = self._groups.setdefault(session_id, GroupQueue())
+        if not queue.join(pending):
+            return pending, None
+        # "batch" is group commit: queued appends that chain share one round and one sync.
+        return pending, lead(self.core, queue, self.settings.durability == "batch")
 
-    @staticmethod
-    def _check_range(from_sequence: int, limit: int) -> None:
+    def _read(
+        self, session_id: str, branch_id: str, from_sequence: int, limit: int
+    ) -> protocol.Steps[list[EventRecord]]:
+        self._ids(session_id, branch_id)
         if not isinstance(from_sequence, int) or from_sequence < 0:
             raise InvalidInput(f"from_sequence must be an integer >= 0, got {from_sequence!r}")
         if not isinstance(limit, int) or limit < 0:
             raise InvalidInput(f"limit must be an integer >= 0, got {limit!r}")
+        return protocol.read(self.core, session_id, branch_id, from_sequence, limit)
 
-    @property
-    def _merge(self) -> bool:
-        # "batch" is group commit: queued appends that chain share one round and one sync.
-        return self.settings.durability == "batch"
+    def _head(self, session_id: str, branch_id: str) -> protocol.Steps[int]:
+        self._ids(session_id, branch_id)
+        return protocol.head(self.core, session_id, branch_id)
 
-    def _group(self, session_id: str) -> GroupQueue:
-        with self._groups_lock:
-            return self._groups.setdefault(session_id, GroupQueue())
-
-    @staticmethod
-    def _outcome(pending: Pending) -> list[EventRecord]:
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
+    def _branches(self, session_id: str) -> protocol.Steps[dict[str, int]]:
+        validate_id(session_id, "session_id", self.settings.max_id_length)
+        return _heads_only(protocol.session_state(self.core, session_id))
 
     def sessions(self) -> list[str]:
         """Every session with a file under the root, sorted."""
@@ -118,6 +160,18 @@ class _Base:
         return f"{type(self).__name__}(root={str(self.settings.root)!r}, redis={shown!r})"
 
 
+def _heads_only(
+    state: protocol.Steps[tuple[int, dict[str, int]]],
+) -> protocol.Steps[dict[str, int]]:
+    _, heads = yield from state
+    return dict(heads)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class AsyncJournal(_Base):
     """The asyncio journal. Use ``async with AsyncJournal(...) as j`` or call ``open()``."""
 
@@ -130,35 +184,25 @@ class AsyncJournal(_Base):
         redis_client: connect.AsyncClient | None = None,
         **options: Any,
     ) -> None:
-        self._setup(root, redis_url, settings, options)
-        self._client = redis_client
-        self._owns_client = redis_client is None
+        self._setup(root, redis_url, settings, options, redis_client)
         self._driver: AsyncDriver | None = None
-        self._where = "(given client)"
 
     async def open(self) -> Self:
         if self._driver is None:
-            if self._client is None:
-                url = self._resolve_url()
-                self._where = redact_url(url)
-                self._client = connect.async_client(self.settings, url)
-            connect.check_client(self.settings, self._client)
-            try:
-                await self._client.ping()
-            except connect.CLIENT_ERRORS as exc:
-                raise redis_error(exc, self._where) from None
-            self._driver = AsyncDriver(self._client, self._where)
+            client = self._connect(connect.async_client)
+            with self._translated():
+                await client.ping()
+            self._driver = AsyncDriver(client, self._where)
         return self
 
     async def close(self) -> None:
-        if self._driver is not None:
+        driver, self._driver = self._driver, None
+        if driver is not None:
             with contextlib.suppress(JournalError):
-                await self._driver.run(protocol.release_held(self.core))
-            await self._driver.close()
-        if self._client is not None and self._owns_client:
-            await self._client.aclose()
-            self._client = None
-        self._driver = None
+                await driver.run(protocol.release_held(self.core))
+            await driver.close()
+        if (client := self._owned_client()) is not None:
+            await client.aclose()
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -172,9 +216,9 @@ class AsyncJournal(_Base):
     def redis(self) -> connect.AsyncClient:
         if self._client is None:
             raise InvalidInput("the journal is not open")
-        return self._client
+        return self._client  # type: ignore[no-any-return]
 
-    async def _run(self, steps: protocol.Steps[Any]) -> Any:
+    async def _run(self, steps: protocol.Steps[T]) -> T:
         driver = self._driver or (await self.open())._driver
         assert driver is not None
         return await driver.run(steps)
@@ -186,58 +230,26 @@ class AsyncJournal(_Base):
 
     async def append_batch(self, records: Iterable[EventRecord]) -> list[EventRecord]:
         """Append contiguous events of one (session, branch), all or nothing."""
-        checked, data = self._prepare(records)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def wake() -> None:
-            if not future.done():
-                future.set_result(None)
-
-        pending = Pending(checked, data, notify=wake)
-        if self._group(checked[0].session_id).join(pending):
-            await self._lead(checked[0].session_id)
-        await future
-        return self._outcome(pending)
-
-    async def _lead(self, session_id: str) -> None:
-        queue = self._group(session_id)
-        while (chain := queue.next_round(merge=self._merge)) is not None:
-            try:
-                settle(chain, await self._run(protocol.append(self.core, *merge(chain))))
-            except Exception as exc:
-                if len(chain) == 1:
-                    chain[0].error = exc
-                # Something in a merged chain failed: give every request its own round.
-                for p in chain if len(chain) > 1 else []:
-                    try:
-                        p.result = await self._run(protocol.append(self.core, p.records, p.data))
-                    except Exception as exc:
-                        p.error = exc
-            for p in chain:
-                p.notify()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        pending, leader = self._enqueue(records, functools.partial(_wake, done))
+        if leader is not None:
+            await self._run(leader)
+        await done
+        return pending.outcome()
 
     async def read(
         self, session_id: str, branch_id: str = "main", from_sequence: int = 1, limit: int = 1000
     ) -> list[EventRecord]:
         """Committed events of a branch from ``from_sequence``, at most ``limit``."""
-        self._ids(session_id, branch_id)
-        self._check_range(from_sequence, limit)
-        result: list[EventRecord] = await self._run(
-            protocol.read(self.core, session_id, branch_id, from_sequence, limit)
-        )
-        return result
+        return await self._run(self._read(session_id, branch_id, from_sequence, limit))
 
     async def head(self, session_id: str, branch_id: str = "main") -> int:
         """The last committed sequence of a branch, 0 when it is empty."""
-        self._ids(session_id, branch_id)
-        result: int = await self._run(protocol.head(self.core, session_id, branch_id))
-        return result
+        return await self._run(self._head(session_id, branch_id))
 
     async def branches(self, session_id: str) -> dict[str, int]:
         """Every branch of a session with its head."""
-        validate_id(session_id, "session_id", self.settings.max_id_length)
-        _, heads = await self._run(protocol.session_state(self.core, session_id))
-        return dict(heads)
+        return await self._run(self._branches(session_id))
 
     def subscribe(
         self, session_id: str, branch_id: str = "main", after_sequence: int = 0, **options: Any
@@ -267,35 +279,25 @@ class Journal(_Base):
         redis_client: connect.SyncClient | None = None,
         **options: Any,
     ) -> None:
-        self._setup(root, redis_url, settings, options)
-        self._client = redis_client
-        self._owns_client = redis_client is None
+        self._setup(root, redis_url, settings, options, redis_client)
         self._driver: SyncDriver | None = None
-        self._where = "(given client)"
 
     def open(self) -> Self:
         if self._driver is None:
-            if self._client is None:
-                url = self._resolve_url()
-                self._where = redact_url(url)
-                self._client = connect.sync_client(self.settings, url)
-            connect.check_client(self.settings, self._client)
-            try:
-                self._client.ping()
-            except connect.CLIENT_ERRORS as exc:
-                raise redis_error(exc, self._where) from None
-            self._driver = SyncDriver(self._client, self._where)
+            client = self._connect(connect.sync_client)
+            with self._translated():
+                client.ping()
+            self._driver = SyncDriver(client, self._where)
         return self
 
     def close(self) -> None:
-        if self._driver is not None:
+        driver, self._driver = self._driver, None
+        if driver is not None:
             with contextlib.suppress(JournalError):
-                self._driver.run(protocol.release_held(self.core))
-            self._driver.close()
-        if self._client is not None and self._owns_client:
-            self._client.close()
-            self._client = None
-        self._driver = None
+                driver.run(protocol.release_held(self.core))
+            driver.close()
+        if (client := self._owned_client()) is not None:
+            client.close()
 
     def __enter__(self) -> Self:
         return self.open()
@@ -309,9 +311,9 @@ class Journal(_Base):
     def redis(self) -> connect.SyncClient:
         if self._client is None:
             raise InvalidInput("the journal is not open")
-        return self._client
+        return self._client  # type: ignore[no-any-return]
 
-    def _run(self, steps: protocol.Steps[Any]) -> Any:
+    def _run(self, steps: protocol.Steps[T]) -> T:
         driver = self._driver or self.open()._driver
         assert driver is not None
         return driver.run(steps)
@@ -320,49 +322,23 @@ class Journal(_Base):
         return self.append_batch([record])[0]
 
     def append_batch(self, records: Iterable[EventRecord]) -> list[EventRecord]:
-        checked, data = self._prepare(records)
-        event = threading.Event()
-        pending = Pending(checked, data, notify=event.set)
-        if self._group(checked[0].session_id).join(pending):
-            self._lead(checked[0].session_id)
-        event.wait()
-        return self._outcome(pending)
-
-    def _lead(self, session_id: str) -> None:
-        queue = self._group(session_id)
-        while (chain := queue.next_round(merge=self._merge)) is not None:
-            try:
-                settle(chain, self._run(protocol.append(self.core, *merge(chain))))
-            except Exception as exc:
-                if len(chain) == 1:
-                    chain[0].error = exc
-                for p in chain if len(chain) > 1 else []:
-                    try:
-                        p.result = self._run(protocol.append(self.core, p.records, p.data))
-                    except Exception as exc:
-                        p.error = exc
-            for p in chain:
-                p.notify()
+        done = threading.Event()
+        pending, leader = self._enqueue(records, done.set)
+        if leader is not None:
+            self._run(leader)
+        done.wait()
+        return pending.outcome()
 
     def read(
         self, session_id: str, branch_id: str = "main", from_sequence: int = 1, limit: int = 1000
     ) -> list[EventRecord]:
-        self._ids(session_id, branch_id)
-        self._check_range(from_sequence, limit)
-        result: list[EventRecord] = self._run(
-            protocol.read(self.core, session_id, branch_id, from_sequence, limit)
-        )
-        return result
+        return self._run(self._read(session_id, branch_id, from_sequence, limit))
 
     def head(self, session_id: str, branch_id: str = "main") -> int:
-        self._ids(session_id, branch_id)
-        result: int = self._run(protocol.head(self.core, session_id, branch_id))
-        return result
+        return self._run(self._head(session_id, branch_id))
 
     def branches(self, session_id: str) -> dict[str, int]:
-        validate_id(session_id, "session_id", self.settings.max_id_length)
-        _, heads = self._run(protocol.session_state(self.core, session_id))
-        return dict(heads)
+        return self._run(self._branches(session_id))
 
     def subscribe(
         self, session_id: str, branch_id: str = "main", after_sequence: int = 0, **options: Any
