@@ -16,7 +16,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from journal._core import protocol
 from journal._core.group_commit import GroupQueue, Pending, lead
@@ -28,7 +28,7 @@ from journal._model.records import EventRecord, prepare_for_write
 from journal.errors import InvalidInput, JournalError
 from journal.settings import JournalSettings, redact_url
 
-C = TypeVar("C")
+Client = TypeVar("Client")  # the redis-py client type of a shell
 T = TypeVar("T")
 
 
@@ -52,32 +52,34 @@ def make_settings(
     return settings.model_copy(update=explicit) if explicit else settings
 
 
-class _Base:
-    """What both journals share: settings, input checks, names, and each operation up to
-    the protocol generator its shell runs."""
+class _Base(Generic[Client]):
+    """What both journals share: construction, settings, input checks, names, and each
+    operation up to the protocol generator its shell runs."""
 
-    settings: JournalSettings
-    _client: Any
-    _owns_client: bool
-    _where: str
-
-    def _setup(
+    def __init__(
         self,
-        root: str | os.PathLike[str] | None,
-        redis_url: str | None,
-        settings: JournalSettings | None,
-        options: dict[str, Any],
-        client: Any,
+        root: str | os.PathLike[str] | None = None,
+        redis_url: str | None = None,
+        *,
+        settings: JournalSettings | None = None,
+        redis_client: Client | None = None,
+        **options: Any,
     ) -> None:
         self.settings = make_settings(root, redis_url, settings, options)
         self.core = protocol.Core(self.settings)
         self._groups: dict[str, GroupQueue] = {}
         self._groups_lock = threading.Lock()
-        self._client = client
-        self._owns_client = client is None
+        self._client: Client | None = redis_client
+        self._owns_client = redis_client is None
         self._where = "(given client)"
 
-    def _connect(self, factory: Callable[[JournalSettings, str], C]) -> C:
+    @property
+    def redis(self) -> Client:
+        if self._client is None:
+            raise InvalidInput("the journal is not open")
+        return self._client
+
+    def _connect(self, factory: Callable[[JournalSettings, str], Client]) -> Client:
         """The client to open with: the given one, or a new one for the URL (or the
         embedded server's)."""
         if self._client is None:
@@ -89,7 +91,7 @@ class _Base:
             self._where = redact_url(url)
             self._client = factory(self.settings, url)
         connect.check_client(self.settings, self._client)
-        return self._client  # type: ignore[no-any-return]
+        return self._client
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
@@ -99,7 +101,7 @@ class _Base:
         except connect.CLIENT_ERRORS as exc:
             raise redis_error(exc, self._where) from None
 
-    def _owned_client(self) -> Any:
+    def _owned_client(self) -> Client | None:
         """The client to close with the journal (None if it was given to us): forgotten."""
         client = self._client if self._owns_client else None
         if self._owns_client:
@@ -109,6 +111,10 @@ class _Base:
     def _ids(self, session_id: str, branch_id: str) -> None:
         validate_id(session_id, "session_id", self.settings.max_id_length)
         validate_id(branch_id, "branch_id", self.settings.max_id_length)
+
+    def _checked(self, session_id: str, branch_id: str) -> tuple[str, str]:
+        self._ids(session_id, branch_id)
+        return session_id, branch_id
 
     def _enqueue(
         self, records: Iterable[EventRecord], notify: Callable[[], None]
@@ -172,20 +178,10 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-class AsyncJournal(_Base):
+class AsyncJournal(_Base[connect.AsyncClient]):
     """The asyncio journal. Use ``async with AsyncJournal(...) as j`` or call ``open()``."""
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str] | None = None,
-        redis_url: str | None = None,
-        *,
-        settings: JournalSettings | None = None,
-        redis_client: connect.AsyncClient | None = None,
-        **options: Any,
-    ) -> None:
-        self._setup(root, redis_url, settings, options, redis_client)
-        self._driver: AsyncDriver | None = None
+    _driver: AsyncDriver | None = None
 
     async def open(self) -> Self:
         if self._driver is None:
@@ -211,12 +207,6 @@ class AsyncJournal(_Base):
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
-
-    @property
-    def redis(self) -> connect.AsyncClient:
-        if self._client is None:
-            raise InvalidInput("the journal is not open")
-        return self._client  # type: ignore[no-any-return]
 
     async def _run(self, steps: protocol.Steps[T]) -> T:
         driver = self._driver or (await self.open())._driver
@@ -257,8 +247,8 @@ class AsyncJournal(_Base):
         """Every committed event above ``after_sequence``, exactly once, in order, live."""
         from journal._io.subscriptions import subscribe_async
 
-        self._ids(session_id, branch_id)
-        return subscribe_async(self, session_id, branch_id, after_sequence, **options)
+        return subscribe_async(self, *self._checked(session_id, branch_id), after_sequence,
+                               **options)
 
     def subscribe_all(self, session_prefix: str = "", **options: Any) -> AsyncIterator[EventRecord]:
         """The firehose: every session (optionally by id prefix), in order per branch."""
@@ -267,20 +257,10 @@ class AsyncJournal(_Base):
         return subscribe_all_async(self, session_prefix, **options)
 
 
-class Journal(_Base):
+class Journal(_Base[connect.SyncClient]):
     """The blocking journal: the same methods as :class:`AsyncJournal`."""
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str] | None = None,
-        redis_url: str | None = None,
-        *,
-        settings: JournalSettings | None = None,
-        redis_client: connect.SyncClient | None = None,
-        **options: Any,
-    ) -> None:
-        self._setup(root, redis_url, settings, options, redis_client)
-        self._driver: SyncDriver | None = None
+    _driver: SyncDriver | None = None
 
     def open(self) -> Self:
         if self._driver is None:
@@ -306,12 +286,6 @@ class Journal(_Base):
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-    @property
-    def redis(self) -> connect.SyncClient:
-        if self._client is None:
-            raise InvalidInput("the journal is not open")
-        return self._client  # type: ignore[no-any-return]
 
     def _run(self, steps: protocol.Steps[T]) -> T:
         driver = self._driver or self.open()._driver
@@ -345,8 +319,8 @@ class Journal(_Base):
     ) -> Iterator[EventRecord]:
         from journal._io.subscriptions import subscribe_sync
 
-        self._ids(session_id, branch_id)
-        return subscribe_sync(self, session_id, branch_id, after_sequence, **options)
+        return subscribe_sync(self, *self._checked(session_id, branch_id), after_sequence,
+                               **options)
 
     def subscribe_all(self, session_prefix: str = "", **options: Any) -> Iterator[EventRecord]:
         from journal._io.subscriptions import subscribe_all_sync
