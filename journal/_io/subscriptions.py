@@ -78,6 +78,7 @@ from redis.exceptions import RedisClusterException
 
 from journal._core import protocol
 from journal._core.keys import channel_pattern
+from journal._core.ops import Sleep
 from journal._core.protocol import text
 from journal._io import connect
 from journal._model.announcement import Announcement, decode_announcement, decode_positions
@@ -199,11 +200,6 @@ class Connect:
 @dataclass(frozen=True, slots=True)
 class Disconnect:
     """Close the pub/sub connection (idempotent)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Sleep:
-    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
