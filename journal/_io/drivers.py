@@ -15,7 +15,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Generator
-from types import TracebackType
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import redis
@@ -46,28 +46,23 @@ Runnable = Generator[Any, Any, T]
 class _Stepper(Generic[T]):
     """Steps a generator: hand it each result (or error), and keep the next operation."""
 
+    __slots__ = ("done", "error", "op", "steps", "value")
+
     def __init__(self, steps: Runnable[T], error: Callable[[Exception], Exception]) -> None:
         self.steps, self.error = steps, error
         self.done, self.value = False, None
         self.op: Any = None
-        self._advance(None, None)
+        self.feed(None, None)
 
     def feed(self, result: Any, error: Exception | None) -> None:
         """The outcome of ``op``: its result, or the exception it raised (translated)."""
-        self._advance(result, None if error is None else self.error(error))
-
-    def _advance(self, result: Any, error: Exception | None) -> None:
         try:
-            self.op = self.steps.throw(error) if error is not None else self.steps.send(result)
+            if error is None:
+                self.op = self.steps.send(result)
+            else:
+                self.op = self.steps.throw(self.error(error))
         except StopIteration as stop:
             self.done, self.value = True, stop.value
-
-    def __enter__(self) -> _Stepper[T]:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.steps.close()
 
 
 def _may_pipeline(pool: Any) -> bool:
@@ -106,20 +101,19 @@ class _Driver:
         """The client call that runs a Redis or wire operation (the async shell awaits what
         it returns)."""
         if isinstance(op, Lua):
-            script = self.scripts[op.script]
-            return lambda: script(keys=op.keys, args=op.args)
+            return partial(self.scripts[op.script], keys=op.keys, args=op.args)
         if isinstance(op, Call):
-            return lambda: self.client.execute_command(*op.args)
+            return partial(self.client.execute_command, *op.args)
         if isinstance(op, Connect):
             return self._pool.get_connection  # type: ignore[no-any-return]
         if isinstance(op, Write):
-            return lambda: op.conn.send_packed_command([op.data])
+            return partial(op.conn.send_packed_command, [op.data])
         if isinstance(op, ReadReply):
             return op.conn.read_response  # type: ignore[no-any-return]
         if isinstance(op, Disconnect):
             return op.conn.disconnect  # type: ignore[no-any-return]
         if isinstance(op, Release):
-            return lambda: self._pool.release(op.conn)
+            return partial(self._pool.release, op.conn)
         raise TypeError(op)
 
     def _pipelined(self, op: Any) -> WireSteps[Any] | None:
@@ -158,7 +152,8 @@ class SyncDriver(_Driver):
 
     def run(self, steps: Runnable[T],
             translate: Callable[[Exception], Exception] | None = None) -> T:
-        with _Stepper(steps, translate or self._op_error) as s:
+        s = _Stepper(steps, translate or self._op_error)
+        try:
             while not s.done:
                 try:
                     result, error = self.execute(s.op), None
@@ -166,6 +161,8 @@ class SyncDriver(_Driver):
                     result, error = None, exc
                 s.feed(result, error)
             return s.value  # type: ignore[return-value]
+        finally:
+            steps.close()
 
 
 class AsyncDriver(_Driver):
@@ -190,7 +187,8 @@ class AsyncDriver(_Driver):
 
     async def run(self, steps: Runnable[T],
                   translate: Callable[[Exception], Exception] | None = None) -> T:
-        with _Stepper(steps, translate or self._op_error) as s:
+        s = _Stepper(steps, translate or self._op_error)
+        try:
             while not s.done:
                 try:
                     result, error = await self.execute(s.op), None
@@ -198,3 +196,5 @@ class AsyncDriver(_Driver):
                     result, error = None, exc
                 s.feed(result, error)
             return s.value  # type: ignore[return-value]
+        finally:
+            steps.close()
