@@ -875,13 +875,13 @@ def figure_7(bench: Bench) -> None:
 
 
 def subscription_missing() -> str | None:
-    """None when ``journal.subscription`` imports; else why not."""
+    """None when ``journal._io.subscriptions`` imports; else why not."""
     try:
-        module = importlib.import_module("journal.subscription")
+        module = importlib.import_module("journal._io.subscriptions")
     except ImportError as exc:
         return f"{type(exc).__name__}: {exc}"
     if not hasattr(module, "subscribe_sync"):
-        return "journal.subscription has no subscribe_sync"
+        return "journal._io.subscriptions has no subscribe_sync"
     return None
 
 
@@ -1152,7 +1152,7 @@ def figure_9(bench: Bench) -> None:
 
 def rss_child(url: str, root: str, sid: str, n: int, out_q: Any) -> None:
     try:
-        importlib.import_module("journal.subscription")
+        importlib.import_module("journal._io.subscriptions")
         with Journal(root, url) as j:
             j.head(sid)
             baseline = proc_status_kib("VmRSS")

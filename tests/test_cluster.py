@@ -13,7 +13,6 @@ The URL and settings checks at the end need no server and always run.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import subprocess
 import sys
@@ -40,49 +39,26 @@ from journal import (
     SequenceConflict,
 )
 from journal._io.connect import parse_target
-from journal.server._process import _free_port, find_redis_server
 from journal.settings import JournalSettings, redact_url
-from journal.testing import RedisServer
-from tests import test_journal
-from tests.cluster import LocalCluster, skip_reason, wait_for
-from tests.conftest import Backend
-from tests.test_processes import Fleet, check_history, wait_all
-from tests.test_subscription import Proc
+from tests import backends
+from tests.backends import Backend
+from tests.cluster import LocalCluster, SentinelSetup, running_sentinel, skip_reason, wait_for
+from tests.support import Fleet, Proc, check_history, wait_all
 
 REASON = skip_reason()
 WORKER = Path(__file__).with_name("workers.py")
 
 
 # ----- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    if REASON:
-        pytest.skip(REASON)
-    c = LocalCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        c.start()
-        yield c
-    finally:
-        c.close()
+# ``cluster`` (one LocalCluster for the whole session) and ``cluster_backend`` are in conftest.
 
 
 @dataclass
-class ClusterBackend(Backend):
-    """The conformance suite's ``Backend``, on the cluster (``url`` is its
-    ``redis+cluster://`` form, which every ``Journal`` and helper process accepts)."""
+class ClusterBackend(backends.ClusterBackend):
+    """The cluster backend, plus helper processes (``tests/sub_helpers.py``) that are killed
+    and reaped with it."""
 
-    cluster: LocalCluster | None = None
     procs: list[Proc] = field(default_factory=list)
-
-    def sync_client(self) -> redis.Redis:
-        raise NotImplementedError("use the cluster's admin clients")
-
-    def restart_empty(self) -> None:
-        """The whole cluster loses everything: keys, leases, script caches."""
-        assert self.cluster is not None
-        flush_primaries(self.cluster)
 
     def helper(self, *args: str) -> Proc:
         proc = Proc(list(args), self.root.parent / f"helper-{len(self.procs)}.log")
@@ -95,18 +71,12 @@ class ClusterBackend(Backend):
         super().close()
 
 
-def flush_primaries(c: LocalCluster) -> None:
-    for port in c.primary_ports():
-        client = c.client(port)
-        client.flushall()
-        client.script_flush()
-
-
 @pytest.fixture
 def cb(cluster: LocalCluster, tmp_path: Path) -> Iterator[ClusterBackend]:
     cluster.wait_healthy()
-    flush_primaries(cluster)
-    b = ClusterBackend("cluster", tmp_path / "data", url=cluster.url, cluster=cluster)
+    b = ClusterBackend("cluster", tmp_path / "data", url=cluster.url, cluster=cluster,
+                       sharded_only=True)
+    b.flush()
     try:
         yield b
     finally:
@@ -177,40 +147,6 @@ def test_sessions_spread_over_every_primary(cb: ClusterBackend) -> None:
             return [await aj.head(s) for s in sessions]
 
     assert asyncio.run(also_async()) == [4] * len(sessions)
-
-
-# ----- the conformance suite, on the cluster -------------------------------------------------
-
-CONFORMANCE = [
-    "test_append_read_head",
-    "test_branches_have_their_own_sequences",
-    "test_conflicts_name_expected_and_actual",
-    "test_retry_with_the_same_event_id_is_idempotent",
-    "test_bad_input_writes_nothing",
-    "test_redis_losing_everything_rebuilds_from_the_file",
-    "test_a_torn_tail_is_cut_and_readers_never_see_it",
-    "test_a_complete_line_past_the_commit_is_rolled_forward",
-    "test_tail_recovery_after_redis_loss_too",
-    "test_async_journal_has_the_same_contract",
-    "test_group_commit_in_threads",
-    "test_a_process_reads_its_own_writes_with_pipelined_commits",
-    "test_redis_restarting_under_a_held_lease_loses_nothing",
-    "test_async_pipelined_commits_and_restart",
-]
-
-
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize("name", CONFORMANCE)
-async def test_conformance_on_the_cluster(cb: ClusterBackend, name: str) -> None:
-    """The same functions as tests/test_journal.py, with "Redis lost everything" meaning
-    FLUSHALL + SCRIPT FLUSH on every primary."""
-    fn = getattr(test_journal, name, None)
-    if fn is None:
-        pytest.skip(f"tests/test_journal.py has no {name} any more")
-    if inspect.iscoroutinefunction(fn):
-        await fn(cb)
-    else:
-        await asyncio.to_thread(fn, cb)
 
 
 # ----- processes -----------------------------------------------------------------------------
@@ -629,63 +565,13 @@ def test_the_firehose_is_refused_on_a_cluster(cb: ClusterBackend) -> None:
 # ----- Sentinel ------------------------------------------------------------------------------
 
 
-@dataclass
-class SentinelSetup:
-    master: RedisServer
-    replica: RedisServer
-    sentinel: subprocess.Popen[bytes]
-    sentinel_port: int
-    name: str = "journal"
-
-    @property
-    def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.name}"
-
-    def master_port(self) -> int:
-        client = redis.Redis(port=self.sentinel_port, decode_responses=True, socket_timeout=2)
-        try:
-            _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
-            return int(port)
-        finally:
-            client.close()
-
-
 @pytest.fixture
 def sentinel(tmp_path: Path) -> Iterator[SentinelSetup]:
+    """A sentinel of this test's own: the test kills its primary."""
     if REASON:
         pytest.skip(REASON)
-    base = tmp_path / "sentinel"
-    master = RedisServer(dir=base / "master").start()
-    replica: RedisServer | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        assert master.port is not None
-        replica = RedisServer(dir=base / "replica", extra_args=[
-            "--replicaof", "127.0.0.1", str(master.port)]).start()
-        port = _free_port()
-        conf = base / "sentinel.conf"
-        conf.write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {base}\n"
-            f"sentinel monitor journal 127.0.0.1 {master.port} 1\n"
-            "sentinel down-after-milliseconds journal 1000\n"
-            "sentinel failover-timeout journal 5000\n")
-        log = (base / "sentinel.log").open("wb")
-        proc = subprocess.Popen([find_redis_server(), str(conf), "--sentinel"],
-                                stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        setup = SentinelSetup(master, replica, proc, port)
-        wait_for(lambda: setup.master_port() == master.port, 15, "the sentinel to see the master")
-        m = redis.Redis(port=master.port, decode_responses=True)
-        wait_for(lambda: m.info("replication")["connected_slaves"] == 1, 15, "the replica")
-        m.close()
+    with running_sentinel(tmp_path / "sentinel") as setup:
         yield setup
-    finally:
-        if proc is not None:
-            proc.kill()
-            proc.wait(timeout=10)
-        if replica is not None:
-            replica.close()
-        master.close()
 
 
 @pytest.mark.timeout(60)

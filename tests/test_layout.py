@@ -77,3 +77,11 @@ def test_the_import_graph_has_no_cycles() -> None:
     for node in sorted(graph):
         if node not in state:
             visit(node)
+
+
+def test_one_operation_vocabulary() -> None:
+    """The protocols and the subscription state machine ask for the same ``Sleep``."""
+    from journal._core import ops
+    from journal._io import subscriptions
+
+    assert subscriptions.Sleep is ops.Sleep

@@ -2,61 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from journal import EventRecord, SequenceConflict
-from tests.conftest import Backend
-
-WORKER = Path(__file__).with_name("workers.py")
-
-
-class Fleet:
-    """Worker processes that are always killed and reaped, whatever the test does."""
-
-    def __init__(self, backend: Backend, session: str = "race") -> None:
-        self.backend = backend
-        self.session = session
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.acks: list[Path] = []
-        self.spawned = 0
-
-    def spawn(self, count: int, faults: str = "", **opts: object) -> subprocess.Popen[bytes]:
-        self.spawned += 1
-        name = f"w{self.spawned}"
-        ack = self.backend.root.parent / f"{name}.acks"
-        self.acks.append(ack)
-        env = dict(os.environ)
-        env.pop("JOURNAL_FAULTS", None)
-        if faults:
-            env["JOURNAL_FAULTS"] = faults
-        args = [sys.executable, str(WORKER), "--root", str(self.backend.root),
-                "--url", self.backend.url or "", "--session", self.session,
-                "--count", str(count), "--acks", str(ack), "--name", name]
-        for key, value in opts.items():
-            args += [f"--{key.replace('_', '-')}", str(value)]
-        proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE)
-        self.procs.append(proc)
-        return proc
-
-    def acked(self) -> list[str]:
-        return [line for a in self.acks if a.exists() for line in a.read_text().split()]
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
-            if p.stderr:
-                p.stderr.close()
+from tests.backends import Backend
+from tests.support import Fleet, check_history, wait_all
 
 
 @pytest.fixture
@@ -66,43 +21,6 @@ def fleet(real_backend: Backend) -> Iterator[Fleet]:
         yield f
     finally:
         f.close()
-
-
-def check_history(backend: Backend, session: str, acked: list[str], branch: str = "main") -> int:
-    """The invariants: contiguous from 1, no duplicate event, every acknowledged event there.
-    Checked on the raw file and through the journal (after Redis forgot everything too)."""
-    # The journal can still be appended to; that also recovers whatever tail the last
-    # killed writer left (torn or rolled forward), so the raw file is then clean.
-    j = backend.journal()
-    for _ in range(3):
-        try:
-            final = j.append(EventRecord.new(session, branch, j.head(session, branch) + 1,
-                                             {"type": "UserMessage", "content": "final"}))
-            break
-        except SequenceConflict:
-            continue  # the recovery rolled a dead writer's line forward: read the head again
-    j.close()
-    path = backend.root / "events" / f"{session}.jsonl"
-    lines = [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-    assert lines[-1]["event_id"] == final.event_id
-    ours = [rec for rec in lines if rec["branch_id"] == branch]
-    assert [rec["sequence"] for rec in ours] == list(range(1, len(ours) + 1))
-    ids = [rec["event_id"] for rec in ours]
-    assert len(set(ids)) == len(ids), "an event is stored twice"
-    missing = set(acked) - set(ids)
-    assert not missing, f"{len(missing)} acknowledged events are lost"
-    j = backend.journal()
-    via_api = j.read(session, branch, 1, len(ours) + 10)
-    assert [r.event_id for r in via_api] == ids
-    assert j.head(session, branch) == len(ours)
-    j.close()
-    return len(ours) - 1
-
-
-def wait_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.wait(timeout=max(0.1, deadline - time.monotonic()))
 
 
 @pytest.mark.timeout(120)

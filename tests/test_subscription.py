@@ -1,8 +1,9 @@
 """Live subscriptions: docs/design.md, "The subscription protocol".
 
-The contract runs over every backend (fakeredis, a real redis-server, a container when
-Docker answers). Claims about processes, kills, restarts and Redis cutting off a slow client
-run real processes (``tests/sub_helpers.py``) against a real redis-server; every process a
+The contract (tests/subscription_contract.py) runs on every backend: fakeredis, a real
+redis-server, a container when Docker answers, the 3+3 cluster and Sentinel. Claims about
+processes, kills, restarts and Redis cutting off a slow client run real processes
+(``tests/sub_helpers.py``) against a real redis-server; every process a
 test starts is killed and reaped by the ``procs`` fixture, even when the test fails. The
 state machine itself is also driven by hand, without any I/O, for the cases that are hard to
 provoke on a live server (a lost pong, giving up, an exact overflow).
@@ -11,24 +12,18 @@ provoke on a live server (a lost pong, giving up, an exact overflow).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
-import queue
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import redis
 
-from journal import AsyncJournal, EventRecord, InvalidId, InvalidInput, Journal, JournalError
+from journal import EventRecord, Journal, JournalError
 from journal._io.subscriptions import (
-    AsyncSubscription,
     Check,
     Connect,
     Disconnect,
@@ -44,39 +39,20 @@ from journal._io.subscriptions import (
 from journal._model.announcement import encode_announcement
 from journal._model.records import encode_line
 from journal.errors import RedisUnavailable
-from tests.conftest import Backend
+from tests.backends import Backend
+from tests.contract import OnCluster, OnContainer, OnFakeredis, OnRedisServer, OnSentinel
+from tests.subscription_contract import (
+    FAST,
+    SubscriptionContract,
+    async_sub,
+    ev,
+    ids_of,
+    sync_sub,
+    wait_until,
+)
+from tests.support import Procs
 
 pytestmark = pytest.mark.timeout(60)  # a ceiling; every test also names its own
-
-HELPER = Path(__file__).resolve().parent / "sub_helpers.py"
-FAST: dict[str, Any] = {"idle_s": 0.2, "health_timeout_s": 2.0}
-
-
-def ev(seq: int, session: str = "s1", branch: str = "main", size: int = 0) -> EventRecord:
-    return EventRecord.new(
-        session, branch, seq, {"type": "UserMessage", "content": f"m{seq}" + "x" * size}
-    )
-
-
-def sync_sub(journal: Journal, *args: Any, **options: Any) -> SyncSubscription:
-    return cast(SyncSubscription, journal.subscribe(*args, **{**FAST, **options}))
-
-
-def async_sub(journal: AsyncJournal, *args: Any, **options: Any) -> AsyncSubscription:
-    return cast(AsyncSubscription, journal.subscribe(*args, **{**FAST, **options}))
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def ids_of(records: list[EventRecord]) -> list[str]:
-    return [r.event_id for r in records]
-
 
 def admin(backend: Backend) -> redis.Redis:
     assert backend.url is not None
@@ -99,83 +75,6 @@ def wait_listening(backend: Backend, journal: Journal, count: int, timeout: floa
 # ----- helper processes ------------------------------------------------------------------
 
 
-class Proc:
-    """One helper process; its stdout lines are collected by a thread."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.log = log
-        self.err = log.open("wb")
-        self.popen = subprocess.Popen(
-            [sys.executable, str(HELPER), *args],
-            stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for raw in self.popen.stdout:
-            self.lines.put(raw.decode().strip())
-
-    def expect(self, line: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                got = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                raise AssertionError(f"helper never printed {line!r}: {self.stderr()}") from None
-            if got == line:
-                return
-
-    def finish(self, timeout: float) -> None:
-        try:
-            code = self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"helper still running after {timeout}s: {self.stderr()}") \
-                from None
-        assert code == 0, f"helper exited with {code}: {self.stderr()}"
-
-    def stderr(self) -> str:
-        self.err.flush()
-        return self.log.read_text(errors="replace")[-3000:]
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=10)
-        self.reader.join(timeout=5)
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
-        self.err.close()
-
-
-class Procs:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.all: list[Proc] = []
-
-    def start(self, *args: str) -> Proc:
-        proc = Proc(list(args), self.tmp / f"helper-{len(self.all)}.log")
-        self.all.append(proc)
-        return proc
-
-    def subscriber(self, backend: Backend, out: Path, until: int, *extra: str) -> Proc:
-        assert backend.url is not None
-        return self.start("subscribe", "--root", str(backend.root), "--url", backend.url,
-                          "--session", "s1", "--until", str(until), "--out", str(out), *extra)
-
-    def writer(self, backend: Backend, count: int, tag: str, *extra: str) -> Proc:
-        assert backend.url is not None
-        return self.start("write", "--root", str(backend.root), "--url", backend.url,
-                          "--session", "s1", "--count", str(count), "--tag", tag, *extra)
-
-    def kill_all(self) -> None:
-        for proc in self.all:
-            proc.kill()
-
-
 @pytest.fixture
 def procs(tmp_path: Path) -> Iterator[Procs]:
     p = Procs(tmp_path)
@@ -196,190 +95,33 @@ def assert_matches_file(got: dict[str, Any], journal: Journal, count: int) -> No
     assert got["ids"] == ids_of(journal.read("s1", "main", 1, count + 10))
 
 
-# ----- the contract, on every backend ------------------------------------------------------
+# ----- the contract (tests/subscription_contract.py), on every backend ---------------------
 
 
-@pytest.mark.timeout(30)
-def test_replay_then_live_sync(backend: Backend) -> None:
-    j, writer = backend.journal(), backend.journal()
-    for i in range(1, 6):
-        j.append(ev(i))
-    j.append(ev(1, branch="other"))
-
-    def write_more() -> None:
-        for i in range(6, 41):
-            writer.append(ev(i))
-            writer.append(ev(i - 4, branch="other"))  # another branch: never ours
-
-    thread = threading.Thread(target=write_more)
-    got: list[EventRecord] = []
-    with sync_sub(j, "s1", "main", 0) as sub:
-        for record in sub:
-            got.append(record)
-            if record.sequence == 5:
-                thread.start()  # we are listening and have replayed: the rest is live
-            if record.sequence == 40:
-                break
-    thread.join(timeout=20)
-    assert [r.sequence for r in got] == list(range(1, 41))
-    assert ids_of(got) == ids_of(j.read("s1", "main", 1, 100))
-    assert sub.stats.file_events >= 5 and sub.stats.live_events > 0
+class TestSubscriptionsOnFakeredis(OnFakeredis, SubscriptionContract):
+    pass
 
 
-@pytest.mark.timeout(30)
-async def test_replay_then_live_async(backend: Backend) -> None:
-    async with backend.async_journal() as j, backend.async_journal() as writer:
-        for i in range(1, 6):
-            await j.append(ev(i))
-        got: list[EventRecord] = []
-        started = asyncio.Event()
-
-        async def consume() -> None:
-            async with async_sub(j, "s1", "main", 2) as sub:
-                async for record in sub:
-                    got.append(record)
-                    if record.sequence == 5:
-                        started.set()
-                    if record.sequence == 30:
-                        break
-                assert sub.stats.live_events > 0
-
-        task = asyncio.create_task(consume())
-        await asyncio.wait_for(started.wait(), 10)
-        for i in range(6, 31):
-            await writer.append(ev(i))
-        await asyncio.wait_for(task, 10)
-        assert [r.sequence for r in got] == list(range(3, 31))
-        assert ids_of(got) == ids_of(await j.read("s1", "main", 3, 100))
+class TestSubscriptionsOnRedisServer(OnRedisServer, SubscriptionContract):
+    pass
 
 
-@pytest.mark.timeout(30)
-def test_large_records_travel_through_the_file(backend: Backend) -> None:
-    """Over ``inline_message_max`` a message carries positions only: read from the file."""
-    j, writer = backend.journal(), backend.journal(inline_message_max=600)
-    j.append(ev(1))
-
-    def write_more() -> None:
-        for i in range(2, 21):
-            writer.append(ev(i, size=2000 if i % 2 else 0))  # odd: too large for a message
-
-    thread = threading.Thread(target=write_more)
-    got: list[EventRecord] = []
-    with sync_sub(j, "s1") as sub:
-        for record in sub:
-            got.append(record)
-            if record.sequence == 1:
-                thread.start()  # listening: the rest arrives live
-            if record.sequence == 20:
-                break
-    thread.join(timeout=20)
-    assert [r.sequence for r in got] == list(range(1, 21))
-    assert ids_of(got) == ids_of(j.read("s1", "main", 1, 100))
-    assert len(got[2].kind["content"]) > 2000
-    assert sub.stats.file_events >= 10 and sub.stats.live_events > 0
+class TestSubscriptionsOnContainer(OnContainer, SubscriptionContract):
+    pass
 
 
-@pytest.mark.timeout(30)
-def test_lost_messages_are_caught_by_the_idle_head_check(backend: Backend) -> None:
-    """Pub/sub is at-most-once. Here every message is lost (the writer publishes with
-    SPUBLISH, the subscriber listens with SUBSCRIBE): the idle check still finds them all."""
-    j = backend.journal()
-    deaf_writer = backend.journal(sharded_pubsub=True)
-    got: list[EventRecord] = []
-    with sync_sub(j, "s1", idle_s=0.1) as sub:
-        for i in range(1, 4):
-            deaf_writer.append(ev(i))
-        for record in sub:
-            got.append(record)
-            if record.sequence == 3:
-                deaf_writer.append(ev(4))  # after the first catch-up: needs another check
-            if record.sequence == 4:
-                break
-    assert [r.sequence for r in got] == [1, 2, 3, 4]
-    assert sub.stats.live_events == 0 and sub.stats.head_checks >= 2
+class TestSubscriptionsOnCluster(OnCluster, SubscriptionContract):
+    pass
 
 
-@pytest.mark.timeout(30)
-def test_firehose_follows_every_matching_session_in_order(backend: Backend) -> None:
-    j, writer = backend.journal(), backend.journal()
-    for i in range(1, 4):
-        j.append(ev(i, session="fh-a"))  # before the firehose starts: not "now"
-    expected = {("fh-a", "main"): list(range(4, 11)), ("fh-b", "main"): list(range(1, 6)),
-                ("fh-b", "br2"): list(range(1, 4))}
-    got: dict[tuple[str, str], list[int]] = {}
-    everything: dict[tuple[str, str], list[int]] = {}
-    subs = [cast(SyncSubscription, j.subscribe_all("fh-", **FAST)),
-            cast(SyncSubscription, backend.journal().subscribe_all("fh-", from_start=True, **FAST))]
+class TestSubscriptionsOnSentinel(OnSentinel, SubscriptionContract):
+    pass
 
-    def consume(sub: SyncSubscription, into: dict[tuple[str, str], list[int]], total: int) -> None:
-        for n, record in enumerate(sub, 1):
-            into.setdefault((record.session_id, record.branch_id), []).append(record.sequence)
-            if n == total:
-                break
-        sub.close()
-
-    threads = [threading.Thread(target=consume, args=(subs[0], got, 15)),
-               threading.Thread(target=consume, args=(subs[1], everything, 18))]
-    for t in threads:
-        t.start()
-    wait_until(lambda: all(s.stats.connects >= 1 for s in subs), 10, "the firehoses to listen")
-    seq = {"fh-a": 3, "fh-b": 0, "other": 0}
-    for i in range(7):
-        for session, branch, upto in (("fh-a", "main", 10), ("fh-b", "main", 5),
-                                      ("other", "main", 3)):
-            if seq[session] < upto:
-                seq[session] += 1
-                writer.append(ev(seq[session], session=session, branch=branch))
-        if i < 3:
-            writer.append(ev(i + 1, session="fh-b", branch="br2"))
-    for t in threads:
-        t.join(timeout=20)
-    assert got == expected
-    assert everything == {**expected, ("fh-a", "main"): list(range(1, 11))}
-
-
-@pytest.mark.timeout(30)
-async def test_async_firehose(backend: Backend) -> None:
-    async with backend.async_journal() as j:
-        sub = cast(AsyncSubscription, j.subscribe_all("", **FAST))
-        got: list[tuple[str, int]] = []
-
-        async def consume() -> None:
-            async with sub:
-                async for record in sub:
-                    got.append((record.session_id, record.sequence))
-                    if len(got) == 6:
-                        break
-
-        task = asyncio.create_task(consume())
-        await asyncio.wait_for(_until(lambda: sub.stats.connects >= 1), 10)
-        for i in range(1, 4):
-            await j.append(ev(i, session="a"))
-            await j.append(ev(i, session="b"))
-        await asyncio.wait_for(task, 10)
-        assert sorted(got) == [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2), ("b", 3)]
 
 
 async def _until(cond: Callable[[], bool]) -> None:
     while not cond():
         await asyncio.sleep(0.01)
-
-
-@pytest.mark.timeout(10)
-def test_bad_arguments_are_clear_errors(backend: Backend) -> None:
-    j = backend.journal()
-    with pytest.raises(InvalidInput, match="unknown subscribe option"):
-        j.subscribe("s1", bogus=1)
-    with pytest.raises(InvalidInput, match="from_start"):
-        j.subscribe("s1", from_start=True)  # a firehose option
-    with pytest.raises(InvalidInput, match="after_sequence"):
-        j.subscribe("s1", "main", -1)
-    with pytest.raises(InvalidInput, match="buffer_size"):
-        j.subscribe("s1", buffer_size=0)
-    with pytest.raises(InvalidId):
-        j.subscribe_all("a*")
-    with pytest.raises(JournalError, match="sharded"):
-        backend.journal(sharded_pubsub=True).subscribe_all()
 
 
 # ----- real processes, a real server -------------------------------------------------------

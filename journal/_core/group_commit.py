@@ -6,8 +6,9 @@ appends them as one protocol round (one begin, one write, one fdatasync, one com
 hands each caller its slice. Every acknowledgement still follows the fdatasync, so the
 guarantee is the one of ``fsync``; only the cost is shared.
 
-The queue is pure and shared by both journals; only waiting differs (a thread event or an
-asyncio future), and that part lives in ``journal.py``.
+The queue and the leader's loop (:func:`lead`, a protocol like the others) are pure and
+shared by both journals; only waiting differs (a thread event or an asyncio future), and
+that part lives in ``journal._io.journals``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from journal._core.append import append
+from journal._core.ops import Steps
+from journal._core.state import Core
 from journal._model.records import EventRecord
 
 
@@ -26,6 +30,13 @@ class Pending:
     result: list[EventRecord] | None = None
     error: BaseException | None = None
     notify: Callable[[], None] = field(default=lambda: None)
+
+    def outcome(self) -> list[EventRecord]:
+        """The stored records, or the error of this request's round."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
     @property
     def branch(self) -> str:
@@ -92,3 +103,22 @@ def settle(chain: list[Pending], stored: list[EventRecord]) -> None:
     for p in chain:
         p.result = stored[i : i + len(p.records)]
         i += len(p.records)
+
+
+def lead(core: Core, queue: GroupQueue, merge_rounds: bool) -> Steps[None]:
+    """The leader's loop: append round after round until the queue is empty, and wake each
+    caller when its round is settled."""
+    while (chain := queue.next_round(merge=merge_rounds)) is not None:
+        try:
+            settle(chain, (yield from append(core, *merge(chain))))
+        except Exception as exc:
+            if len(chain) == 1:
+                chain[0].error = exc
+            # Something in a merged chain failed: give every request its own round.
+            for p in chain if len(chain) > 1 else []:
+                try:
+                    p.result = yield from append(core, p.records, p.data)
+                except Exception as exc:
+                    p.error = exc
+        for p in chain:
+            p.notify()

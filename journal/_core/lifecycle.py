@@ -1,6 +1,6 @@
 """Delete, truncate and archive: the life of a session, as protocols of operations.
 
-Like ``protocol.py`` these are generators that yield :class:`~journal._core.protocol.Lua`,
+Like the append protocol these are generators that yield :class:`~journal._core.ops.Lua`,
 ``Call``, ``Blocking`` and ``Sleep`` and are run by the same drivers. Each one works under the
 session's writer lease (taken with ``lifecycle_acquire.lua``, fair like ``begin.lua``, for
 ``rebuild_lease_ms``), and each has one commit point, so a crash at any step leaves the
@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from collections.abc import Callable
 from functools import partial
 
 import msgspec
 
 from journal import _fault_hook as fault
-from journal._core import protocol
-from journal._core.protocol import Backoff, Blocking, Core, LeaseClock, Lua, Sleep, Steps, text
+from journal._core.ops import Blocking, Lua, Sleep, Steps, text
+from journal._core.rebuild import rebuild, roll_forward, settle_pending
+from journal._core.state import Backoff, Core, LeaseClock
 from journal._storage import archive as archives
 from journal._storage import compaction, gate, tombstone
 from journal._storage.session_file import SessionStore
@@ -45,14 +45,14 @@ class _Lease:
 def _acquire(core: Core, session_id: str, waiter: Backoff) -> Steps[_Lease]:
     keys = core.keys(session_id)
     lease_ms = core.settings.rebuild_lease_ms
-    token = uuid.uuid4().hex
+    token = core.env.token()
     # A lease this process still holds after an append would only make us wait for it.
-    yield from protocol.settle_pending(core, session_id)
+    yield from settle_pending(core, session_id)
     held = core.held.pop(session_id, None)
     if held is not None and not held.pending:
         yield from _release(core, session_id, held.token)
     while True:
-        clock = LeaseClock(lease_ms)
+        clock = core.lease_clock(lease_ms)
         reply = yield Lua("lifecycle_acquire", [keys.state, keys.lease, keys.want],
                           [token, lease_ms])
         if text(reply[0]) == "busy":
@@ -80,7 +80,7 @@ def delete(core: Core, session_id: str) -> Steps[None]:
     the state and keeps a tombstone key, and the files go."""
     store, root = core.store(session_id), core.root
     keys = core.keys(session_id)
-    waiter = Backoff(core.settings.lease_wait_s)
+    waiter = core.backoff()
     for _round in range(_ROUNDS):
         lease = yield from _acquire(core, session_id, waiter)
         fault.hit("delete:after_lease")
@@ -117,7 +117,7 @@ def _settled(core: Core, session_id: str, store: SessionStore, waiter: Backoff,
         yield from _release(core, session_id, lease.token)
         if not (yield Blocking(partial(gate.exists, store))):
             raise InvalidInput(f"no session {session_id} under {core.root}")
-        yield from protocol.rebuild(core, session_id, waiter)
+        yield from rebuild(core, session_id, waiter)
         return None
     committed = int(lease.fields["len"])
     try:
@@ -128,7 +128,7 @@ def _settled(core: Core, session_id: str, store: SessionStore, waiter: Backoff,
     size = yield Blocking(store.size)
     if size > committed:
         yield from _release(core, session_id, lease.token)
-        yield from protocol.roll_forward(core, session_id)
+        yield from roll_forward(core, session_id)
         return None
     if size < committed and marks.archived is None:
         yield from _release(core, session_id, lease.token)
@@ -145,7 +145,7 @@ def truncate_before(core: Core, session_id: str, branch_id: str, sequence: int) 
     the branch's new lowest sequence."""
     store, root = core.store(session_id), core.root
     keys = core.keys(session_id)
-    waiter = Backoff(core.settings.lease_wait_s)
+    waiter = core.backoff()
     for _round in range(_ROUNDS):
         settled = yield from _settled(core, session_id, store, waiter)
         if settled is None:
@@ -209,7 +209,7 @@ def archive(core: Core, session_id: str) -> Steps[bool]:
     archived (after the archive is durable); then the file and its index go. Reads are
     served from the archive; the next append reopens it. False: it was archived already."""
     store, root = core.store(session_id), core.root
-    waiter = Backoff(core.settings.lease_wait_s)
+    waiter = core.backoff()
     for _round in range(_ROUNDS):
         settled = yield from _settled(core, session_id, store, waiter)
         if settled is None:

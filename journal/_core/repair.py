@@ -1,18 +1,20 @@
 """The operator's rebuild: forget a session's Redis state and rebuild it from the file,
 checking every line (``journal rebuild``, ``Journal.rebuild``).
 
-The automatic rebuild of ``protocol.rebuild`` (Redis lost the state) may trust the index
+The automatic rebuild of ``journal._core.rebuild`` (Redis lost the state) may trust the index
 for the committed prefix; an operator who asks for a rebuild wants the file checked, so
 this one scans and decodes every line and reports a damaged one as ``CorruptLine``.
-Written as a generator of protocol operations like ``protocol.py``: no clock, no I/O.
+Written as a generator of protocol operations like the other protocols: no clock, no I/O.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from journal._core import protocol
-from journal._core.protocol import Blocking, Call, Lua, Sleep, Steps, text
+from journal._core.ops import Blocking, Call, Lua, Sleep, Steps, text
+from journal._core.read import session_state
+from journal._core.rebuild import rebuild as rebuild_state
+from journal._core.state import Core
 from journal.errors import LeaseTimeout
 
 __all__ = ["RebuildResult", "rebuild"]
@@ -29,7 +31,7 @@ class RebuildResult:
     changed: dict[str, tuple[int, int]] = field(default_factory=dict)  # branch: (was, now)
 
 
-def rebuild(core: protocol.Core, session_id: str, wait_s: float) -> Steps[RebuildResult]:
+def rebuild(core: Core, session_id: str, wait_s: float) -> Steps[RebuildResult]:
     """Clear the session's state (only while no writer holds its lease: waits up to
     ``wait_s``), then rebuild it with a full scan of the file."""
     keys, store = core.keys(session_id), core.store(session_id)
@@ -51,12 +53,12 @@ def rebuild(core: protocol.Core, session_id: str, wait_s: float) -> Steps[Rebuil
     before = {k[2:]: int(v) for k, v in old.items() if k.startswith("h:")} if old else None
     if not (yield Blocking(store.path.exists)):
         return RebuildResult(session_id, {}, before, None)
-    waiter = protocol.Backoff(core.settings.lease_wait_s)
+    waiter = core.backoff()
     # Another reader may find the state missing at the same moment and rebuild it first
     # (the create-only lease lets exactly one do it); we then wait for its result.
     while (yield Call(("EXISTS", keys.state))) == 0:
-        yield from protocol.rebuild(core, session_id, waiter, full=True)
-    _, heads = yield from protocol.session_state(core, session_id)
+        yield from rebuild_state(core, session_id, waiter, full=True)
+    _, heads = yield from session_state(core, session_id)
     size = yield Blocking(store.size)
     was = before or {}
     changed = {} if before is None else {

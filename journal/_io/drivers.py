@@ -1,68 +1,68 @@
-"""The thin I/O shells that run the protocols of ``protocol.py``: one blocking, one asyncio.
+"""The thin I/O shells that run the pure protocols of ``journal._core``: one blocking, one
+asyncio.
 
-The only difference between them is how an operation is executed (``await`` or not, and the
-async shell moves blocking file work to a worker thread so the event loop never waits on an
-fdatasync). Everything else, the stepping, the error translation and the bookkeeping of
-pipelined commits, is shared here.
+Everything they share is written once, here: which client call runs an operation
+(:meth:`_Driver._call`), stepping a generator (:class:`_Stepper`), translating errors, and
+the bookkeeping of pipelined commits (:class:`~journal._core.pipeline.Pipeline`, a pure
+object whose generators the shells run under their lock). What is left in each shell is
+the awaits, and that the async shell moves blocking file work to a worker thread so the
+event loop never waits on an fdatasync.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Callable, Generator
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 import redis
 import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
 
-from journal._core.protocol import Blocking, Call, Collect, Lua, Op, Send, Sleep, Steps
+from journal._core.ops import Blocking, Call, Collect, Lua, Op, Send, Sleep
+from journal._core.pipeline import (
+    Connect,
+    Disconnect,
+    NoScript,
+    Pipeline,
+    ReadReply,
+    Release,
+    WireFailed,
+    WireSteps,
+    Write,
+)
 from journal._core.scripts import SOURCES
 from journal._io.connect import CLIENT_ERRORS, AsyncClient, SyncClient, redis_error
 
 T = TypeVar("T")
+# What a driver runs: a protocol (``Op``s) or a pipeline generator (``Wire`` ops).
+Runnable = Generator[Any, Any, T]
 
 
+class _Stepper(Generic[T]):
+    """Steps a generator: hand it each result (or error), and keep the next operation."""
 
+    __slots__ = ("done", "error", "op", "steps", "value")
 
-def _advance(steps: Steps[T], result: Any, error: BaseException | None) -> tuple[bool, Any]:
-    """Feed one result (or error) to the protocol: (done, value-or-next-op)."""
-    try:
-        op = steps.throw(error) if error is not None else steps.send(result)
-    except StopIteration as stop:
-        return True, stop.value
-    return False, op
+    def __init__(self, steps: Runnable[T], error: Callable[[Exception], Exception]) -> None:
+        self.steps, self.error = steps, error
+        self.done, self.value = False, None
+        self.op: Any = None
+        self.feed(None, None)
 
-
-@dataclass
-class _Pipelined:
-    """Commits sent on the dedicated connection whose replies are not read yet, in order.
-
-    A reply is read before the next operation on the same session (the protocol yields
-    :class:`Collect`), so a caller reads its own writes. ``results`` keeps a reply read on
-    behalf of another session until that session collects it.
-    """
-
-    waiting: deque[tuple[str, Lua]] = field(default_factory=deque)
-    results: dict[str, Any] = field(default_factory=dict)
-
-    def pending(self, session_id: str) -> bool:
-        return any(sid == session_id for sid, _ in self.waiting)
-
-    def packed(self, op: Lua, sha: str) -> bytes:
-        """EVALSHA in RESP, packed by hand: redis-py's general packer costs more than the
-        rest of the pipelined send on this hot path."""
-        args = ("EVALSHA", sha, len(op.keys), *op.keys, *op.args)
-        parts = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            raw = arg if isinstance(arg, bytes) else str(arg).encode()
-            parts += (b"$%d\r\n" % len(raw), raw, b"\r\n")
-        return b"".join(parts)
+    def feed(self, result: Any, error: Exception | None) -> None:
+        """The outcome of ``op``: its result, or the exception it raised (translated)."""
+        try:
+            if error is None:
+                self.op = self.steps.send(result)
+            else:
+                self.op = self.steps.throw(self.error(error))
+        except StopIteration as stop:
+            self.done, self.value = True, stop.value
 
 
 def _may_pipeline(pool: Any) -> bool:
@@ -77,210 +77,124 @@ def _may_pipeline(pool: Any) -> bool:
     )
 
 
-class SyncDriver:
-    def __init__(self, client: SyncClient, where: str) -> None:
+def _wire_error(exc: Exception) -> Exception:
+    """How a failure on the dedicated connection reaches the pipeline."""
+    if isinstance(exc, redis.exceptions.NoScriptError):
+        return NoScript(str(exc))
+    return WireFailed(str(exc)) if isinstance(exc, CLIENT_ERRORS) else exc
+
+
+class _Driver:
+    """What both shells share: the scripts, the pipeline, which call runs an operation, and
+    error translation."""
+
+    def __init__(self, client: Any, where: str, pool: Any) -> None:
         self.client = client
         self.where = where
         # redis-py Script objects: EVALSHA, and on NOSCRIPT (a restarted Redis) load and retry.
         self.scripts = {name: client.register_script(src) for name, src in SOURCES.items()}
-        self._lock = threading.Lock()  # one dedicated connection, shared by threads
-        self._conn: Any = None
-        self._pipe = _Pipelined()
-        self._pool: Any = client.connection_pool if isinstance(client, redis.Redis) else None
-        self._pipelining = _may_pipeline(self._pool)
+        self._pool = pool
+        shas = {name: script.sha for name, script in self.scripts.items()}
+        self._pipe = Pipeline(_may_pipeline(pool), shas)
 
-    def execute(self, op: Op) -> Any:
+    def _call(self, op: Any) -> Callable[[], Any]:
+        """The client call that runs a Redis or wire operation (the async shell awaits what
+        it returns)."""
         if isinstance(op, Lua):
-            return self.scripts[op.script](keys=op.keys, args=op.args)
+            return partial(self.scripts[op.script], keys=op.keys, args=op.args)
         if isinstance(op, Call):
-            return self.client.execute_command(*op.args)  # type: ignore[no-untyped-call]
-        if isinstance(op, Blocking):
-            return op.fn()
-        if isinstance(op, Send):
-            return self._send(op)
-        if isinstance(op, Collect):
-            return self._collect(op.session_id)
-        if isinstance(op, Sleep):
-            time.sleep(op.seconds)
-            return None
+            return partial(self.client.execute_command, *op.args)
+        if isinstance(op, Connect):
+            return self._pool.get_connection  # type: ignore[no-any-return]
+        if isinstance(op, Write):
+            return partial(op.conn.send_packed_command, [op.data])
+        if isinstance(op, ReadReply):
+            return op.conn.read_response  # type: ignore[no-any-return]
+        if isinstance(op, Disconnect):
+            return op.conn.disconnect  # type: ignore[no-any-return]
+        if isinstance(op, Release):
+            return partial(self._pool.release, op.conn)
         raise TypeError(op)
 
-    def _send(self, op: Send) -> None:
-        with self._lock:
-            if self._pipelining:
-                try:
-                    if self._conn is None:
-                        self._conn = self._pool.get_connection()
-                    script = self.scripts[op.lua.script]
-                    self._conn.send_packed_command([self._pipe.packed(op.lua, script.sha)])
-                    self._pipe.waiting.append((op.session_id, op.lua))
-                    return
-                except CLIENT_ERRORS:
-                    self._reset()
-            # No pipelining here (or the send failed): commit now, remember the reply.
-            self._pipe.results[op.session_id] = self._run_lua(op.lua)
+    def _pipelined(self, op: Any) -> WireSteps[Any] | None:
+        """A Send or Collect is a pipeline generator to run under the lock; None otherwise."""
+        if isinstance(op, Send):
+            return self._pipe.send(op.session_id, op.lua)
+        if isinstance(op, Collect):
+            return self._pipe.collect(op.session_id)
+        return None
 
-    def _collect(self, session_id: str) -> Any:
-        with self._lock:
-            return self._collect_locked(session_id)
+    def _op_error(self, exc: Exception) -> Exception:
+        """A Redis error reaches the protocol as RedisUnavailable; anything else as is, so
+        the protocol can release its lease first."""
+        return redis_error(exc, self.where) if isinstance(exc, CLIENT_ERRORS) else exc
 
-    def _collect_locked(self, session_id: str) -> Any:
-        while self._pipe.pending(session_id):
-            sid, lua = self._pipe.waiting.popleft()
-            try:
-                reply = self._conn.read_response()
-            except redis.exceptions.NoScriptError:
-                reply = self._run_lua(lua)  # Redis restarted: load the script, run it now
-            except Exception:
-                # Any failure to read it (a dropped or closed connection: redis-py is not
-                # consistent in what it raises there) leaves the reply unknown; the line on
-                # disk is rolled forward by the next recovery either way.
-                self._reset()
-                reply = 0
-            self._pipe.results[sid] = reply
-        return self._pipe.results.pop(session_id, None)
 
-    def _run_lua(self, lua: Lua) -> Any:
-        try:
-            return self.scripts[lua.script](keys=lua.keys, args=lua.args)
-        except CLIENT_ERRORS:
-            return 0
+class SyncDriver(_Driver):
+    def __init__(self, client: SyncClient, where: str) -> None:
+        pool = client.connection_pool if isinstance(client, redis.Redis) else None
+        super().__init__(client, where, pool)
+        self._lock = threading.Lock()  # one dedicated connection, shared by threads
 
-    def _reset(self) -> None:
-        for sid, _ in self._pipe.waiting:
-            self._pipe.results[sid] = 0
-        self._pipe.waiting.clear()
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.disconnect()
-                self._pool.release(self._conn)
-            self._conn = None
+    def execute(self, op: Op) -> Any:
+        if isinstance(op, Blocking):
+            return op.fn()
+        if isinstance(op, Sleep):
+            return time.sleep(op.seconds)
+        if (wire := self._pipelined(op)) is not None:
+            with self._lock:
+                return self.run(wire, _wire_error)
+        return self._call(op)()
 
     def close(self) -> None:
         with self._lock:
-            while self._pipe.waiting:
-                self._collect_locked(self._pipe.waiting[0][0])
-            if self._conn is not None:
-                self._pool.release(self._conn)
-                self._conn = None
+            self.run(self._pipe.close(), _wire_error)
 
-    def run(self, steps: Steps[T]) -> T:
-        result: Any = None
-        error: BaseException | None = None
+    def run(self, steps: Runnable[T],
+            translate: Callable[[Exception], Exception] | None = None) -> T:
+        s = _Stepper(steps, translate or self._op_error)
         try:
-            while True:
-                done, value = _advance(steps, result, error)
-                if done:
-                    return value  # type: ignore[no-any-return]
-                result, error = None, None
+            while not s.done:
                 try:
-                    result = self.execute(value)
-                except CLIENT_ERRORS as exc:
-                    error = redis_error(exc, self.where)
+                    result, error = self.execute(s.op), None
                 except Exception as exc:
-                    # Thrown back into the protocol, so it can release its lease first.
-                    error = exc
+                    result, error = None, exc
+                s.feed(result, error)
+            return s.value  # type: ignore[return-value]
         finally:
             steps.close()
 
 
-class AsyncDriver:
+class AsyncDriver(_Driver):
     def __init__(self, client: AsyncClient, where: str) -> None:
-        self.client = client
-        self.where = where
-        self.scripts = {name: client.register_script(src) for name, src in SOURCES.items()}
+        pool = client.connection_pool if isinstance(client, redis.asyncio.Redis) else None
+        super().__init__(client, where, pool)
         self._lock = asyncio.Lock()
-        self._conn: Any = None
-        self._pipe = _Pipelined()
-        self._pool: Any = (client.connection_pool if isinstance(client, redis.asyncio.Redis)
-                           else None)
-        self._pipelining = _may_pipeline(self._pool)
 
     async def execute(self, op: Op) -> Any:
-        if isinstance(op, Lua):
-            return await self.scripts[op.script](keys=op.keys, args=op.args)
-        if isinstance(op, Call):
-            return await self.client.execute_command(*op.args)
         if isinstance(op, Blocking):
             return await asyncio.to_thread(op.fn)
-        if isinstance(op, Send):
-            return await self._send(op)
-        if isinstance(op, Collect):
-            return await self._collect(op.session_id)
         if isinstance(op, Sleep):
-            await asyncio.sleep(op.seconds)
-            return None
-        raise TypeError(op)
-
-    async def _send(self, op: Send) -> None:
-        async with self._lock:
-            if self._pipelining:
-                try:
-                    if self._conn is None:
-                        self._conn = await self._pool.get_connection()
-                    script = self.scripts[op.lua.script]
-                    await self._conn.send_packed_command([self._pipe.packed(op.lua, script.sha)])
-                    self._pipe.waiting.append((op.session_id, op.lua))
-                    return
-                except CLIENT_ERRORS:
-                    await self._reset()
-            self._pipe.results[op.session_id] = await self._run_lua(op.lua)
-
-    async def _collect(self, session_id: str) -> Any:
-        async with self._lock:
-            return await self._collect_locked(session_id)
-
-    async def _collect_locked(self, session_id: str) -> Any:
-        while self._pipe.pending(session_id):
-            sid, lua = self._pipe.waiting.popleft()
-            try:
-                reply = await self._conn.read_response()
-            except redis.exceptions.NoScriptError:
-                reply = await self._run_lua(lua)
-            except Exception:  # as in SyncDriver._collect_locked
-                await self._reset()
-                reply = 0
-            self._pipe.results[sid] = reply
-        return self._pipe.results.pop(session_id, None)
-
-    async def _run_lua(self, lua: Lua) -> Any:
-        try:
-            return await self.scripts[lua.script](keys=lua.keys, args=lua.args)
-        except CLIENT_ERRORS:
-            return 0
-
-    async def _reset(self) -> None:
-        for sid, _ in self._pipe.waiting:
-            self._pipe.results[sid] = 0
-        self._pipe.waiting.clear()
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.disconnect()
-                await self._pool.release(self._conn)
-            self._conn = None
+            return await asyncio.sleep(op.seconds)
+        if (wire := self._pipelined(op)) is not None:
+            async with self._lock:
+                return await self.run(wire, _wire_error)
+        return await self._call(op)()
 
     async def close(self) -> None:
         async with self._lock:
-            while self._pipe.waiting:
-                await self._collect_locked(self._pipe.waiting[0][0])
-            if self._conn is not None:
-                await self._pool.release(self._conn)
-                self._conn = None
+            await self.run(self._pipe.close(), _wire_error)
 
-    async def run(self, steps: Steps[T]) -> T:
-        result: Any = None
-        error: BaseException | None = None
+    async def run(self, steps: Runnable[T],
+                  translate: Callable[[Exception], Exception] | None = None) -> T:
+        s = _Stepper(steps, translate or self._op_error)
         try:
-            while True:
-                done, value = _advance(steps, result, error)
-                if done:
-                    return value  # type: ignore[no-any-return]
-                result, error = None, None
+            while not s.done:
                 try:
-                    result = await self.execute(value)
-                except CLIENT_ERRORS as exc:
-                    error = redis_error(exc, self.where)
+                    result, error = await self.execute(s.op), None
                 except Exception as exc:
-                    error = exc
+                    result, error = None, exc
+                s.feed(result, error)
+            return s.value  # type: ignore[return-value]
         finally:
             steps.close()

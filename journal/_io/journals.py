@@ -1,26 +1,29 @@
 """The public journals: :class:`AsyncJournal` and :class:`Journal` (blocking).
 
-Both validate input and encode records here (pure code), then hand the protocols of
-``protocol.py`` to their driver. Neither holds any protocol logic of its own.
+Everything they share is in :class:`_Base`: settings, input checks, encoding, connecting,
+and one method per operation that checks its input and returns the protocol generator of
+``journal._core`` to run. The two shells only run those generators on their driver, with
+or without ``await``, and wait for group commit with a thread event or an asyncio future.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from journal._core import lifecycle, protocol, repair
 from journal._core import retry as _retry
-from journal._core.group_commit import GroupQueue, Pending, merge, settle
+from journal._core.group_commit import GroupQueue, Pending, lead
 from journal._core.repair import RebuildResult
 from journal._core.retry import Head, Pause, Put, RetryPolicy
 from journal._io import connect
@@ -43,7 +46,10 @@ from journal.settings import JournalSettings, redact_url
 if TYPE_CHECKING:
     from journal._groups import AsyncDeliveries, SyncDeliveries
 
+Client = TypeVar("Client")  # the redis-py client type of a shell
+T = TypeVar("T")
 Kind = KindBase | Mapping[str, Any]  # a typed variant of journal.kinds, or {"type": ...}
+_log = logging.getLogger("journal.rebuild")
 
 
 def make_settings(
@@ -66,35 +72,37 @@ def make_settings(
     return settings.model_copy(update=explicit) if explicit else settings
 
 
-class _Base:
-    """What both journals share: settings, input checks, names."""
+class _Base(Generic[Client]):
+    """What both journals share: construction, settings, input checks, names, and each
+    operation up to the protocol generator its shell runs."""
 
-    settings: JournalSettings
-
-    def _setup(
+    def __init__(
         self,
-        root: str | os.PathLike[str] | None,
-        redis_url: str | None,
-        settings: JournalSettings | None,
-        options: dict[str, Any],
+        root: str | os.PathLike[str] | None = None,
+        redis_url: str | None = None,
+        *,
+        settings: JournalSettings | None = None,
+        redis_client: Client | None = None,
+        **options: Any,
     ) -> None:
         self.settings = make_settings(root, redis_url, settings, options)
         self.core = protocol.Core(self.settings)
         self._groups: dict[str, GroupQueue] = {}
         self._groups_lock = threading.Lock()
+        self._client: Client | None = redis_client
+        self._owns_client = redis_client is None
+        self._where = "(given client)"
 
-    def _resolve_url(self) -> str:
-        url = self.settings.redis_url_value()
-        if url is None:
-            from journal.server.embedded import ensure_embedded
+    @property
+    def redis(self) -> Client:
+        if self._client is None:
+            raise InvalidInput("the journal is not open")
+        return self._client
 
-            url = ensure_embedded(Path(self.settings.root))
-        return url
-
-    def _deferred(self, client: object) -> bool:
+    def _deferred(self) -> bool:
         """The embedded server of a root that does not exist yet: open() starts nothing
         (a mistyped root must not get a directory and a server); the first write does."""
-        return (client is None and self.settings.redis_url_value() is None
+        return (self._client is None and self.settings.redis_url_value() is None
                 and not Path(self.settings.root).exists())
 
     def _no_root(self) -> bool:
@@ -108,39 +116,104 @@ class _Base:
             raise InvalidInput(f"root {root} is not a directory")
         return True
 
+    def _client_for(self, factory: Callable[[JournalSettings, str], Client]) -> Client:
+        """The client to open with: the given one, or a new one for the URL (or the
+        embedded server's)."""
+        if self._client is None:
+            url = self.settings.redis_url_value()
+            if url is None:
+                from journal.server.embedded import ensure_embedded
+
+                url = ensure_embedded(Path(self.settings.root))
+            self._where = redact_url(url)
+            self._client = factory(self.settings, url)
+        connect.check_client(self.settings, self._client)
+        return self._client
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """redis-py errors of a direct client call, as RedisUnavailable."""
+        try:
+            yield
+        except connect.CLIENT_ERRORS as exc:
+            raise redis_error(exc, self._where) from None
+
+    def _owned_client(self) -> Client | None:
+        """The client to close with the journal (None if it was given to us): forgotten."""
+        client = self._client if self._owns_client else None
+        if self._owns_client:
+            self._client = None
+        return client
+
     def _ids(self, session_id: str, branch_id: str) -> None:
         validate_id(session_id, "session_id", self.settings.max_id_length)
         validate_id(branch_id, "branch_id", self.settings.max_id_length)
 
-    def _prepare(self, records: Iterable[EventRecord]) -> tuple[list[EventRecord], bytes]:
-        return prepare_for_write(
+    def _checked(self, session_id: str, branch_id: str) -> tuple[str, str]:
+        self._ids(session_id, branch_id)
+        return session_id, branch_id
+
+    def _enqueue(
+        self, records: Iterable[EventRecord], notify: Callable[[], None]
+    ) -> tuple[Pending, protocol.Steps[None] | None]:
+        """Check and encode a batch and queue it. Returns the request and, when the caller
+        must lead its session's group commit, the leader's protocol to run."""
+        checked, data = prepare_for_write(
             records,
             max_record_bytes=self.settings.max_record_bytes,
             max_id_length=self.settings.max_id_length,
         )
+        pending = Pending(checked, data, notify=notify)
+        session_id = checked[0].session_id
+        with self._groups_lock:
+            queue = self._groups.setdefault(session_id, GroupQueue())
+        if not queue.join(pending):
+            return pending, None
+        # "batch" is group commit: queued appends that chain share one round and one sync.
+        return pending, lead(self.core, queue, self.settings.durability == "batch")
 
-    @staticmethod
-    def _check_range(from_sequence: int, limit: int) -> None:
+    def _read(
+        self, session_id: str, branch_id: str, from_sequence: int, limit: int
+    ) -> protocol.Steps[list[EventRecord]]:
+        self._ids(session_id, branch_id)
         if not isinstance(from_sequence, int) or from_sequence < 0:
             raise InvalidInput(f"from_sequence must be an integer >= 0, got {from_sequence!r}")
         if not isinstance(limit, int) or limit < 0:
             raise InvalidInput(f"limit must be an integer >= 0, got {limit!r}")
+        if self._no_root():
+            return _const([])
+        return protocol.read(self.core, session_id, branch_id, from_sequence, limit)
 
-    @property
-    def _merge(self) -> bool:
-        # "batch" is group commit: queued appends that chain share one round and one sync.
-        return self.settings.durability == "batch"
+    def _head(self, session_id: str, branch_id: str) -> protocol.Steps[int]:
+        self._ids(session_id, branch_id)
+        if self._no_root():
+            return _const(0)
+        return protocol.head(self.core, session_id, branch_id)
 
-    def _group(self, session_id: str) -> GroupQueue:
-        with self._groups_lock:
-            return self._groups.setdefault(session_id, GroupQueue())
+    def _branches(self, session_id: str) -> protocol.Steps[dict[str, int]]:
+        validate_id(session_id, "session_id", self.settings.max_id_length)
+        if self._no_root():
+            return _const({})
+        return _heads_only(protocol.session_state(self.core, session_id))
 
-    @staticmethod
-    def _outcome(pending: Pending) -> list[EventRecord]:
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
+    def _rebuild(self, session_id: str, wait_s: float) -> protocol.Steps[RebuildResult]:
+        validate_id(session_id, "session_id", self.settings.max_id_length)
+        if self._no_root():
+            raise InvalidInput(f"root {self.settings.root} does not exist")
+        return _logged(repair.rebuild(self.core, session_id, wait_s))
+
+    def _delete(self, session_id: str) -> protocol.Steps[Any]:
+        validate_id(session_id, "session_id", self.settings.max_id_length)
+        return lifecycle.delete(self.core, session_id)
+
+    def _truncate_before(self, session_id: str, branch_id: str,
+                         sequence: int) -> protocol.Steps[Any]:
+        self._ids(session_id, branch_id)
+        return lifecycle.truncate_before(self.core, session_id, branch_id, sequence)
+
+    def _archive(self, session_id: str) -> protocol.Steps[Any]:
+        validate_id(session_id, "session_id", self.settings.max_id_length)
+        return lifecycle.archive(self.core, session_id)
 
     def _next_plan(self, session_id: str, branch_id: str, kind: Kind,
                    retry: RetryPolicy | None, fields: dict[str, Any]) -> _retry.Plan:
@@ -150,7 +223,9 @@ class _Base:
         def make(sequence: int) -> EventRecord:
             return EventRecord.new(session_id, branch_id, sequence, kind, **fields)
 
-        self._prepare([make(1)])  # a bad kind or field: refused before anything is done
+        # A bad kind or field is refused before anything is done.
+        prepare_for_write([make(1)], max_record_bytes=self.settings.max_record_bytes,
+                          max_id_length=self.settings.max_id_length)
         return _retry.append_next(retry or RetryPolicy(), session_id, branch_id, make)
 
     def sessions(self) -> list[str]:
@@ -170,54 +245,60 @@ class _Base:
         return f"{type(self).__name__}(root={str(self.settings.root)!r}, redis={shown!r})"
 
 
-class AsyncJournal(_Base):
+def _const(value: T) -> protocol.Steps[T]:
+    """A protocol that needs no I/O: the answer for a root that does not exist."""
+    return value
+    yield  # a generator  # pragma: no cover
+
+
+def _logged(steps: protocol.Steps[RebuildResult]) -> protocol.Steps[RebuildResult]:
+    result = yield from steps
+    _log.info("rebuilt %s from its file: %s", result.session_id, result.heads, extra={
+        "event": "rebuild", "session_id": result.session_id, "heads": result.heads,
+        "before": result.before, "file_bytes": result.file_bytes})
+    return result
+
+
+def _heads_only(
+    state: protocol.Steps[tuple[int, dict[str, int]]],
+) -> protocol.Steps[dict[str, int]]:
+    _, heads = yield from state
+    return dict(heads)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class AsyncJournal(_Base[connect.AsyncClient]):
     """The asyncio journal. Use ``async with AsyncJournal(...) as j`` or call ``open()``."""
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str] | None = None,
-        redis_url: str | None = None,
-        *,
-        settings: JournalSettings | None = None,
-        redis_client: connect.AsyncClient | None = None,
-        **options: Any,
-    ) -> None:
-        self._setup(root, redis_url, settings, options)
-        self._client = redis_client
-        self._owns_client = redis_client is None
-        self._driver: AsyncDriver | None = None
-        self._where = "(given client)"
+    _driver: AsyncDriver | None = None
 
     async def open(self) -> Self:
         """Connect (``async with`` does it). With the embedded server of a root that does
         not exist yet, nothing starts until the first write."""
-        if self._driver is None and not self._deferred(self._client):
+        if self._driver is None and not self._deferred():
             await self._connect()
         return self
 
     async def _connect(self) -> AsyncDriver:
         if self._driver is None:
-            if self._client is None:
-                url = self._resolve_url()
-                self._where = redact_url(url)
-                self._client = connect.async_client(self.settings, url)
-            connect.check_client(self.settings, self._client)
-            try:
-                await self._client.ping()
-            except connect.CLIENT_ERRORS as exc:
-                raise redis_error(exc, self._where) from None
-            self._driver = AsyncDriver(self._client, self._where)
+            client = self._client_for(connect.async_client)
+            with self._translated():
+                await client.ping()
+            self._driver = AsyncDriver(client, self._where)
         return self._driver
 
     async def close(self) -> None:
-        if self._driver is not None:
+        driver, self._driver = self._driver, None
+        if driver is not None:
             with contextlib.suppress(JournalError):
-                await self._driver.run(protocol.release_held(self.core))
-            await self._driver.close()
-        if self._client is not None and self._owns_client:
-            await self._client.aclose()
-            self._client = None
-        self._driver = None
+                await driver.run(protocol.release_held(self.core))
+            await driver.close()
+        if (client := self._owned_client()) is not None:
+            await client.aclose()
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -227,22 +308,14 @@ class AsyncJournal(_Base):
     ) -> None:
         await self.close()
 
-    @property
-    def redis(self) -> connect.AsyncClient:
-        if self._client is None:
-            raise InvalidInput("the journal is not open")
-        return self._client
-
-    async def _run(self, steps: protocol.Steps[Any]) -> Any:
+    async def _run(self, steps: protocol.Steps[T]) -> T:
         driver = self._driver or await self._connect()
         return await driver.run(steps)
 
     async def append(self, record: EventRecord, *, retry: RetryPolicy | None = None
                      ) -> EventRecord:
         """Append one event at ``head + 1`` of its (session, branch). Returns the stored record.
-
-        ``retry``: retry transient failures (``AppendOutcomeUnknown``, ``RedisUnavailable``,
-        ``LeaseTimeout``) with the same record, as :class:`journal.RetryPolicy` says."""
+        See :meth:`Journal.append`."""
         if retry is not None:
             return await self._retrying(_retry.append_with_retry(retry, record))
         stored = await self.append_batch([record])
@@ -274,97 +347,50 @@ class AsyncJournal(_Base):
     async def rebuild(self, session_id: str, *, wait_s: float = 10.0) -> RebuildResult:
         """Reset a session's Redis state from its file, checking every line: a damaged line
         raises :class:`CorruptLine`. See :meth:`Journal.rebuild`."""
-        validate_id(session_id, "session_id", self.settings.max_id_length)
-        if self._no_root():
-            raise InvalidInput(f"root {self.settings.root} does not exist")
-        result: RebuildResult = await self._run(repair.rebuild(self.core, session_id, wait_s))
-        _log_rebuild(result)
-        return result
+        return await self._run(self._rebuild(session_id, wait_s))
+
+    async def delete(self, session_id: str) -> None:
+        """Delete a session for good (see README, 'The life of a session')."""
+        await self._run(self._delete(session_id))
+
+    async def truncate_before(self, session_id: str, branch_id: str, sequence: int) -> int:
+        """Drop a branch's events below ``sequence`` (compacted at once); its new first."""
+        return int(await self._run(self._truncate_before(session_id, branch_id, sequence)))
+
+    async def archive(self, session_id: str) -> bool:
+        """Compress a session to ``archive/``; reads go on, an append reopens it."""
+        return bool(await self._run(self._archive(session_id)))
 
     async def append_batch(self, records: Iterable[EventRecord]) -> list[EventRecord]:
         """Append contiguous events of one (session, branch), all or nothing."""
-        checked, data = self._prepare(records)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def wake() -> None:
-            if not future.done():
-                future.set_result(None)
-
-        pending = Pending(checked, data, notify=wake)
-        if self._group(checked[0].session_id).join(pending):
-            await self._lead(checked[0].session_id)
-        await future
-        return self._outcome(pending)
-
-    async def _lead(self, session_id: str) -> None:
-        queue = self._group(session_id)
-        while (chain := queue.next_round(merge=self._merge)) is not None:
-            try:
-                settle(chain, await self._run(protocol.append(self.core, *merge(chain))))
-            except Exception as exc:
-                if len(chain) == 1:
-                    chain[0].error = exc
-                # Something in a merged chain failed: give every request its own round.
-                for p in chain if len(chain) > 1 else []:
-                    try:
-                        p.result = await self._run(protocol.append(self.core, p.records, p.data))
-                    except Exception as exc:
-                        p.error = exc
-            for p in chain:
-                p.notify()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        pending, leader = self._enqueue(records, functools.partial(_wake, done))
+        if leader is not None:
+            await self._run(leader)
+        await done
+        return pending.outcome()
 
     async def read(
         self, session_id: str, branch_id: str = "main", from_sequence: int = 1, limit: int = 1000
     ) -> list[EventRecord]:
         """Committed events of a branch from ``from_sequence``, at most ``limit``."""
-        self._ids(session_id, branch_id)
-        self._check_range(from_sequence, limit)
-        if self._no_root():
-            return []
-        result: list[EventRecord] = await self._run(
-            protocol.read(self.core, session_id, branch_id, from_sequence, limit)
-        )
-        return result
+        return await self._run(self._read(session_id, branch_id, from_sequence, limit))
 
     async def head(self, session_id: str, branch_id: str = "main") -> int:
         """The last committed sequence of a branch, 0 when it is empty."""
-        self._ids(session_id, branch_id)
-        if self._no_root():
-            return 0
-        result: int = await self._run(protocol.head(self.core, session_id, branch_id))
-        return result
+        return await self._run(self._head(session_id, branch_id))
 
     async def branches(self, session_id: str) -> dict[str, int]:
         """Every branch of a session with its head."""
-        validate_id(session_id, "session_id", self.settings.max_id_length)
-        if self._no_root():
-            return {}
-        _, heads = await self._run(protocol.session_state(self.core, session_id))
-        return dict(heads)
-
-    async def delete(self, session_id: str) -> None:
-        """Delete a session for good (see README, 'The life of a session')."""
-        validate_id(session_id, "session_id", self.settings.max_id_length)
-        await self._run(lifecycle.delete(self.core, session_id))
-
-    async def truncate_before(self, session_id: str, branch_id: str, sequence: int) -> int:
-        """Drop a branch's events below ``sequence`` (compacted at once); its new first."""
-        self._ids(session_id, branch_id)
-        return int(await self._run(
-            lifecycle.truncate_before(self.core, session_id, branch_id, sequence)))
-
-    async def archive(self, session_id: str) -> bool:
-        """Compress a session to ``archive/``; reads go on, an append reopens it."""
-        validate_id(session_id, "session_id", self.settings.max_id_length)
-        return bool(await self._run(lifecycle.archive(self.core, session_id)))
+        return await self._run(self._branches(session_id))
 
     def subscribe(
         self, session_id: str, branch_id: str = "main", after_sequence: int = 0, **options: Any
     ) -> AsyncSubscription:
         """Every committed event above ``after_sequence``, exactly once, in order, live.
         See :class:`AsyncSubscription` for its life cycle and options."""
-        self._ids(session_id, branch_id)
-        return subscribe_async(self, session_id, branch_id, after_sequence, **options)
+        return subscribe_async(self, *self._checked(session_id, branch_id), after_sequence,
+                               **options)
 
     def subscribe_all(self, session_prefix: str = "", **options: Any) -> AsyncSubscription:
         """The firehose: every session (optionally by id prefix), in order per branch. It
@@ -378,54 +404,34 @@ class AsyncJournal(_Base):
         return AsyncDeliveries(self, make_worker(self, group, worker, options))
 
 
-class Journal(_Base):
+class Journal(_Base[connect.SyncClient]):
     """The blocking journal: the same methods as :class:`AsyncJournal`."""
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str] | None = None,
-        redis_url: str | None = None,
-        *,
-        settings: JournalSettings | None = None,
-        redis_client: connect.SyncClient | None = None,
-        **options: Any,
-    ) -> None:
-        self._setup(root, redis_url, settings, options)
-        self._client = redis_client
-        self._owns_client = redis_client is None
-        self._driver: SyncDriver | None = None
-        self._where = "(given client)"
+    _driver: SyncDriver | None = None
 
     def open(self) -> Self:
         """Connect (``with`` does it). With the embedded server of a root that does not
         exist yet, nothing starts until the first write."""
-        if self._driver is None and not self._deferred(self._client):
+        if self._driver is None and not self._deferred():
             self._connect()
         return self
 
     def _connect(self) -> SyncDriver:
         if self._driver is None:
-            if self._client is None:
-                url = self._resolve_url()
-                self._where = redact_url(url)
-                self._client = connect.sync_client(self.settings, url)
-            connect.check_client(self.settings, self._client)
-            try:
-                self._client.ping()
-            except connect.CLIENT_ERRORS as exc:
-                raise redis_error(exc, self._where) from None
-            self._driver = SyncDriver(self._client, self._where)
+            client = self._client_for(connect.sync_client)
+            with self._translated():
+                client.ping()
+            self._driver = SyncDriver(client, self._where)
         return self._driver
 
     def close(self) -> None:
-        if self._driver is not None:
+        driver, self._driver = self._driver, None
+        if driver is not None:
             with contextlib.suppress(JournalError):
-                self._driver.run(protocol.release_held(self.core))
-            self._driver.close()
-        if self._client is not None and self._owns_client:
-            self._client.close()
-            self._client = None
-        self._driver = None
+                driver.run(protocol.release_held(self.core))
+            driver.close()
+        if (client := self._owned_client()) is not None:
+            client.close()
 
     def __enter__(self) -> Self:
         return self.open()
@@ -435,13 +441,7 @@ class Journal(_Base):
     ) -> None:
         self.close()
 
-    @property
-    def redis(self) -> connect.SyncClient:
-        if self._client is None:
-            raise InvalidInput("the journal is not open")
-        return self._client
-
-    def _run(self, steps: protocol.Steps[Any]) -> Any:
+    def _run(self, steps: protocol.Steps[T]) -> T:
         driver = self._driver or self._connect()
         return driver.run(steps)
 
@@ -497,84 +497,46 @@ class Journal(_Base):
         ``wait_s``, then :class:`LeaseTimeout`), then scans and decodes *every* line of the
         file: a damaged line raises :class:`CorruptLine` (the automatic rebuild after Redis
         lost its state may trust the index instead). Returns the heads before and after."""
-        validate_id(session_id, "session_id", self.settings.max_id_length)
-        if self._no_root():
-            raise InvalidInput(f"root {self.settings.root} does not exist")
-        result: RebuildResult = self._run(repair.rebuild(self.core, session_id, wait_s))
-        _log_rebuild(result)
-        return result
+        return self._run(self._rebuild(session_id, wait_s))
+
+    def delete(self, session_id: str) -> None:
+        """Delete a session for good (see README, 'The life of a session')."""
+        self._run(self._delete(session_id))
+
+    def truncate_before(self, session_id: str, branch_id: str, sequence: int) -> int:
+        """Drop a branch's events below ``sequence`` (compacted at once); its new first."""
+        return int(self._run(self._truncate_before(session_id, branch_id, sequence)))
+
+    def archive(self, session_id: str) -> bool:
+        """Compress a session to ``archive/``; reads go on, an append reopens it."""
+        return bool(self._run(self._archive(session_id)))
 
     def append_batch(self, records: Iterable[EventRecord]) -> list[EventRecord]:
-        checked, data = self._prepare(records)
-        event = threading.Event()
-        pending = Pending(checked, data, notify=event.set)
-        if self._group(checked[0].session_id).join(pending):
-            self._lead(checked[0].session_id)
-        event.wait()
-        return self._outcome(pending)
-
-    def _lead(self, session_id: str) -> None:
-        queue = self._group(session_id)
-        while (chain := queue.next_round(merge=self._merge)) is not None:
-            try:
-                settle(chain, self._run(protocol.append(self.core, *merge(chain))))
-            except Exception as exc:
-                if len(chain) == 1:
-                    chain[0].error = exc
-                for p in chain if len(chain) > 1 else []:
-                    try:
-                        p.result = self._run(protocol.append(self.core, p.records, p.data))
-                    except Exception as exc:
-                        p.error = exc
-            for p in chain:
-                p.notify()
+        done = threading.Event()
+        pending, leader = self._enqueue(records, done.set)
+        if leader is not None:
+            self._run(leader)
+        done.wait()
+        return pending.outcome()
 
     def read(
         self, session_id: str, branch_id: str = "main", from_sequence: int = 1, limit: int = 1000
     ) -> list[EventRecord]:
-        self._ids(session_id, branch_id)
-        self._check_range(from_sequence, limit)
-        if self._no_root():
-            return []
-        result: list[EventRecord] = self._run(
-            protocol.read(self.core, session_id, branch_id, from_sequence, limit)
-        )
-        return result
+        return self._run(self._read(session_id, branch_id, from_sequence, limit))
 
     def head(self, session_id: str, branch_id: str = "main") -> int:
-        self._ids(session_id, branch_id)
-        if self._no_root():
-            return 0
-        result: int = self._run(protocol.head(self.core, session_id, branch_id))
-        return result
+        return self._run(self._head(session_id, branch_id))
 
     def branches(self, session_id: str) -> dict[str, int]:
-        validate_id(session_id, "session_id", self.settings.max_id_length)
-        if self._no_root():
-            return {}
-        _, heads = self._run(protocol.session_state(self.core, session_id))
-        return dict(heads)
-
-    def delete(self, session_id: str) -> None:
-        validate_id(session_id, "session_id", self.settings.max_id_length)
-        self._run(lifecycle.delete(self.core, session_id))
-
-    def truncate_before(self, session_id: str, branch_id: str, sequence: int) -> int:
-        self._ids(session_id, branch_id)
-        return int(self._run(lifecycle.truncate_before(self.core, session_id, branch_id,
-                                                       sequence)))
-
-    def archive(self, session_id: str) -> bool:
-        validate_id(session_id, "session_id", self.settings.max_id_length)
-        return bool(self._run(lifecycle.archive(self.core, session_id)))
+        return self._run(self._branches(session_id))
 
     def subscribe(
         self, session_id: str, branch_id: str = "main", after_sequence: int = 0, **options: Any
     ) -> SyncSubscription:
         """Every committed event above ``after_sequence``, exactly once, in order, live.
         Listening when the call returns. See :class:`SyncSubscription`."""
-        self._ids(session_id, branch_id)
-        return subscribe_sync(self, session_id, branch_id, after_sequence, **options)
+        return subscribe_sync(self, *self._checked(session_id, branch_id), after_sequence,
+                              **options)
 
     def subscribe_all(self, session_prefix: str = "", **options: Any) -> SyncSubscription:
         """The firehose: every session whose id starts with ``session_prefix``, in order per
@@ -587,11 +549,3 @@ class Journal(_Base):
         from journal._groups import SyncDeliveries, make_worker
 
         return SyncDeliveries(self, make_worker(self, group, worker, options))
-
-_log = logging.getLogger("journal.rebuild")
-
-
-def _log_rebuild(result: RebuildResult) -> None:
-    _log.info("rebuilt %s from its file: %s", result.session_id, result.heads, extra={
-        "event": "rebuild", "session_id": result.session_id, "heads": result.heads,
-        "before": result.before, "file_bytes": result.file_bytes})

@@ -82,6 +82,7 @@ from redis.exceptions import RedisClusterException
 from journal import _observe
 from journal._core import protocol
 from journal._core.keys import channel_pattern
+from journal._core.ops import Sleep
 from journal._core.protocol import text
 from journal._core.retry import advance as _advance
 from journal._io import connect
@@ -210,11 +211,6 @@ class Connect:
 @dataclass(frozen=True, slots=True)
 class Disconnect:
     """Close the pub/sub connection (idempotent)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Sleep:
-    seconds: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,247 @@
+"""The append protocol (docs/design.md, "The append protocol"): begin under a lease (or
+reuse a held one), write and fdatasync under it, commit, and the windows in between where
+the lease may be lost. Also the give-back of held leases on close."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from journal import _fault_hook as fault
+from journal import _observe
+from journal._core.keys import SessionKeys
+from journal._core.ops import Blocking, Lua, Send, Sleep, Steps, text
+from journal._core.read import read
+from journal._core.rebuild import confirm, rebuild, recover, release, stale
+from journal._core.state import Core, Held, LeaseClock, LeaseLost
+from journal._model.announcement import encode_announcement
+from journal._model.records import EventRecord
+from journal._storage import gate
+from journal._storage.session_file import SessionStore
+from journal.errors import (
+    AppendOutcomeUnknown,
+    HistoryTruncated,
+    JournalError,
+    LeaseTimeout,
+    RedisUnavailable,
+    SequenceConflict,
+    StorageError,
+)
+
+_RETRY = object()
+# Rounds an append may start over (lease lost before writing, or its lines were cut after a
+# stale writer's bytes landed first). Busy waits are bounded by lease_wait_s instead.
+_MAX_ROUNDS = 1000
+
+
+def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[EventRecord]]:
+    """Append a checked, contiguous batch (``data`` is its encoded lines)."""
+    first = records[0]
+    keys = core.keys(first.session_id)
+    lease_ms = core.settings.lease_ms
+    waiter = core.backoff()
+    # Taken out while we work: whatever goes wrong, no stale lease state stays behind.
+    held = core.held.pop(first.session_id, None)
+    token = held.token if held is not None else core.env.token()
+    if held is not None and not (yield from confirm(held, first.session_id)):
+        held = None  # our last commit found the lease gone, or handed it to a waiter
+    for _attempt in range(_MAX_ROUNDS):
+        known: dict[str, int] = {}
+        fast = False
+        if held is not None and held.clock.valid() and first.branch_id in held.heads:
+            clock, committed, known = held.clock, held.committed, held.heads
+            head_now = known[first.branch_id]
+            if head_now + 1 != first.sequence:
+                core.held[first.session_id] = held  # we keep holding; nothing was written
+                return (yield from _resolve_conflict(core, records, head_now))
+            held = None  # one fast attempt; any retry goes through begin
+            fast = True
+        else:
+            held = None
+            clock = core.lease_clock(lease_ms)
+            reply = yield Lua("begin", [keys.state, keys.lease, keys.want],
+                              [token, lease_ms, first.branch_id, first.sequence])
+            status = text(reply[0])
+            if status == "rebuild":
+                yield from rebuild(core, first.session_id, waiter)
+                continue
+            if status == "busy":
+                core.contended(first.session_id)
+                delay = waiter.next(int(reply[1]))
+                _observe.emit("lease_wait", seconds=delay, session_id=first.session_id)
+                yield Sleep(delay)
+                continue
+            if status == "conflict":
+                top = int(reply[1])
+                if first.sequence > top + 1 and (yield from stale(core, first.session_id)):
+                    continue  # Redis's head was stale: the file had more; look again
+                return (yield from _resolve_conflict(core, records, top))
+            committed, head_now = int(reply[1]), int(reply[2])
+        fault.hit("after_begin")
+        try:
+            outcome = yield from _under_lease(
+                core, keys, token, clock, records, data, committed, head_now, fast
+            )
+        except LeaseLost:
+            # We lost the lease before our bytes reached the file: nothing of ours is there.
+            continue
+        except OSError as exc:
+            yield from release(keys, token)
+            raise StorageError(f"writing {core.store(first.session_id).path}: {exc}") from exc
+        except (SequenceConflict, JournalError):
+            yield from release(keys, token)
+            raise
+        if outcome is _RETRY:
+            yield from release(keys, token)
+            continue
+        stored, kept = outcome
+        if kept is not None:
+            kept.heads = {**known, **kept.heads}
+            core.held[first.session_id] = kept
+        result: list[EventRecord] = stored
+        return result
+    raise LeaseTimeout(
+        f"append to {first.session_id}/{first.branch_id} lost its lease {_MAX_ROUNDS} times in "
+        "a row (lease_ms too short for this disk?)"
+    )
+
+
+def release_held(core: Core) -> Steps[None]:
+    """Give back every lease this process still holds (on close), so others need not wait
+    for them to expire."""
+    while core.held:
+        session_id, held = core.held.popitem()
+        if (yield from confirm(held, session_id)):
+            yield from release(core.keys(session_id), held.token)
+
+
+def _under_lease(
+    core: Core, keys: SessionKeys, token: str, clock: LeaseClock,
+    records: list[EventRecord], data: bytes, committed: int, head_now: int, fast: bool = False,
+) -> Steps[Any]:
+    first, last = records[0], records[-1]
+    branch = first.branch_id
+    store = core.store(first.session_id)
+    size = yield Blocking(store.size)
+    if size < committed:
+        # Another host's committed bytes may not be visible here yet (a shared mount's
+        # cache): wait for them, bounded. An archived session reopens; anything else is
+        # refused. Never write, recover or truncate on a short view; the lease clock guards
+        # whatever follows the wait.
+        size = yield Blocking(partial(gate.short_file, store, size, committed, clock.guard))
+    if size > committed:
+        # A writer died after or during its write: roll its tail forward or cut it first.
+        committed, heads, _ = yield from recover(core, keys, token, clock, store, committed)
+        head_now = heads.get(branch, 0)
+        if head_now + 1 != first.sequence:
+            yield from release(keys, token)
+            return (yield from _resolve_conflict(core, records, head_now)), None
+    sync = core.settings.durability != "none"
+    start, end, synced_at = yield Blocking(partial(
+        _write, store, clock, core.env.now, data, sync, committed, branch, head_now))
+    if start != committed:
+        # A stale writer's bytes landed before ours. Recover everything past the committed
+        # length: our lines are kept if they still continue their branch, or cut.
+        committed, heads, survivors = yield from recover(
+            core, keys, token, clock, store, committed
+        )
+        ours = {r.event_id for r in records}
+        if not ours.issubset(survivors):
+            return _RETRY
+        start, end = committed - len(data), committed
+    fault.hit("before_commit")
+    inline = len(data) <= core.settings.inline_message_max
+    message = encode_announcement(first.session_id, branch, first.sequence, last.sequence,
+                                  start, end, data if inline else None)
+    hold_ms = core.hold_ms(first.session_id)
+    hold_clock = core.lease_clock(hold_ms)  # started before the commit is sent: conservative
+    commit = Lua("commit", keys.all,
+                 [token, hold_ms, end, "update", core.publish, message, branch, last.sequence])
+    if fast and hold_ms and synced_at < clock.deadline and start == committed:
+        # Pipelined commit. Our lines are synced at the committed length, inside a lease
+        # whose last commit Redis confirmed: by the roll-forward rule they are committed
+        # now, whatever happens to the commit we send. Its reply is read before our next
+        # operation on this session.
+        yield Send(first.session_id, commit)
+        fault.hit("after_commit")
+        return records, Held(token, hold_clock, end, {branch: last.sequence}, pending=True,
+                             reply=None)
+    try:
+        ok = yield commit
+    except RedisUnavailable as exc:
+        raise AppendOutcomeUnknown(
+            f"commit of {first.session_id}/{branch} {first.sequence}..{last.sequence} "
+            f"did not get an answer ({exc}); retry the same records to resolve it"
+        ) from exc
+    if not ok:
+        raise AppendOutcomeUnknown(
+            f"the writer lease for {first.session_id} expired before commit of "
+            f"{branch} {first.sequence}..{last.sequence}; retry the same records to resolve it"
+        )
+    fault.hit("after_commit")
+    # 1: we still hold the lease; 2: another writer waits, so the script let it go.
+    if ok == 2:
+        core.contended(first.session_id)
+    kept = Held(token, hold_clock, end, {branch: last.sequence}) if ok == 1 and hold_ms else None
+    return records, kept
+
+
+def _write(
+    store: SessionStore, clock: LeaseClock, now: Callable[[], float], data: bytes, sync: bool,
+    committed: int, branch: str, head_now: int,
+) -> tuple[int, int, float]:
+    """The file work of an append, in one blocking step: the write intent, the write and
+    its sync, then the hint and index caches. Returns (start, end, synced at)."""
+    clock.guard()
+    # The intent: if this write does not finish, recovery cuts all of it.
+    store.write_hint(committed, committed + len(data))
+    try:
+        start, end = store.append(data, sync)
+    except OSError:
+        _take_back(store, committed, clock)
+        raise
+    synced_at = now()
+    if start == committed:
+        # Our synced lines sit right at the committed length and continue their branch:
+        # any recovery rolls them forward, so they are committed from here on, and the
+        # hint may say so. A rebuild then never truncates below it.
+        with contextlib.suppress(OSError):  # a cache: only a bound for rebuilds
+            store.write_hint(end)
+        rows, offset = [], start
+        for line in data.split(b"\n")[:-1]:
+            rows.append((offset, len(line) + 1))
+            offset += len(line) + 1
+        # The index is a cache: readers fall back to a scan, the next writer repairs it.
+        with contextlib.suppress(OSError, JournalError):
+            store.index_append(branch, head_now, rows, committed)
+    return start, end, synced_at
+
+
+def _take_back(store: SessionStore, committed: int, clock: LeaseClock) -> None:
+    """Our write or its sync failed: cut whatever of it reached the file, so that "nothing
+    was committed" (StorageError) stays true. If we cannot, the outcome is unknown."""
+    try:
+        if store.size() > committed:
+            store.truncate(committed, clock.guard)
+    except (OSError, LeaseLost) as exc:
+        raise AppendOutcomeUnknown(
+            f"a failed write to {store.path} could not be taken back ({exc}); retry the same "
+            "records to resolve it"
+        ) from exc
+
+
+def _resolve_conflict(
+    core: Core, records: list[EventRecord], head_now: int
+) -> Steps[list[EventRecord]]:
+    """An append that conflicts succeeds when the very same events are already stored (an
+    idempotent retry); otherwise it is a :class:`SequenceConflict`."""
+    first, last = records[0], records[-1]
+    if last.sequence <= head_now:
+        with contextlib.suppress(HistoryTruncated):  # gone on purpose: a plain conflict
+            stored = yield from read(core, first.session_id, first.branch_id, first.sequence,
+                                     len(records))
+            if [r.event_id for r in stored] == [r.event_id for r in records]:
+                return stored
+    raise SequenceConflict(first.session_id, first.branch_id, head_now + 1, first.sequence)

@@ -1,0 +1,133 @@
+"""Bringing Redis back in line with the file: the rebuild of a lost session state, tail
+recovery under a lease, and the roll-forward a reader triggers (docs/design.md)."""
+
+from __future__ import annotations
+
+import contextlib
+from functools import partial
+
+from journal._core.keys import SessionKeys
+from journal._core.ops import Blocking, Call, Collect, Lua, Sleep, Steps, text
+from journal._core.state import Backoff, Core, Held, LeaseClock, LeaseLost, heads_of, pairs
+from journal._storage import gate
+from journal._storage.session_file import SessionStore
+from journal.errors import RedisUnavailable
+
+
+def confirm(held: Held, session_id: str) -> Steps[bool]:
+    """Read the reply of a pipelined commit. True while the lease is still ours."""
+    if held.pending:
+        reply = yield Collect(session_id)
+        if reply is not None:
+            held.reply, held.pending = reply, False
+    return not held.pending and held.reply == 1
+
+
+def settle_pending(core: Core, session_id: str) -> Steps[None]:
+    """Before reading a session, make sure our own pipelined commit ran: read-your-writes."""
+    held = core.held.get(session_id)
+    if held is not None and held.pending and not (yield from confirm(held, session_id)):
+        core.held.pop(session_id, None)
+
+
+def release(keys: SessionKeys, token: str) -> Steps[None]:
+    """Give the lease back, best effort: if Redis is gone the lease simply expires."""
+    with contextlib.suppress(RedisUnavailable):
+        yield Lua("release", [keys.lease], [token])
+
+
+def rebuild(core: Core, session_id: str, waiter: Backoff, full: bool = False) -> Steps[None]:
+    """Re-create a session's Redis state from its file, under a create-only lease.
+    ``full``: check every line (the operator's rebuild), not the index's fast path."""
+    keys, store = core.keys(session_id), core.store(session_id)
+    token = core.env.token()
+    clock = core.lease_clock(core.settings.rebuild_lease_ms)
+    reply = yield Lua("acquire_rebuild", [keys.state, keys.lease],
+                      [token, core.settings.rebuild_lease_ms])
+    status = text(reply[0])
+    if status == "exists":
+        return
+    if status == "busy":
+        yield Sleep(waiter.next(int(reply[1])))
+        return
+    if core.settings.lease_hold_ms and (yield Blocking(store.size)):
+        # Redis lost every lease, but a writer in another process may still trust its own
+        # clock and acknowledge a write for up to one hold window: let that window pass
+        # before looking at the tail.
+        yield Sleep(core.settings.lease_hold_ms / 1000)
+    try:
+        found = yield Blocking(partial(gate.rebuild, store, clock.guard, full))
+    except Exception:  # not GeneratorExit: a closed protocol must not yield again
+        yield from release(keys, token)
+        raise
+    yield Lua("commit", keys.all,
+              [token, "0", found.length, "replace", "", "", *pairs(found.heads)])
+
+
+def recover(
+    core: Core, keys: SessionKeys, token: str, clock: LeaseClock, store: SessionStore,
+    committed: int,
+) -> Steps[tuple[int, dict[str, int], list[str]]]:
+    """Tail recovery under our lease; commits what it rolled forward. Returns the new
+    committed length, the heads, and the event ids of the lines it kept."""
+    flat = yield Lua("recover_state", [keys.state, keys.lease], [token])
+    if not flat:
+        raise LeaseLost("the lease is gone: Redis restarted or it expired")
+    fields = {text(k): text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+    heads = heads_of(fields)
+    # Recover from the committed length Redis holds under our lease: never from a length
+    # we learnt earlier, which a restart and another writer's rebuild may have outdated.
+    committed = int(fields.get("len", committed))
+    found = yield Blocking(partial(store.recover_tail, committed, heads, clock.guard))
+    heads.update(found.heads)
+    ok = yield Lua("commit", keys.all,
+                   [token, core.settings.lease_ms, found.length, "update", "", "",
+                    *pairs(found.heads)])
+    # 1 only: 2 means the recovery committed but let the lease go to a waiting writer, and
+    # an append that goes on without the lease could be cut by that writer's recovery.
+    if ok != 1:
+        raise LeaseLost("lost the lease during tail recovery")
+    return found.length, heads, [line.event_id for line in found.kept]
+
+
+def roll_forward(core: Core, session_id: str) -> Steps[bool]:
+    """The file is longer than the committed length and nobody holds the lease: a writer
+    died after its write, or Redis refused a pipelined commit. Those lines are committed by
+    the roll-forward rule, so a reader makes them visible now instead of waiting for the
+    next writer. True when it recovered (the caller reads the state again)."""
+    keys, store = core.keys(session_id), core.store(session_id)
+    token = core.env.token()
+    clock = core.lease_clock(core.settings.lease_ms)
+    reply = yield Lua("acquire", [keys.state, keys.lease], [token, core.settings.lease_ms])
+    if text(reply[0]) != "ok":
+        return False  # a writer is at work (it recovers the tail itself), or no state yet
+    try:
+        yield from recover(core, keys, token, clock, store, 0)
+    except LeaseLost:
+        return False
+    except Exception:  # not GeneratorExit: a closed protocol must not yield again
+        yield from release(keys, token)
+        raise
+    yield from release(keys, token)
+    return True
+
+
+def catch_up(core: Core, session_id: str, committed: int) -> Steps[bool]:
+    """Roll forward when the file holds more than Redis says is committed. True when it
+    recovered something (the caller reads the state again)."""
+    if (yield Blocking(core.store(session_id).size)) <= committed:
+        return False
+    recovered: bool = yield from roll_forward(core, session_id)
+    return recovered
+
+
+def stale(core: Core, session_id: str) -> Steps[bool]:
+    """An append ahead of Redis's head: that head may be stale (a failover to a replica
+    that missed the last commits, a commit whose reply was lost) while the file holds the
+    missing lines. Roll them forward before calling it a conflict: the retry of a committed
+    event must resolve as stored, not as a conflict. True when it recovered."""
+    raw = yield Call(("HGET", core.keys(session_id).state, "len"))
+    if raw is None:
+        return False
+    recovered: bool = yield from catch_up(core, session_id, int(raw))
+    return recovered
