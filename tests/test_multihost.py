@@ -24,8 +24,8 @@ import pytest
 from journal import EventRecord, Journal, StorageError
 from journal.testing import RedisServer
 from tests import gluster
-from tests.conftest import Backend
-from tests.test_processes import WORKER, check_history, wait_all
+from tests.backends import Backend
+from tests.support import WORKER, check_history, wait_all
 
 LONG = os.environ.get("JOURNAL_MULTIHOST_LONG") == "1"
 SCALE = 4 if LONG else 1
