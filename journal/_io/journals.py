@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -174,7 +175,7 @@ class _Base(Generic[Client]):
 
     def _read(
         self, session_id: str, branch_id: str, from_sequence: int, limit: int
-    ) -> protocol.Steps[list[EventRecord]]:
+    ) -> protocol.Steps[list[EventRecord]] | _Known[list[EventRecord]]:
         self._ids(session_id, branch_id)
         if not isinstance(from_sequence, int) or from_sequence < 0:
             raise InvalidInput(f"from_sequence must be an integer >= 0, got {from_sequence!r}")
@@ -184,13 +185,15 @@ class _Base(Generic[Client]):
             return _const([])
         return protocol.read(self.core, session_id, branch_id, from_sequence, limit)
 
-    def _head(self, session_id: str, branch_id: str) -> protocol.Steps[int]:
+    def _head(self, session_id: str, branch_id: str) -> protocol.Steps[int] | _Known[int]:
         self._ids(session_id, branch_id)
         if self._no_root():
             return _const(0)
         return protocol.head(self.core, session_id, branch_id)
 
-    def _branches(self, session_id: str) -> protocol.Steps[dict[str, int]]:
+    def _branches(
+        self, session_id: str
+    ) -> protocol.Steps[dict[str, int]] | _Known[dict[str, int]]:
         validate_id(session_id, "session_id", self.settings.max_id_length)
         if self._no_root():
             return _const({})
@@ -245,10 +248,16 @@ class _Base(Generic[Client]):
         return f"{type(self).__name__}(root={str(self.settings.root)!r}, redis={shown!r})"
 
 
-def _const(value: T) -> protocol.Steps[T]:
-    """A protocol that needs no I/O: the answer for a root that does not exist."""
-    return value
-    yield  # a generator  # pragma: no cover
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Known(Generic[T]):
+    """An answer that needs no I/O (a read of a root that does not exist): the shells return
+    it without connecting, so nothing is created or started."""
+
+    value: T
+
+
+def _const(value: T) -> _Known[T]:
+    return _Known(value)
 
 
 def _logged(steps: protocol.Steps[RebuildResult]) -> protocol.Steps[RebuildResult]:
@@ -308,7 +317,9 @@ class AsyncJournal(_Base[connect.AsyncClient]):
     ) -> None:
         await self.close()
 
-    async def _run(self, steps: protocol.Steps[T]) -> T:
+    async def _run(self, steps: protocol.Steps[T] | _Known[T]) -> T:
+        if isinstance(steps, _Known):
+            return steps.value
         driver = self._driver or await self._connect()
         return await driver.run(steps)
 
@@ -441,7 +452,9 @@ class Journal(_Base[connect.SyncClient]):
     ) -> None:
         self.close()
 
-    def _run(self, steps: protocol.Steps[T]) -> T:
+    def _run(self, steps: protocol.Steps[T] | _Known[T]) -> T:
+        if isinstance(steps, _Known):
+            return steps.value
         driver = self._driver or self._connect()
         return driver.run(steps)
 
