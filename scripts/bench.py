@@ -19,6 +19,11 @@ numbers say little, ratios a lot. The figures (see ``--only``):
     redis-py PUBLISH -> SUBSCRIBE between two processes.
  9. Fan-out to 16 subscriber processes: completeness and latency.
 10. Peak RSS growth of a subscriber that starts 100k events behind.
+11. The cost of one durable append (1 writer, 250-byte UserMessage, median of 3): client CPU
+    (getrusage), redis-server CPU (/proc/<pid>/stat), syscalls (``strace -c -f``, when strace
+    is installed).
+12. The fleet against a durable peer: Redis Lua CAS + XADD on a private redis-server with
+    ``appendfsync always``, 4 writers x 4 sessions and 16 writers x 64 sessions.
 
 Figures 1-4 run interleaved in rounds (each round runs every meter once, briefly): values are
 medians over the rounds, ratios the medians of the per-round ratios.
@@ -36,6 +41,7 @@ import multiprocessing
 import os
 import platform
 import queue
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,14 +60,14 @@ from typing import Any, Protocol
 import msgspec
 import redis
 
-from journal import AsyncJournal, EventRecord, Journal
+from journal import AppendOutcomeUnknown, AsyncJournal, EventRecord, Journal
 from journal._model.records import decode_line, encode_line
 from journal.testing import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 LINE_250 = b'{"bench":"' + b"x" * 237 + b'"}\n'  # 250 bytes with the newline
 KIND: dict[str, Any] = {"type": "PhaseEntered", "phase": "perceive"}
-ALL_FIGURES = tuple(range(1, 11))
+ALL_FIGURES = tuple(range(1, 13))
 MIB = 1024 * 1024
 
 
@@ -1194,6 +1200,132 @@ def figure_10(bench: Bench) -> None:
              f"{count:,} events in {elapsed:.1f}s ({count / elapsed:,.0f}/s)"))
 
 
+# ----- figure 11: the cost of one durable append ---------------------------------------------
+
+COST_WARMUP = 300  # appends before measuring: the file, the lease and the connections exist
+COST_CONTENT = "x" * 250  # a 250-byte UserMessage, as in issue 13
+
+
+def cost_record(session_id: str, sequence: int) -> EventRecord:
+    return EventRecord.new(session_id, "main", sequence,
+                           {"type": "UserMessage", "content": COST_CONTENT})
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cost_child(root: str, url: str, sid: str, n: int, redis_pid: int) -> dict[str, float]:
+    """One writer: warm up, then ``n`` durable appends. Client CPU from getrusage, the
+    server's from /proc (run as ``bench.py --cost-child``, so strace can wrap it)."""
+    with Journal(root, url, durability="fsync") as j:
+        for seq in range(1, COST_WARMUP + 1):
+            j.append(cost_record(sid, seq))
+        records = [cost_record(sid, COST_WARMUP + 1 + i) for i in range(n)]
+        server0 = proc_cpu_s(redis_pid)
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        for one in records:
+            try:
+                j.append(one)
+            except AppendOutcomeUnknown:  # a stall (strace, a busy machine): resolve it
+                j.append(one)
+        wall = time.perf_counter() - t0
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
+        server1 = proc_cpu_s(redis_pid)
+    per = 1e6 / max(n, 1)
+    return {
+        "user_us": (usage1.ru_utime - usage0.ru_utime) * per,
+        "sys_us": (usage1.ru_stime - usage0.ru_stime) * per,
+        "server_us": (server1 - server0) * per,
+        "rate": n / wall if wall > 0 else 0.0,
+    }
+
+
+def _cost_command(bench: Bench, sid: str, n: int) -> list[str]:
+    pid = bench.server.pid
+    assert pid is not None
+    return [sys.executable, str(Path(__file__).resolve()), "--cost-child",
+            str(bench.root), bench.server.url, sid, str(n), str(pid)]
+
+
+def strace_counts(path: Path) -> dict[str, int]:
+    """Calls per syscall from an ``strace -c`` summary."""
+    counts: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            with contextlib.suppress(ValueError):
+                counts[parts[-1]] = int(parts[3])
+    return counts
+
+
+def syscalls_per_append(bench: Bench, n: int, tag: str) -> tuple[float, dict[str, float]]:
+    """``strace -c -f`` of a child with ``n`` appends minus one with none (same warm-up):
+    the steady-state syscalls of one append, in total and by name."""
+    strace = shutil.which("strace")
+    assert strace is not None
+    totals: list[dict[str, int]] = []
+    for count in (0, n):
+        out = bench.scratch / f"strace-{tag}-{count}.txt"
+        sid = f"bench-cost-strace-{tag}-{count}"
+        done = subprocess.run([strace, "-c", "-f", "-o", str(out),
+                               *_cost_command(bench, sid, count)],
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode:
+            raise RuntimeError(f"strace run failed: {done.stderr.strip()[-300:]}")
+        totals.append(strace_counts(out))
+    base, full = totals
+    by_name = {name: (full.get(name, 0) - base.get(name, 0)) / n
+               for name in set(base) | set(full)}
+    by_name = {k: v for k, v in by_name.items() if v >= 0.05}
+    return sum(by_name.values()), by_name
+
+
+def figure_11(bench: Bench) -> None:
+    n = 1000 if bench.cfg.quick else 5000
+    runs: list[dict[str, float]] = []
+    for rnd in range(3):
+        log(f"figure 11: cost run {rnd + 1}/3 ({n:,} appends)")
+        sid = f"bench-cost-{uuid.uuid4().hex[:8]}"
+        out = subprocess.run(_cost_command(bench, sid, n), check=True, capture_output=True,
+                             text=True, timeout=600)
+        runs.append(msgspec.json.decode(out.stdout.strip().splitlines()[-1]))
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    client = med("user_us") + med("sys_us")
+    spread = ", ".join(fmt(r["user_us"] + r["sys_us"]) for r in runs)
+    bench.rows.append(Row(11, "client CPU per durable append (getrusage)", client, "us",
+                          target="<= 120 us", met=client <= 120,
+                          note=f"user {fmt(med('user_us'))} + sys {fmt(med('sys_us'))}; "
+                               f"runs: {spread}; 1 writer, {n:,} appends of a 250-byte "
+                               "UserMessage, median of 3"))
+    server = med("server_us")
+    bench.rows.append(Row(11, "redis-server CPU per durable append (/proc/pid/stat)", server,
+                          "us", target="<= 40 us", met=server <= 40,
+                          note="runs: " + ", ".join(fmt(r["server_us"]) for r in runs)))
+    if shutil.which("strace") is None:
+        bench.rows.append(Row(11, "syscalls per durable append", text="n/a (no strace)",
+                              target="<= 7"))
+        return
+    samples: list[tuple[float, dict[str, float]]] = []
+    for rnd in range(3):
+        log(f"figure 11: strace run {rnd + 1}/3")
+        samples.append(syscalls_per_append(bench, n, str(rnd)))
+    samples.sort(key=lambda s: s[0])
+    total, by_name = samples[1]
+    top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_name.items(), key=lambda kv: -kv[1]))
+    bench.rows.append(Row(11, "syscalls per durable append (strace -c -f)", total, "calls",
+                          target="<= 7", met=total <= 7,
+                          note=f"runs: {', '.join(fmt(s[0]) for s in samples)}; median run: "
+                               f"{top}"))
+
+
 # ----- main ---------------------------------------------------------------------------------
 
 
@@ -1210,7 +1342,7 @@ def parse_only(text: str) -> set[int]:
             chosen.add(int(part))
     bad = chosen - set(ALL_FIGURES)
     if bad or not chosen:
-        raise argparse.ArgumentTypeError(f"figures are 1..10, got {text!r}")
+        raise argparse.ArgumentTypeError(f"figures are 1..12, got {text!r}")
     return chosen
 
 
@@ -1240,6 +1372,7 @@ FIGURES: dict[int, tuple[str, Callable[[Bench], None]]] = {
     8: ("subscription latency", figure_8),
     9: ("fan-out to 16 subscribers", figure_9),
     10: ("subscriber RSS", figure_10),
+    11: ("cost of one durable append", figure_11),
 }
 
 
@@ -1256,6 +1389,11 @@ def data_dir(keep: bool) -> Iterator[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--cost-child"]:
+        root, url, sid, n, pid = argv[1:6]
+        print(msgspec.json.encode(cost_child(root, url, sid, int(n), int(pid))).decode())
+        return 0
     args = parse_args(argv)
     cfg = Config.make(args.quick, args.events)
     selected: set[int] = args.only
