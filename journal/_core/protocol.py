@@ -478,7 +478,7 @@ def _under_lease(
     first, last = records[0], records[-1]
     branch = first.branch_id
     store = core.store(first.session_id)
-    size = yield Blocking(store.size)
+    size = yield Blocking(lambda: store.size_for_append(fast))
     if size < committed:
         raise StorageError(
             f"{store.path} holds {size} bytes but {committed} are committed: it was truncated "

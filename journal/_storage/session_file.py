@@ -9,6 +9,9 @@ Layout under the root::
 All functions here are synchronous and are only ever called by one writer at a time for a
 session (the holder of the Redis lease); readers only read bytes below the committed length.
 The async journal runs them in a worker thread.
+
+A writer keeps its descriptors open (the session file, the hint, the index files): see
+:class:`SessionStore` for when they are trusted and when they are checked against the paths.
 """
 
 from __future__ import annotations
@@ -20,9 +23,13 @@ import errno
 import os
 import struct
 import sys
+import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -36,6 +43,18 @@ INDEX_ENTRY = struct.Struct("<QI")  # byte offset of the line, its length with t
 # shorter than the write's intended end cuts all of it: a batch is all or nothing.
 HINT = struct.Struct("<QQ")
 CHUNK = 1 << 20
+# A writer that keeps appending on the fast path still checks its cached descriptors against
+# the paths this often (a file replaced, an index deleted by hand), at 1-3 stat calls a time.
+REVALIDATE_S = 1.0
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """(st_dev, st_ino) of a path, or (0, 0) when it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return 0, 0
+    return st.st_dev, st.st_ino
 
 
 class _Position(msgspec.Struct):
@@ -96,9 +115,66 @@ def iter_lines(fd: int, start: int, end: int | None = None) -> Iterator[tuple[in
         yield carry_offset, carry, False
 
 
+class _Descriptors:
+    """The descriptors a writer keeps open, and what it knows about the files behind them.
+
+    Everything here is only a cache: dropping it (:meth:`SessionStore.forget`) costs a few
+    ``open`` calls on the next append, never correctness.
+    """
+
+    __slots__ = ("append_fd", "append_id", "checked_at", "end", "hint_fd", "hint_id", "index")
+
+    def __init__(self) -> None:
+        self.append_fd: int | None = None
+        self.append_id: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the open file
+        self.end: int | None = None  # end of our last write that landed at the committed length
+        self.hint_fd: int | None = None
+        self.hint_id: tuple[int, int] = (0, 0)
+        # branch -> [fd, (st_dev, st_ino), entries it holds, or -1 when not known]
+        self.index: dict[str, list[Any]] = {}
+        self.checked_at = 0.0
+
+    def close(self) -> None:
+        fds = [self.append_fd, self.hint_fd, *(entry[0] for entry in self.index.values())]
+        self.append_fd = self.hint_fd = None
+        self.index = {}
+        self.end = None
+        for fd in fds:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+_LIVE: weakref.WeakSet[SessionStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The child shares the parent's open file descriptions but none of its leases: it must
+    # not trust what the parent knew. Closing our copies leaves the parent's untouched.
+    for store in list(_LIVE):
+        store._lock = threading.RLock()
+        store._fds.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class SessionStore:
-    """File operations for one session. Holds no open descriptors, so any number of threads
-    may share one; the path strings are computed once (pathlib is slow on the hot path)."""
+    """File operations for one session; the path strings are computed once (pathlib is slow on
+    the hot path).
+
+    **Cached descriptors.** The writer of a session keeps the session file (``O_APPEND``), the
+    committed hint and the index files of its branches open, so a steady append costs no
+    ``open``, ``close`` or ``stat``: one ``pwrite`` of the intent, the ``write``, an ``lseek``
+    (where did it land), the ``fdatasync`` and one ``pwrite`` of the index entry. The
+    descriptors belong to the store and are used under its lock, so any number of threads may
+    share a store (the async journal runs file work in worker threads); readers open their
+    own. What the writer knows about the files (their size, the index lengths) is trusted only
+    while it held the lease without a break since its last append (the held-lease fast path,
+    ``trusted=True`` in :meth:`size_for_append`); otherwise, and at least every
+    ``REVALIDATE_S``, the descriptors are checked against the paths and a file replaced or
+    removed behind our back is reopened. A forked child starts with nothing cached.
+    """
 
     def __init__(self, root: Path, session_id: str) -> None:
         self.session_id = session_id
@@ -107,6 +183,24 @@ class SessionStore:
         self._path = str(self.path)
         self._hint = str(self.index_dir / "committed")
         self._index_ready = False
+        self._lock = threading.RLock()
+        self._fds = _Descriptors()
+        self._intent: tuple[int, int] | None = None  # the intent of the write in flight
+        _LIVE.add(self)
+        # Close the descriptors when the store is dropped (Core keeps a bounded cache).
+        self._finalizer = weakref.finalize(self, _Descriptors.close, self._fds)
+
+    def close(self) -> None:
+        """Close every cached descriptor (they are reopened when needed)."""
+        with self._lock:
+            self._fds.close()
+
+    def forget(self) -> None:
+        """Trust nothing cached about the files any more (another writer may have written)."""
+        with self._lock:
+            self._fds.end = None
+            for entry in self._fds.index.values():
+                entry[2] = -1
 
     def _open_in_index(self, path: str, flags: int) -> int:
         """Open a file under index/<sid>/, creating the folder the first time (or again, if
@@ -147,19 +241,60 @@ class SessionStore:
 
     # ----- appending (under the lease) -----------------------------------------------------
 
-    def _open_append(self) -> int:
+    def size_for_append(self, trusted: bool) -> int:
+        """The file's size before an append under the lease.
+
+        ``trusted``: this writer held the lease without a break since its last append (the
+        held-lease fast path), so nobody else may have written and the end of its own last
+        write is the size, without a syscall. A stale writer's bytes that landed since are
+        caught all the same: :meth:`append` reports where our bytes landed, and the protocol
+        recovers when that is not the committed length. Otherwise, and at least every
+        ``REVALIDATE_S``, the cached descriptors are checked against the paths (one ``stat``
+        each): a file replaced or removed behind our back is reopened, and what we knew about
+        the files is forgotten.
+        """
+        with self._lock:
+            fds = self._fds
+            if (trusted and fds.end is not None
+                    and time.monotonic() - fds.checked_at < REVALIDATE_S):
+                return fds.end
+            self.forget()
+            fds.checked_at = time.monotonic()
+            if fds.hint_fd is not None and _identity(self._hint) != fds.hint_id:
+                os.close(fds.hint_fd)
+                fds.hint_fd = None
+            for branch_id, entry in list(fds.index.items()):
+                if _identity(f"{self.index_dir}/{branch_id}.idx") != entry[1]:
+                    del fds.index[branch_id]
+                    os.close(entry[0])
+            try:
+                st = os.stat(self._path)
+            except FileNotFoundError:
+                st = None
+            if fds.append_fd is not None and (
+                st is None or (st.st_dev, st.st_ino) != fds.append_id
+            ):
+                os.close(fds.append_fd)
+                fds.append_fd = None
+            return 0 if st is None else st.st_size
+
+    def _append_fd(self) -> int:
+        fds = self._fds
+        if fds.append_fd is not None:
+            return fds.append_fd
         try:
-            return os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except FileNotFoundError:
-            pass
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        # A new file's name must survive a crash too: sync the directory entry.
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # A new file's name must survive a crash too: sync the directory entry.
+            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        st = os.fstat(fd)
+        fds.append_fd, fds.append_id = fd, (st.st_dev, st.st_ino)
         return fd
 
     def append(self, data: bytes, sync: bool) -> tuple[int, int]:
@@ -167,32 +302,46 @@ class SessionStore:
 
         Returns ``(start, end)``: where the bytes landed. With O_APPEND the descriptor's
         offset is the end of our own write, even when other processes append concurrently.
+        The intent given to :meth:`write_hint` just before is written first.
         """
-        fd = self._open_append()
-        try:
-            if fault.wants("mid_write"):
-                half = len(data) // 2
-                os.write(fd, data[:half])
-                fault.hit("mid_write")
-                data = data[half:]
-            written = os.write(fd, data)
-            end = os.lseek(fd, 0, os.SEEK_CUR)
-            if written != len(data):
-                # A short write is a torn line beyond the committed length: recovery cuts it.
-                raise OSError(errno.ENOSPC, f"short write to {self.path}: {written} bytes")
-            fault.hit("after_write")
-            if sync:
-                fault.hit("fsync")
-                os.fdatasync(fd)
-                fault.hit("after_fsync")
-            return end - len(data), end
-        finally:
-            os.close(fd)
+        with self._lock:
+            intent, self._intent = self._intent, None
+            if intent is not None:
+                self._pwrite_hint(*intent)
+            fds = self._fds
+            fds.end = None
+            fd = self._append_fd()
+            try:
+                if fault.wants("mid_write"):
+                    half = len(data) // 2
+                    os.write(fd, data[:half])
+                    fault.hit("mid_write")
+                    data = data[half:]
+                written = os.write(fd, data)
+                end = os.lseek(fd, 0, os.SEEK_CUR)
+                if written != len(data):
+                    # A short write is a torn line beyond the committed length: recovery cuts it.
+                    raise OSError(errno.ENOSPC, f"short write to {self.path}: {written} bytes")
+                fault.hit("after_write")
+                if sync:
+                    fault.hit("fsync")
+                    os.fdatasync(fd)
+                    fault.hit("after_fsync")
+            except BaseException:
+                # Whatever happened to this descriptor, the next append starts from the path.
+                fds.append_fd = None
+                os.close(fd)
+                raise
+            start = end - len(data)
+            if intent is not None and start == intent[0]:
+                fds.end = end  # our bytes sit at the committed length: the next size
+            return start, end
 
     def truncate(self, length: int, guard: Callable[[], None]) -> None:
         """Cut junk beyond the committed length. ``guard`` raises if our lease may be gone:
         a writer that lost its lease must never truncate, someone may have committed since."""
         guard()
+        self.forget()
         fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.ftruncate(fd, length)
@@ -220,6 +369,7 @@ class SessionStore:
     ) -> TailResult:
         """Roll forward the complete lines beyond ``committed`` that continue their branch,
         in file order, and truncate at the first torn, invalid or non-continuing line."""
+        self.forget()  # the file changes here: the size and index lengths we knew are gone
         heads = dict(heads)
         result = TailResult(length=committed, heads={})
         cut = self._cut_point(committed)
@@ -269,12 +419,36 @@ class SessionStore:
     def write_hint(self, committed: int, pending: int = 0) -> None:
         """Persist a lower bound of the committed length, and the end of the write about to
         happen. Not synced: a stale hint is only a smaller bound, and a missing intent falls
-        back to the per-line rule."""
-        fd = self._open_in_index(self._hint, os.O_WRONLY)
+        back to the per-line rule.
+
+        On the write path the two calls around a write cost one ``pwrite``: the intent
+        ``(committed, end)`` is written by :meth:`append`, just before its write, and the
+        confirmation after it (``write_hint(end)``, once the synced bytes landed at the
+        committed length) is not written at all. The intent already says it: its lines are
+        complete, so a recovery rolls them forward, and the next write's intent records
+        ``end`` as its committed length. The hint so lags by at most one write, which only
+        makes a rebuild check that write's lines instead of trusting them.
+        """
+        with self._lock:
+            if pending:
+                self._intent = (committed, pending)
+                return
+            if self._fds.end is not None and committed == self._fds.end:
+                return  # the confirmation of our own write, as above
+            self._pwrite_hint(committed, 0)
+
+    def _pwrite_hint(self, committed: int, pending: int) -> None:
+        fds = self._fds
+        if fds.hint_fd is None:
+            fd = self._open_in_index(self._hint, os.O_WRONLY)
+            st = os.fstat(fd)
+            fds.hint_fd, fds.hint_id = fd, (st.st_dev, st.st_ino)
         try:
-            os.pwrite(fd, HINT.pack(committed, pending), 0)
-        finally:
-            os.close(fd)
+            os.pwrite(fds.hint_fd, HINT.pack(committed, pending), 0)
+        except OSError:
+            os.close(fds.hint_fd)
+            fds.hint_fd = None
+            raise
 
     def _cut_point(self, committed: int) -> int | None:
         """Where a torn write in flight starts, if the intent says one is torn."""
@@ -292,6 +466,7 @@ class SessionStore:
         there is corruption and is reported, never truncated); beyond it the tail-recovery
         rule applies.
         """
+        self.forget()
         hint = self.read_hint()
         if hint and self.size() >= hint:
             heads = self._indexed_prefix(hint)
@@ -359,6 +534,7 @@ class SessionStore:
         return heads if covered == hint else None
 
     def _cut_index(self, branch_id: str, count: int) -> None:
+        self.forget()
         path = self._index_path(branch_id)
         with contextlib.suppress(FileNotFoundError):
             if path.stat().st_size > count * INDEX_ENTRY.size:
@@ -441,6 +617,10 @@ class SessionStore:
         return self.index_dir / f"{branch_id}.idx"
 
     def _write_indexes(self, entries: dict[str, list[tuple[int, int]]]) -> None:
+        with self._lock:  # the files are replaced: our open ones would point at the old ones
+            for entry in self._fds.index.values():
+                os.close(entry[0])
+            self._fds.index = {}
         self.index_dir.mkdir(parents=True, exist_ok=True)
         for old in self.index_dir.glob("*.idx"):
             if old.stem not in entries:
@@ -455,22 +635,37 @@ class SessionStore:
     def index_append(self, branch_id: str, head_before: int, rows: list[tuple[int, int]],
                      committed: int) -> None:
         """Record the offsets of sequences ``head_before + 1 ...``. Entries past the head are
-        leftovers of a writer that died; they are cut first. A short index is rebuilt."""
-        fd = self._open_in_index(f"{self.index_dir}/{branch_id}.idx", os.O_RDWR)
-        try:
-            want = head_before * INDEX_ENTRY.size
-            size = os.fstat(fd).st_size
-            if size < want:
-                # The index lags (written by another tool, or lost): rebuild it from the file.
-                old = self._scan_branch_offsets(branch_id, committed)
-                if len(old) != head_before:
-                    return  # the file disagrees with Redis: leave it, readers fall back
-                os.pwrite(fd, b"".join(INDEX_ENTRY.pack(o, n) for o, n in old), 0)
-            elif size > want:
-                os.ftruncate(fd, want)
-            os.pwrite(fd, b"".join(INDEX_ENTRY.pack(o, n) for o, n in rows), want)
-        finally:
-            os.close(fd)
+        leftovers of a writer that died; they are cut first. A short index is rebuilt.
+
+        The branch's index stays open; while the writer trusts what it knows (see
+        :meth:`size_for_append`) the entries go straight to their place: one ``pwrite``."""
+        with self._lock:
+            entry = self._fds.index.get(branch_id)
+            if entry is None:
+                path = f"{self.index_dir}/{branch_id}.idx"
+                fd = self._open_in_index(path, os.O_RDWR)
+                st = os.fstat(fd)
+                entry = self._fds.index[branch_id] = [fd, (st.st_dev, st.st_ino), -1]
+            fd = entry[0]
+            try:
+                want = head_before * INDEX_ENTRY.size
+                if entry[2] != head_before:
+                    entry[2] = -1
+                    size = os.fstat(fd).st_size
+                    if size < want:
+                        # The index lags (written by another tool, or lost): rebuild it.
+                        old = self._scan_branch_offsets(branch_id, committed)
+                        if len(old) != head_before:
+                            return  # the file disagrees with Redis: leave it, readers fall back
+                        os.pwrite(fd, b"".join(INDEX_ENTRY.pack(o, n) for o, n in old), 0)
+                    elif size > want:
+                        os.ftruncate(fd, want)
+                os.pwrite(fd, b"".join(INDEX_ENTRY.pack(o, n) for o, n in rows), want)
+                entry[2] = head_before + len(rows)
+            except BaseException:
+                del self._fds.index[branch_id]
+                os.close(fd)
+                raise
 
     def _index_lines(self, lines: list[Line], heads_after: dict[str, int], committed: int) -> None:
         per_branch: dict[str, list[tuple[int, int]]] = {}
