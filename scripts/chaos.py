@@ -214,7 +214,7 @@ def subscriber_main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--firehose", action="store_true")
     a = ap.parse_args(argv)
-    from journal import subscription  # noqa: F401  (fails here if it is not importable)
+    from journal._io import subscriptions  # noqa: F401  (fails here if it is not importable)
 
     rng = random.Random(a.seed)
     log = Log(a.log)
@@ -949,7 +949,7 @@ def orchestrate(cfg: Config) -> int:
     try:
         if cfg.subscribers:
             try:
-                import journal.subscription  # noqa: F401
+                import journal._io.subscriptions  # noqa: F401
             except ImportError as exc:
                 run.notes.append(f"subscriptions not importable ({exc}): no subscribers")
                 cfg.subscribers = 0
