@@ -1328,6 +1328,155 @@ def figure_11(bench: Bench) -> None:
                                f"{top}"))
 
 
+# ----- figure 12: the fleet against a durable Redis peer ---------------------------------------
+
+# The peer: what a team would build on Redis alone. A Lua compare-and-set on the stream's
+# head, then XADD of the event, on a server with appendfsync always (the AOF is fsynced
+# before the reply), so an acknowledged event is as durable as the journal's.
+PEER_CAS_XADD = """
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+if head + 1 ~= tonumber(ARGV[1]) then return {0, head} end
+redis.call('XADD', KEYS[2], '*', 'seq', ARGV[1], 'event', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1])
+return {1, head + 1}
+"""
+FLEETS = ((1, 1), (4, 4), (16, 64))  # (writer processes, sessions), one owner per session
+
+
+def _fleet_peer(url: str, sids: list[str], seconds: float, gate: _Gate) -> tuple[int, float]:
+    client = redis.Redis.from_url(url)
+    try:
+        script = client.register_script(PEER_CAS_XADD)
+        heads = dict.fromkeys(sids, 0)
+        payload = encode_line(cost_record(sids[0], 1))
+        for sid in sids:
+            heads[sid] += 1
+            script(keys=[f"peer:{{{sid}}}:head", f"peer:{{{sid}}}:stream"],
+                   args=[heads[sid], payload])
+        gate()
+        count = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            sid = sids[count % len(sids)]
+            heads[sid] += 1
+            ok = script(keys=[f"peer:{{{sid}}}:head", f"peer:{{{sid}}}:stream"],
+                        args=[heads[sid], payload])
+            if not ok[0]:
+                raise RuntimeError(f"peer CAS refused {sid} #{heads[sid]}")
+            count += 1
+        return count, time.perf_counter() - start
+    finally:
+        client.close()
+
+
+def _fleet_journal(root: str, url: str, sids: list[str], seconds: float,
+                   gate: _Gate) -> tuple[int, float]:
+    with Journal(root, url, durability="fsync") as j:
+        heads = {sid: j.head(sid) for sid in sids}
+        for sid in sids:
+            heads[sid] += 1
+            j.append(cost_record(sid, heads[sid]))
+        gate()
+        count = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            sid = sids[count % len(sids)]
+            heads[sid] += 1
+            one = cost_record(sid, heads[sid])
+            try:
+                j.append(one)
+            except AppendOutcomeUnknown:  # a stall past the lease: retrying resolves it
+                j.append(one)
+            count += 1
+        return count, time.perf_counter() - start
+
+
+def fleet_child(idx: int, root: str, url: str, peer_url: str, sids: list[str],
+                modes: list[str], seconds: float, barrier: Any, out_q: Any) -> None:
+    """Runs in a spawned process: one phase per mode, each started by the shared barrier."""
+    for phase, mode in enumerate(modes):
+        gate = _Gate(barrier)
+        result: tuple[int, float] = (0, 0.0)
+        error: str | None = None
+        try:
+            if mode == "peer":
+                result = _fleet_peer(peer_url, [f"{s}-{phase}" for s in sids], seconds, gate)
+            else:
+                result = _fleet_journal(root, url, sids, seconds, gate)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        try:
+            gate()
+        except Exception as exc:
+            error = error or f"{type(exc).__name__}: {exc}"
+        out_q.put((idx, phase, mode, result[0], result[1], error))
+
+
+def figure_12(bench: Bench) -> None:
+    cfg = bench.cfg
+    seconds = 1.5 if cfg.quick else 3.0
+    rounds = 3
+    peer_dir = bench.scratch / "peer-redis"
+    peer_dir.mkdir(exist_ok=True)
+    with RedisServer(dir=peer_dir, extra_args=["--appendonly", "yes",
+                                               "--appendfsync", "always"]) as peer:
+        for writers, sessions in FLEETS:
+            modes = ["peer", "journal"] * rounds
+            barrier = bench.mp.Barrier(writers + 1)
+            out_q = bench.mp.Queue()
+            tag = uuid.uuid4().hex[:6]
+            per = sessions // writers
+            procs = [bench.start(fleet_child, i, str(bench.root), bench.server.url, peer.url,
+                                 [f"fleet-{tag}-{i * per + k}" for k in range(per)], modes,
+                                 seconds, barrier, out_q)
+                     for i in range(writers)]
+            rates: dict[str, list[float]] = {"peer": [], "journal": []}
+            errors: list[str] = []
+            try:
+                for phase, mode in enumerate(modes):
+                    log(f"figure 12: {writers} writers x {sessions} sessions, phase "
+                        f"{phase + 1}/{len(modes)}: {mode}")
+                    barrier.wait(timeout=180)
+                    total = 0.0
+                    for _ in range(writers):
+                        idx, got, got_mode, count, elapsed, error = out_q.get(
+                            timeout=seconds + 180)
+                        if got != phase:
+                            raise RuntimeError(f"writer {idx} answered phase {got} in {phase}")
+                        if error:
+                            errors.append(f"{got_mode}[{idx}]: {error}")
+                        elif elapsed > 0:
+                            total += count / elapsed
+                    rates[mode].append(total)
+            finally:
+                with contextlib.suppress(Exception):
+                    barrier.abort()
+                bench.reap(procs)
+            name = f"{writers} writer{'s' if writers > 1 else ''} x {sessions} session" + (
+                "s" if sessions > 1 else "")
+            if errors:
+                bench.rows.append(error_row(12, name, "; ".join(errors[:3])))
+                continue
+            peer_rate = statistics.median(rates["peer"])
+            jour_rate = statistics.median(rates["journal"])
+            pairs = [a / b for a, b in zip(rates["journal"], rates["peer"], strict=True) if b]
+            bench.rows.append(Row(12, f"peer: Lua CAS + XADD, appendfsync always, {name}",
+                                  peer_rate, "events/s",
+                                  note="rounds: " + ", ".join(fmt(v) for v in rates["peer"])))
+            target = ">= 1.0x peer" if writers > 1 else ""
+            made = ratio_row(12, f"journal, fsync, {name}", jour_rate, "events/s",
+                             "peer", peer_rate, target=target,
+                             at_least=1.0 if writers > 1 else None,
+                             note="rounds: " + ", ".join(fmt(v) for v in rates["journal"])
+                                  + "; ratio: median of the per-round ratios")
+            made.ratio = statistics.median(pairs) if pairs else None
+            if made.ratio is not None and writers > 1:
+                made.met = made.ratio >= 1.0
+            bench.rows.append(made)
+
+
 # ----- main ---------------------------------------------------------------------------------
 
 
@@ -1375,6 +1524,7 @@ FIGURES: dict[int, tuple[str, Callable[[Bench], None]]] = {
     9: ("fan-out to 16 subscribers", figure_9),
     10: ("subscriber RSS", figure_10),
     11: ("cost of one durable append", figure_11),
+    12: ("the fleet against a durable Redis peer", figure_12),
 }
 
 
