@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,13 +147,61 @@ class _Descriptors:
 
 
 _LIVE: weakref.WeakSet[SessionStore] = weakref.WeakSet()
+# Stores that hold open descriptors, least recently appended first. A process that writes
+# to many sessions keeps the files of the last MAX_OPEN_STORES open, not all of them: each
+# store holds 2 + up to MAX_OPEN_INDEXES descriptors (at most 192 in all; the default limit
+# is 1024 per process). Beyond that, appends reopen files as they did before caching.
+MAX_OPEN_STORES = 32
+MAX_OPEN_INDEXES = 4
+_open_stores: OrderedDict[int, weakref.ref[SessionStore]] = OrderedDict()
+_open_lock = threading.Lock()
+
+
+def _close_dropped(fds: _Descriptors, key: int) -> None:
+    _untrack(key)
+    fds.close()
+
+
+def _touch(store: SessionStore) -> None:
+    """Mark ``store`` as just used; close the descriptors of the least recently used ones
+    beyond MAX_OPEN_STORES (skipping any that another thread is using right now)."""
+    victims: list[SessionStore] = []
+    with _open_lock:
+        key = id(store)
+        if key in _open_stores:
+            _open_stores.move_to_end(key)
+            return
+        _open_stores[key] = weakref.ref(store)
+        excess = len(_open_stores) - MAX_OPEN_STORES
+        for old_key in list(_open_stores)[: max(excess, 0)]:
+            victim = _open_stores.pop(old_key)()
+            if victim is not None:
+                victims.append(victim)
+    for victim in victims:
+        if victim._lock.acquire(blocking=False):
+            try:
+                victim._fds.close()
+            finally:
+                victim._lock.release()
+        else:
+            with _open_lock:  # busy appending: keep it, it is the most recent anyway
+                _open_stores[id(victim)] = weakref.ref(victim)
+
+
+def _untrack(key: int) -> None:
+    with _open_lock:
+        _open_stores.pop(key, None)
 
 
 def _after_fork_in_child() -> None:
     # The child shares the parent's open file descriptions but none of its leases: it must
     # not trust what the parent knew. Closing our copies leaves the parent's untouched.
+    global _open_lock
+    _open_lock = threading.Lock()
+    _open_stores.clear()
     for store in list(_LIVE):
         store._lock = threading.RLock()
+        store._intent = None
         store._fds.close()
 
 
@@ -188,12 +237,13 @@ class SessionStore:
         self._intent: tuple[int, int] | None = None  # the intent of the write in flight
         _LIVE.add(self)
         # Close the descriptors when the store is dropped (Core keeps a bounded cache).
-        self._finalizer = weakref.finalize(self, _Descriptors.close, self._fds)
+        self._finalizer = weakref.finalize(self, _close_dropped, self._fds, id(self))
 
     def close(self) -> None:
         """Close every cached descriptor (they are reopened when needed)."""
         with self._lock:
             self._fds.close()
+        _untrack(id(self))
 
     def forget(self) -> None:
         """Trust nothing cached about the files any more (another writer may have written)."""
@@ -305,6 +355,7 @@ class SessionStore:
         The intent given to :meth:`write_hint` just before is written first.
         """
         with self._lock:
+            _touch(self)
             intent, self._intent = self._intent, None
             if intent is not None:
                 self._pwrite_hint(*intent)
@@ -643,6 +694,9 @@ class SessionStore:
             entry = self._fds.index.get(branch_id)
             if entry is None:
                 path = f"{self.index_dir}/{branch_id}.idx"
+                if len(self._fds.index) >= MAX_OPEN_INDEXES:  # the oldest opened goes
+                    oldest = next(iter(self._fds.index))
+                    os.close(self._fds.index.pop(oldest)[0])
                 fd = self._open_in_index(path, os.O_RDWR)
                 st = os.fstat(fd)
                 entry = self._fds.index[branch_id] = [fd, (st.st_dev, st.st_ino), -1]
