@@ -202,6 +202,7 @@ def _after_fork_in_child() -> None:
     for store in list(_LIVE):
         store._lock = threading.RLock()
         store._intent = None
+        store._lazy_hint = False
         store._fds.close()
 
 
@@ -235,6 +236,9 @@ class SessionStore:
         self._lock = threading.RLock()
         self._fds = _Descriptors()
         self._intent: tuple[int, int] | None = None  # the intent of the write in flight
+        # This append came through the trusted fast path: if it is one line, its confirmed
+        # length need not be written (see write_hint).
+        self._lazy_hint = False
         _LIVE.add(self)
         # Close the descriptors when the store is dropped (Core keeps a bounded cache).
         self._finalizer = weakref.finalize(self, _close_dropped, self._fds, id(self))
@@ -307,7 +311,9 @@ class SessionStore:
             fds = self._fds
             if (trusted and fds.end is not None
                     and time.monotonic() - fds.checked_at < REVALIDATE_S):
+                self._lazy_hint = True
                 return fds.end
+            self._lazy_hint = False
             self.forget()
             fds.checked_at = time.monotonic()
             if fds.hint_fd is not None and _identity(self._hint) != fds.hint_id:
@@ -357,9 +363,15 @@ class SessionStore:
         with self._lock:
             _touch(self)
             intent, self._intent = self._intent, None
+            fds = self._fds
+            batch = data.count(b"\n") > 1
+            if batch and fds.hint_fd is not None and _identity(self._hint) != fds.hint_id:
+                # A batch's intent must reach the hint file itself, not one deleted by hand
+                # since we opened it: it is what makes a torn batch all or nothing.
+                os.close(fds.hint_fd)
+                fds.hint_fd = None
             if intent is not None:
                 self._pwrite_hint(*intent)
-            fds = self._fds
             fds.end = None
             fd = self._append_fd()
             try:
@@ -386,6 +398,8 @@ class SessionStore:
             start = end - len(data)
             if intent is not None and start == intent[0]:
                 fds.end = end  # our bytes sit at the committed length: the next size
+            if batch:
+                self._lazy_hint = False  # a batch: write its confirmation (write_hint)
             return start, end
 
     def truncate(self, length: int, guard: Callable[[], None]) -> None:
@@ -472,20 +486,22 @@ class SessionStore:
         happen. Not synced: a stale hint is only a smaller bound, and a missing intent falls
         back to the per-line rule.
 
-        On the write path the two calls around a write cost one ``pwrite``: the intent
-        ``(committed, end)`` is written by :meth:`append`, just before its write, and the
-        confirmation after it (``write_hint(end)``, once the synced bytes landed at the
-        committed length) is not written at all. The intent already says it: its lines are
-        complete, so a recovery rolls them forward, and the next write's intent records
-        ``end`` as its committed length. The hint so lags by at most one write, which only
-        makes a rebuild check that write's lines instead of trusting them.
+        The intent ``(committed, end)`` is written by :meth:`append`, just before its write.
+        The confirmation after it (``write_hint(end)``, once the synced bytes landed at the
+        committed length) is skipped for a single line appended on the held-lease fast path,
+        the steady state of a busy writer: one ``pwrite`` per append instead of two. The
+        intent already says it: its line is complete, so a recovery rolls it forward, and the
+        next write's intent records ``end`` as its committed length. The hint so lags by at
+        most that one line, which a rebuild then checks instead of trusting it. Batches and
+        appends after a ``begin`` still write their confirmation.
         """
         with self._lock:
             if pending:
                 self._intent = (committed, pending)
                 return
-            if self._fds.end is not None and committed == self._fds.end:
-                return  # the confirmation of our own write, as above
+            if self._lazy_hint and self._fds.end is not None and committed == self._fds.end:
+                self._lazy_hint = False
+                return  # the confirmation of our own single line, as above
             self._pwrite_hint(committed, 0)
 
     def _pwrite_hint(self, committed: int, pending: int) -> None:
