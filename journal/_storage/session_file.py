@@ -154,7 +154,9 @@ _LIVE: weakref.WeakSet[SessionStore] = weakref.WeakSet()
 MAX_OPEN_STORES = 32
 MAX_OPEN_INDEXES = 4
 _open_stores: OrderedDict[int, weakref.ref[SessionStore]] = OrderedDict()
-_open_lock = threading.Lock()
+# Reentrant: a store dropped by the garbage collector while this thread holds the lock
+# untracks itself from its finalizer, in this very thread.
+_open_lock = threading.RLock()
 
 
 def _close_dropped(fds: _Descriptors, key: int) -> None:
@@ -197,7 +199,7 @@ def _after_fork_in_child() -> None:
     # The child shares the parent's open file descriptions but none of its leases: it must
     # not trust what the parent knew. Closing our copies leaves the parent's untouched.
     global _open_lock
-    _open_lock = threading.Lock()
+    _open_lock = threading.RLock()
     _open_stores.clear()
     for store in list(_LIVE):
         store._lock = threading.RLock()
