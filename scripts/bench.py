@@ -25,6 +25,11 @@ numbers say little, ratios a lot. The figures (see ``--only``):
     per POST) against the in-process ``Journal.append`` / ``append_batch(100)``.
 13. SSE delivery latency (returned append -> frame received) against the Python
     subscription, both following the same appends in the same run.
+14. The cost of one durable append (1 writer, 250-byte UserMessage, median of 3): client CPU
+    (getrusage), redis-server CPU (/proc/<pid>/stat), syscalls (``strace -c -f``, when strace
+    is installed).
+15. The fleet against a durable peer: Redis Lua CAS + XADD on a private redis-server with
+    ``appendfsync always``, 4 writers x 4 sessions and 16 writers x 64 sessions.
 
 Figures 1-4 run interleaved in rounds (each round runs every meter once, briefly): values are
 medians over the rounds, ratios the medians of the per-round ratios.
@@ -42,6 +47,7 @@ import multiprocessing
 import os
 import platform
 import queue
+import resource
 import shutil
 import signal
 import socket
@@ -62,14 +68,14 @@ from typing import Any, Protocol
 import msgspec
 import redis
 
-from journal import AsyncJournal, EventRecord, Journal
+from journal import AppendOutcomeUnknown, AsyncJournal, EventRecord, Journal
 from journal._model.records import decode_line, encode_line
 from journal.testing import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 LINE_250 = b'{"bench":"' + b"x" * 237 + b'"}\n'  # 250 bytes with the newline
 KIND: dict[str, Any] = {"type": "PhaseEntered", "phase": "perceive"}
-ALL_FIGURES = tuple(range(1, 14))
+ALL_FIGURES = tuple(range(1, 16))
 MIB = 1024 * 1024
 
 
@@ -1520,9 +1526,9 @@ def http_figures(bench: Bench, which: int) -> None:
                     rates[key].append(rate)
             med = {k: statistics.median(v) for k, v in rates.items()}
             note = f"{rounds} interleaved rounds of {slice_s:g}s, one client, keep-alive"
-            bench.rows.append(ratio_row(11, "HTTP append, one event per POST", med["post1"],
+            bench.rows.append(ratio_row(12, "HTTP append, one event per POST", med["post1"],
                                         "events/s", "Journal.append", med["local1"], note=note))
-            bench.rows.append(ratio_row(11, "HTTP append, 100 events per POST",
+            bench.rows.append(ratio_row(12, "HTTP append, 100 events per POST",
                                         med["post100"], "events/s", "append_batch(100)",
                                         med["local100"]))
             return
@@ -1558,11 +1564,310 @@ def http_figures(bench: Bench, which: int) -> None:
         lat_sub = [max(0, sub[s] - sent[s]) / 1000 for s in sent]
         note = (f"{count} events at ~{1 / 0.004:.0f}/s; appender and both readers in one "
                 "process (threads), the server in another")
-        bench.rows.append(ratio_row(12, "SSE latency p50 (append returned -> frame)",
+        bench.rows.append(ratio_row(13, "SSE latency p50 (append returned -> frame)",
                                     quantile(lat_sse, 0.5), "us", "Python subscription p50",
                                     quantile(lat_sub, 0.5), note=note))
-        bench.rows.append(ratio_row(12, "SSE latency p99", quantile(lat_sse, 0.99), "us",
+        bench.rows.append(ratio_row(13, "SSE latency p99", quantile(lat_sse, 0.99), "us",
                                     "Python subscription p99", quantile(lat_sub, 0.99)))
+# ----- figure 14: the cost of one durable append ---------------------------------------------
+
+COST_WARMUP = 300  # appends before measuring: the file, the lease and the connections exist
+COST_CONTENT = "x" * 250  # a 250-byte UserMessage, as in issue 13
+
+
+def cost_record(session_id: str, sequence: int) -> EventRecord:
+    return EventRecord.new(session_id, "main", sequence,
+                           {"type": "UserMessage", "content": COST_CONTENT})
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cost_child(root: str, url: str, sid: str, n: int, redis_pid: int) -> dict[str, float]:
+    """One writer: warm up, then ``n`` durable appends. Client CPU from getrusage, the
+    server's from /proc (run as ``bench.py --cost-child``, so strace can wrap it)."""
+    with Journal(root, url, durability="fsync") as j:
+        for seq in range(1, COST_WARMUP + 1):
+            j.append(cost_record(sid, seq))
+        records = [cost_record(sid, COST_WARMUP + 1 + i) for i in range(n)]
+        server0 = proc_cpu_s(redis_pid)
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        for one in records:
+            try:
+                j.append(one)
+            except AppendOutcomeUnknown:  # a stall (strace, a busy machine): resolve it
+                j.append(one)
+        wall = time.perf_counter() - t0
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
+        server1 = proc_cpu_s(redis_pid)
+    per = 1e6 / max(n, 1)
+    return {
+        "user_us": (usage1.ru_utime - usage0.ru_utime) * per,
+        "sys_us": (usage1.ru_stime - usage0.ru_stime) * per,
+        "server_us": (server1 - server0) * per,
+        "rate": n / wall if wall > 0 else 0.0,
+    }
+
+
+def floor_cpu_us(bench: Bench, n: int) -> float:
+    """CPU (user + sys) of one O_APPEND write + fdatasync of the same line: the floor."""
+    line = encode_line(cost_record("bench-floor", 1))
+    fd = _open_append_fd(bench.scratch / "cpu-floor.dat")
+    try:
+        for _ in range(50):
+            os.write(fd, line)
+            os.fdatasync(fd)
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        for _ in range(n):
+            os.write(fd, line)
+            os.fdatasync(fd)
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        os.close(fd)
+    spent = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    return spent * 1e6 / n
+
+
+def _cost_command(bench: Bench, sid: str, n: int) -> list[str]:
+    pid = bench.server.pid
+    assert pid is not None
+    return [sys.executable, str(Path(__file__).resolve()), "--cost-child",
+            str(bench.root), bench.server.url, sid, str(n), str(pid)]
+
+
+def strace_counts(path: Path) -> dict[str, int]:
+    """Calls per syscall from an ``strace -c`` summary."""
+    counts: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            with contextlib.suppress(ValueError):
+                counts[parts[-1]] = int(parts[3])
+    return counts
+
+
+def syscalls_per_append(bench: Bench, n: int, tag: str) -> tuple[float, dict[str, float]]:
+    """``strace -c -f`` of a child with ``n`` appends minus one with none (same warm-up):
+    the steady-state syscalls of one append, in total and by name."""
+    strace = shutil.which("strace")
+    assert strace is not None
+    totals: list[dict[str, int]] = []
+    for count in (0, n):
+        out = bench.scratch / f"strace-{tag}-{count}.txt"
+        sid = f"bench-cost-strace-{tag}-{count}"
+        done = subprocess.run([strace, "-c", "-f", "-o", str(out),
+                               *_cost_command(bench, sid, count)],
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode:
+            raise RuntimeError(f"strace run failed: {done.stderr.strip()[-300:]}")
+        totals.append(strace_counts(out))
+    base, full = totals
+    by_name = {name: (full.get(name, 0) - base.get(name, 0)) / n
+               for name in set(base) | set(full)}
+    by_name = {k: v for k, v in by_name.items() if v >= 0.05}
+    return sum(by_name.values()), by_name
+
+
+def figure_14(bench: Bench) -> None:
+    n = 1000 if bench.cfg.quick else 5000
+    runs: list[dict[str, float]] = []
+    for rnd in range(3):
+        log(f"figure 14: cost run {rnd + 1}/3 ({n:,} appends)")
+        sid = f"bench-cost-{uuid.uuid4().hex[:8]}"
+        out = subprocess.run(_cost_command(bench, sid, n), capture_output=True, text=True,
+                             timeout=600)
+        if out.returncode:
+            raise RuntimeError(f"cost run failed: {out.stderr.strip()[-300:]}")
+        runs.append(msgspec.json.decode(out.stdout.strip().splitlines()[-1]))
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    floor = statistics.median(floor_cpu_us(bench, n) for _ in range(3))
+    client = med("user_us") + med("sys_us")
+    spread = ", ".join(fmt(r["user_us"] + r["sys_us"]) for r in runs)
+    bench.rows.append(Row(14, "F_fs CPU per event (write+fdatasync, getrusage)", floor, "us",
+                          note="the same line, one O_APPEND write + fdatasync, median of 3"))
+    bench.rows.append(Row(14, "client CPU per durable append (getrusage)", client, "us",
+                          ref_name="F_fs CPU", ref_value=floor,
+                          ratio=client / floor if floor else None,
+                          target="<= 120 us", met=client <= 120,
+                          note=f"user {fmt(med('user_us'))} + sys {fmt(med('sys_us'))}; "
+                               f"runs: {spread}; 1 writer, {n:,} appends of a 250-byte "
+                               "UserMessage, median of 3"))
+    server = med("server_us")
+    bench.rows.append(Row(14, "redis-server CPU per durable append (/proc/pid/stat)", server,
+                          "us", target="<= 40 us", met=server <= 40,
+                          note="runs: " + ", ".join(fmt(r["server_us"]) for r in runs)))
+    if shutil.which("strace") is None:
+        bench.rows.append(Row(14, "syscalls per durable append", text="n/a (no strace)",
+                              target="<= 7"))
+        return
+    samples: list[tuple[float, dict[str, float]]] = []
+    for rnd in range(3):
+        log(f"figure 14: strace run {rnd + 1}/3")
+        samples.append(syscalls_per_append(bench, n, str(rnd)))
+    samples.sort(key=lambda s: s[0])
+    total, by_name = samples[1]
+    top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_name.items(), key=lambda kv: -kv[1]))
+    bench.rows.append(Row(14, "syscalls per durable append (strace -c -f)", total, "calls",
+                          target="<= 7", met=round(total, 2) <= 7,
+                          note=f"runs: {', '.join(fmt(s[0]) for s in samples)}; median run: "
+                               f"{top}"))
+
+
+# ----- figure 15: the fleet against a durable Redis peer ---------------------------------------
+
+# The peer: what a team would build on Redis alone. A Lua compare-and-set on the stream's
+# head, then XADD of the event, on a server with appendfsync always (the AOF is fsynced
+# before the reply), so an acknowledged event is as durable as the journal's.
+PEER_CAS_XADD = """
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+if head + 1 ~= tonumber(ARGV[1]) then return {0, head} end
+redis.call('XADD', KEYS[2], '*', 'seq', ARGV[1], 'event', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1])
+return {1, head + 1}
+"""
+FLEETS = ((1, 1), (4, 4), (16, 64))  # (writer processes, sessions), one owner per session
+
+
+def _fleet_peer(url: str, sids: list[str], seconds: float, gate: _Gate) -> tuple[int, float]:
+    client = redis.Redis.from_url(url)
+    try:
+        script = client.register_script(PEER_CAS_XADD)
+        heads = dict.fromkeys(sids, 0)
+        payload = encode_line(cost_record(sids[0], 1))
+        for sid in sids:
+            heads[sid] += 1
+            script(keys=[f"peer:{{{sid}}}:head", f"peer:{{{sid}}}:stream"],
+                   args=[heads[sid], payload])
+        gate()
+        count = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            sid = sids[count % len(sids)]
+            heads[sid] += 1
+            ok = script(keys=[f"peer:{{{sid}}}:head", f"peer:{{{sid}}}:stream"],
+                        args=[heads[sid], payload])
+            if not ok[0]:
+                raise RuntimeError(f"peer CAS refused {sid} #{heads[sid]}")
+            count += 1
+        return count, time.perf_counter() - start
+    finally:
+        client.close()
+
+
+def _fleet_journal(root: str, url: str, sids: list[str], seconds: float,
+                   gate: _Gate) -> tuple[int, float]:
+    with Journal(root, url, durability="fsync") as j:
+        heads = {sid: j.head(sid) for sid in sids}
+        for sid in sids:
+            heads[sid] += 1
+            j.append(cost_record(sid, heads[sid]))
+        gate()
+        count = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            sid = sids[count % len(sids)]
+            heads[sid] += 1
+            one = cost_record(sid, heads[sid])
+            try:
+                j.append(one)
+            except AppendOutcomeUnknown:  # a stall past the lease: retrying resolves it
+                j.append(one)
+            count += 1
+        return count, time.perf_counter() - start
+
+
+def fleet_child(idx: int, root: str, url: str, peer_url: str, sids: list[str],
+                modes: list[str], seconds: float, barrier: Any, out_q: Any) -> None:
+    """Runs in a spawned process: one phase per mode, each started by the shared barrier."""
+    for phase, mode in enumerate(modes):
+        gate = _Gate(barrier)
+        result: tuple[int, float] = (0, 0.0)
+        error: str | None = None
+        try:
+            if mode == "peer":
+                result = _fleet_peer(peer_url, [f"{s}-{phase}" for s in sids], seconds, gate)
+            else:
+                result = _fleet_journal(root, url, sids, seconds, gate)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        try:
+            gate()
+        except Exception as exc:
+            error = error or f"{type(exc).__name__}: {exc}"
+        out_q.put((idx, phase, mode, result[0], result[1], error))
+
+
+def figure_15(bench: Bench) -> None:
+    cfg = bench.cfg
+    seconds = 1.5 if cfg.quick else 3.0
+    rounds = 3
+    peer_dir = bench.scratch / "peer-redis"
+    peer_dir.mkdir(exist_ok=True)
+    with RedisServer(dir=peer_dir, extra_args=["--appendonly", "yes",
+                                               "--appendfsync", "always"]) as peer:
+        for writers, sessions in FLEETS:
+            modes = ["peer", "journal"] * rounds
+            barrier = bench.mp.Barrier(writers + 1)
+            out_q = bench.mp.Queue()
+            tag = uuid.uuid4().hex[:6]
+            per = sessions // writers
+            procs = [bench.start(fleet_child, i, str(bench.root), bench.server.url, peer.url,
+                                 [f"fleet-{tag}-{i * per + k}" for k in range(per)], modes,
+                                 seconds, barrier, out_q)
+                     for i in range(writers)]
+            rates: dict[str, list[float]] = {"peer": [], "journal": []}
+            errors: list[str] = []
+            try:
+                for phase, mode in enumerate(modes):
+                    log(f"figure 15: {writers} writers x {sessions} sessions, phase "
+                        f"{phase + 1}/{len(modes)}: {mode}")
+                    barrier.wait(timeout=180)
+                    total = 0.0
+                    for _ in range(writers):
+                        idx, got, got_mode, count, elapsed, error = out_q.get(
+                            timeout=seconds + 180)
+                        if got != phase:
+                            raise RuntimeError(f"writer {idx} answered phase {got} in {phase}")
+                        if error:
+                            errors.append(f"{got_mode}[{idx}]: {error}")
+                        elif elapsed > 0:
+                            total += count / elapsed
+                    rates[mode].append(total)
+            finally:
+                with contextlib.suppress(Exception):
+                    barrier.abort()
+                bench.reap(procs)
+            name = f"{writers} writer{'s' if writers > 1 else ''} x {sessions} session" + (
+                "s" if sessions > 1 else "")
+            if errors:
+                bench.rows.append(error_row(12, name, "; ".join(errors[:3])))
+                continue
+            peer_rate = statistics.median(rates["peer"])
+            jour_rate = statistics.median(rates["journal"])
+            pairs = [a / b for a, b in zip(rates["journal"], rates["peer"], strict=True) if b]
+            bench.rows.append(Row(15, f"peer: Lua CAS + XADD, appendfsync always, {name}",
+                                  peer_rate, "events/s",
+                                  note="rounds: " + ", ".join(fmt(v) for v in rates["peer"])))
+            target = ">= 1.0x peer" if writers > 1 else ""
+            made = ratio_row(15, f"journal, fsync, {name}", jour_rate, "events/s",
+                             "peer", peer_rate, target=target,
+                             at_least=1.0 if writers > 1 else None,
+                             note="rounds: " + ", ".join(fmt(v) for v in rates["journal"])
+                                  + "; ratio: median of the per-round ratios")
+            made.ratio = statistics.median(pairs) if pairs else None
+            if made.ratio is not None and writers > 1:
+                made.met = made.ratio >= 1.0
+            bench.rows.append(made)
 
 
 # ----- main ---------------------------------------------------------------------------------
@@ -1581,7 +1886,7 @@ def parse_only(text: str) -> set[int]:
             chosen.add(int(part))
     bad = chosen - set(ALL_FIGURES)
     if bad or not chosen:
-        raise argparse.ArgumentTypeError(f"figures are 1..13, got {text!r}")
+        raise argparse.ArgumentTypeError(f"figures are 1..15, got {text!r}")
     return chosen
 
 
@@ -1614,6 +1919,8 @@ FIGURES: dict[int, tuple[str, Callable[[Bench], None]]] = {
     11: ("worker group vs Redis Streams", figure_11),
     12: ("HTTP append throughput", lambda b: http_figures(b, 12)),
     13: ("SSE latency", lambda b: http_figures(b, 13)),
+    14: ("cost of one durable append", figure_14),
+    15: ("the fleet against a durable Redis peer", figure_15),
 }
 
 
@@ -1630,6 +1937,11 @@ def data_dir(keep: bool) -> Iterator[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--cost-child"]:
+        root, url, sid, n, pid = argv[1:6]
+        print(msgspec.json.encode(cost_child(root, url, sid, int(n), int(pid))).decode())
+        return 0
     args = parse_args(argv)
     cfg = Config.make(args.quick, args.events)
     selected: set[int] = args.only

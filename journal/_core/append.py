@@ -124,7 +124,7 @@ def _under_lease(
     first, last = records[0], records[-1]
     branch = first.branch_id
     store = core.store(first.session_id)
-    size = yield Blocking(store.size)
+    size = yield Blocking(partial(store.size_for_append, fast))
     if size < committed:
         # Another host's committed bytes may not be visible here yet (a shared mount's
         # cache): wait for them, bounded. An archived session reopens; anything else is

@@ -36,6 +36,8 @@ migration to the new owner (Redis tells subscribers of a slot it loses with a
 from __future__ import annotations
 
 import re
+import socket
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlencode
@@ -186,6 +188,49 @@ def client_options(settings: JournalSettings) -> dict[str, Any]:
             "health_check_interval": 30}
 
 
+class _KernelTimeouts:
+    """Socket timeouts kept by the kernel (``SO_RCVTIMEO``/``SO_SNDTIMEO`` on a blocking
+    socket) instead of by Python: a Python socket with a timeout calls ``poll`` before every
+    ``send`` and ``recv``, two extra syscalls per command on the append path. The limit is
+    the same; a command that runs into it fails with a ``ConnectionError`` instead of a
+    ``TimeoutError`` (both mean "Redis did not answer" to the journal). Only for plain TCP and
+    unix sockets: TLS keeps Python's timeouts."""
+
+    def __init__(self, *args: Any, kernel_timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._kernel_timeout = kernel_timeout
+
+    def _connect(self) -> socket.socket:
+        sock: socket.socket = super()._connect()  # type: ignore[misc]
+        if self._kernel_timeout and sock.gettimeout() is None:
+            seconds = int(self._kernel_timeout)
+            micros = int((self._kernel_timeout - seconds) * 1_000_000)
+            timeval = struct.pack("@ll", seconds, micros)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        return sock
+
+
+class _TcpConnection(_KernelTimeouts, redis.connection.Connection):
+    pass
+
+
+class _UnixConnection(_KernelTimeouts, redis.connection.UnixDomainSocketConnection):
+    pass
+
+
+def _single_options(url: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """The options of a one-server blocking client: kernel-kept timeouts on TCP and unix
+    sockets (see :class:`_KernelTimeouts`). A ``socket_timeout`` in the URL still wins, and
+    brings Python's timeouts back."""
+    scheme = url.partition("://")[0].lower()
+    classes = {"redis": _TcpConnection, "unix": _UnixConnection}
+    if scheme not in classes or not opts.get("socket_timeout"):
+        return opts
+    return {**opts, "connection_class": classes[scheme], "socket_timeout": None,
+            "kernel_timeout": opts["socket_timeout"]}
+
+
 def _url_options(url: str) -> dict[str, Any]:
     try:
         options: dict[str, Any] = dict(redis.connection.parse_url(url))  # type: ignore[no-untyped-call]
@@ -225,6 +270,9 @@ class _AsyncSentinelRedis(redis.asyncio.Redis):
 def redis_error(exc: Exception, where: str) -> RedisUnavailable:
     """Translate a redis-py error. redis-py messages name host and port, never a password;
     ``where`` is already redacted."""
+    if isinstance(exc, redis.ConnectionError) and "(11, 'Resource temporarily" in str(exc):
+        # A kernel-kept socket timeout ran out (see _KernelTimeouts): say so plainly.
+        return RedisUnavailable(f"redis at {where}: TimeoutError: Timeout reading from socket")
     return RedisUnavailable(f"redis at {where}: {type(exc).__name__}: {exc}")
 
 
@@ -235,7 +283,7 @@ def sync_client(settings: JournalSettings, url: str | None = None) -> SyncClient
     opts = client_options(settings)
     try:
         if target.mode == "single":
-            return redis.Redis.from_url(target.url, **opts)
+            return redis.Redis.from_url(target.url, **_single_options(target.url, opts))
         if target.mode == "cluster":
             seeds = [
                 redis.cluster.ClusterNode(h, p)  # type: ignore[no-untyped-call]

@@ -9,6 +9,9 @@ Layout under the root::
 All functions here are synchronous and are only ever called by one writer at a time for a
 session (the holder of the Redis lease); readers only read bytes below the committed length.
 The async journal runs them in a worker thread.
+
+A writer keeps its descriptors open (the session file, the hint, the index files): see
+:class:`SessionStore` for when they are trusted and when they are checked against the paths.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ import logging
 import os
 import struct
 import sys
+import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -43,6 +50,19 @@ CHUNK = 1 << 20
 # what was committed, before the journal calls the mount incoherent. GlusterFS caches
 # attributes for 1 s by default.
 VIEW_CATCH_UP_S = 2.0
+
+# A writer that keeps appending on the fast path still checks its cached descriptors against
+# the paths this often (a file replaced, an index deleted by hand), at 1-3 stat calls a time.
+REVALIDATE_S = 1.0
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """(st_dev, st_ino) of a path, or (0, 0) when it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return 0, 0
+    return st.st_dev, st.st_ino
 
 
 class _Position(msgspec.Struct):
@@ -118,9 +138,117 @@ def _log_tail(session_id: str, found: TailResult, event: str) -> None:
                          "truncated_from": found.truncated_from, "length": found.length})
 
 
+class _Descriptors:
+    """The descriptors a writer keeps open, and what it knows about the files behind them.
+
+    Everything here is only a cache: dropping it (:meth:`SessionStore.forget`) costs a few
+    ``open`` calls on the next append, never correctness.
+    """
+
+    __slots__ = ("append_fd", "append_id", "checked_at", "end", "hint_fd", "hint_id", "index")
+
+    def __init__(self) -> None:
+        self.append_fd: int | None = None
+        self.append_id: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the open file
+        self.end: int | None = None  # end of our last write that landed at the committed length
+        self.hint_fd: int | None = None
+        self.hint_id: tuple[int, int] = (0, 0)
+        # branch -> [fd, (st_dev, st_ino), entries it holds, or -1 when not known]
+        self.index: dict[str, list[Any]] = {}
+        self.checked_at = 0.0
+
+    def close(self) -> None:
+        fds = [self.append_fd, self.hint_fd, *(entry[0] for entry in self.index.values())]
+        self.append_fd = self.hint_fd = None
+        self.index = {}
+        self.end = None
+        for fd in fds:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+_LIVE: weakref.WeakSet[SessionStore] = weakref.WeakSet()
+# Stores that hold open descriptors, least recently appended first. A process that writes
+# to many sessions keeps the files of the last MAX_OPEN_STORES open, not all of them: each
+# store holds 2 + up to MAX_OPEN_INDEXES descriptors (at most 192 in all; the default limit
+# is 1024 per process). Beyond that, appends reopen files as they did before caching.
+MAX_OPEN_STORES = 32
+MAX_OPEN_INDEXES = 4
+_open_stores: OrderedDict[int, weakref.ref[SessionStore]] = OrderedDict()
+# Reentrant: a store dropped by the garbage collector while this thread holds the lock
+# untracks itself from its finalizer, in this very thread.
+_open_lock = threading.RLock()
+
+
+def _close_dropped(fds: _Descriptors, key: int) -> None:
+    _untrack(key)
+    fds.close()
+
+
+def _touch(store: SessionStore) -> None:
+    """Mark ``store`` as just used; close the descriptors of the least recently used ones
+    beyond MAX_OPEN_STORES (skipping any that another thread is using right now)."""
+    victims: list[SessionStore] = []
+    with _open_lock:
+        key = id(store)
+        if key in _open_stores:
+            _open_stores.move_to_end(key)
+            return
+        _open_stores[key] = weakref.ref(store)
+        excess = len(_open_stores) - MAX_OPEN_STORES
+        for old_key in list(_open_stores)[: max(excess, 0)]:
+            victim = _open_stores.pop(old_key)()
+            if victim is not None:
+                victims.append(victim)
+    for victim in victims:
+        if victim._lock.acquire(blocking=False):
+            try:
+                victim._fds.close()
+            finally:
+                victim._lock.release()
+        else:
+            with _open_lock:  # busy appending: keep it, it is the most recent anyway
+                _open_stores[id(victim)] = weakref.ref(victim)
+
+
+def _untrack(key: int) -> None:
+    with _open_lock:
+        _open_stores.pop(key, None)
+
+
+def _after_fork_in_child() -> None:
+    # The child shares the parent's open file descriptions but none of its leases: it must
+    # not trust what the parent knew. Closing our copies leaves the parent's untouched.
+    global _open_lock
+    _open_lock = threading.RLock()
+    _open_stores.clear()
+    for store in list(_LIVE):
+        store._lock = threading.RLock()
+        store._intent = None
+        store._lazy_hint = False
+        store._fds.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class SessionStore:
-    """File operations for one session. Holds no open descriptors, so any number of threads
-    may share one; the path strings are computed once (pathlib is slow on the hot path)."""
+    """File operations for one session; the path strings are computed once (pathlib is slow on
+    the hot path).
+
+    **Cached descriptors.** The writer of a session keeps the session file (``O_APPEND``), the
+    committed hint and the index files of its branches open, so a steady append costs no
+    ``open``, ``close`` or ``stat``: one ``pwrite`` of the intent, the ``write``, an ``lseek``
+    (where did it land), the ``fdatasync`` and one ``pwrite`` of the index entry. The
+    descriptors belong to the store and are used under its lock, so any number of threads may
+    share a store (the async journal runs file work in worker threads); readers open their
+    own. What the writer knows about the files (their size, the index lengths) is trusted only
+    while it held the lease without a break since its last append (the held-lease fast path,
+    ``trusted=True`` in :meth:`size_for_append`); otherwise, and at least every
+    ``REVALIDATE_S``, the descriptors are checked against the paths and a file replaced or
+    removed behind our back is reopened. A forked child starts with nothing cached.
+    """
 
     def __init__(self, root: Path, session_id: str,
                  view_catch_up_s: float = VIEW_CATCH_UP_S) -> None:
@@ -134,6 +262,28 @@ class SessionStore:
         # Truncation points (branch -> lowest stored sequence), set from the lifecycle marks
         # by journal._storage.gate: the scans below start each branch there.
         self.floors: dict[str, int] = {}
+        self._lock = threading.RLock()
+        self._fds = _Descriptors()
+        self._intent: tuple[int, int] | None = None  # the intent of the write in flight
+        # This append came through the trusted fast path: if it is one line, its confirmed
+        # length need not be written (see write_hint).
+        self._lazy_hint = False
+        _LIVE.add(self)
+        # Close the descriptors when the store is dropped (Core keeps a bounded cache).
+        self._finalizer = weakref.finalize(self, _close_dropped, self._fds, id(self))
+
+    def close(self) -> None:
+        """Close every cached descriptor (they are reopened when needed)."""
+        with self._lock:
+            self._fds.close()
+        _untrack(id(self))
+
+    def forget(self) -> None:
+        """Trust nothing cached about the files any more (another writer may have written)."""
+        with self._lock:
+            self._fds.end = None
+            for entry in self._fds.index.values():
+                entry[2] = -1
 
     def _open_in_index(self, path: str, flags: int) -> int:
         """Open a file under index/<sid>/, creating the folder the first time (or again, if
@@ -202,19 +352,62 @@ class SessionStore:
 
     # ----- appending (under the lease) -----------------------------------------------------
 
-    def _open_append(self) -> int:
+    def size_for_append(self, trusted: bool) -> int:
+        """The file's size before an append under the lease.
+
+        ``trusted``: this writer held the lease without a break since its last append (the
+        held-lease fast path), so nobody else may have written and the end of its own last
+        write is the size, without a syscall. A stale writer's bytes that landed since are
+        caught all the same: :meth:`append` reports where our bytes landed, and the protocol
+        recovers when that is not the committed length. Otherwise, and at least every
+        ``REVALIDATE_S``, the cached descriptors are checked against the paths (one ``stat``
+        each): a file replaced or removed behind our back is reopened, and what we knew about
+        the files is forgotten.
+        """
+        with self._lock:
+            fds = self._fds
+            if (trusted and fds.end is not None
+                    and time.monotonic() - fds.checked_at < REVALIDATE_S):
+                self._lazy_hint = True
+                return fds.end
+            self._lazy_hint = False
+            self.forget()
+            fds.checked_at = time.monotonic()
+            if fds.hint_fd is not None and _identity(self._hint) != fds.hint_id:
+                os.close(fds.hint_fd)
+                fds.hint_fd = None
+            for branch_id, entry in list(fds.index.items()):
+                if _identity(f"{self.index_dir}/{branch_id}.idx") != entry[1]:
+                    del fds.index[branch_id]
+                    os.close(entry[0])
+            try:
+                st = os.stat(self._path)
+            except FileNotFoundError:
+                st = None
+            if fds.append_fd is not None and (
+                st is None or (st.st_dev, st.st_ino) != fds.append_id
+            ):
+                os.close(fds.append_fd)
+                fds.append_fd = None
+            return 0 if st is None else st.st_size
+
+    def _append_fd(self) -> int:
+        fds = self._fds
+        if fds.append_fd is not None:
+            return fds.append_fd
         try:
-            return os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except FileNotFoundError:
-            pass
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        # A new file's name must survive a crash too: sync the directory entry.
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # A new file's name must survive a crash too: sync the directory entry.
+            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        st = os.fstat(fd)
+        fds.append_fd, fds.append_id = fd, (st.st_dev, st.st_ino)
         return fd
 
     def append(self, data: bytes, sync: bool) -> tuple[int, int]:
@@ -222,35 +415,58 @@ class SessionStore:
 
         Returns ``(start, end)``: where the bytes landed. With O_APPEND the descriptor's
         offset is the end of our own write, even when other processes append concurrently.
+        The intent given to :meth:`write_hint` just before is written first.
         """
-        fd = self._open_append()
-        try:
-            if fault.wants("mid_write"):
-                half = len(data) // 2
-                os.write(fd, data[:half])
-                fault.hit("mid_write")
-                data = data[half:]
-            written = os.write(fd, data)
-            end = os.lseek(fd, 0, os.SEEK_CUR)
-            if written != len(data):
-                # A short write is a torn line beyond the committed length: recovery cuts it.
-                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a short write to "
-                              f"{self.path}: {written} of {len(data)} bytes)")
-            fault.hit("after_write")
-            if sync:
-                fault.hit("fsync")
-                started = time.perf_counter()
-                os.fdatasync(fd)
-                _observe.emit("fsync", seconds=time.perf_counter() - started)
-                fault.hit("after_fsync")
-            return end - len(data), end
-        finally:
-            os.close(fd)
+        with self._lock:
+            _touch(self)
+            intent, self._intent = self._intent, None
+            fds = self._fds
+            batch = data.count(b"\n") > 1
+            if batch and fds.hint_fd is not None and _identity(self._hint) != fds.hint_id:
+                # A batch's intent must reach the hint file itself, not one deleted by hand
+                # since we opened it: it is what makes a torn batch all or nothing.
+                os.close(fds.hint_fd)
+                fds.hint_fd = None
+            if intent is not None:
+                self._pwrite_hint(*intent)
+            fds.end = None
+            fd = self._append_fd()
+            try:
+                if fault.wants("mid_write"):
+                    half = len(data) // 2
+                    os.write(fd, data[:half])
+                    fault.hit("mid_write")
+                    data = data[half:]
+                written = os.write(fd, data)
+                end = os.lseek(fd, 0, os.SEEK_CUR)
+                if written != len(data):
+                    # A short write is a torn line beyond the committed length: recovery cuts it.
+                    raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a short write "
+                                  f"to {self.path}: {written} of {len(data)} bytes)")
+                fault.hit("after_write")
+                if sync:
+                    fault.hit("fsync")
+                    started = time.perf_counter()
+                    os.fdatasync(fd)
+                    _observe.emit("fsync", seconds=time.perf_counter() - started)
+                    fault.hit("after_fsync")
+            except BaseException:
+                # Whatever happened to this descriptor, the next append starts from the path.
+                fds.append_fd = None
+                os.close(fd)
+                raise
+            start = end - len(data)
+            if intent is not None and start == intent[0]:
+                fds.end = end  # our bytes sit at the committed length: the next size
+            if batch:
+                self._lazy_hint = False  # a batch: write its confirmation (write_hint)
+            return start, end
 
     def truncate(self, length: int, guard: Callable[[], None]) -> None:
         """Cut junk beyond the committed length. ``guard`` raises if our lease may be gone:
         a writer that lost its lease must never truncate, someone may have committed since."""
         guard()
+        self.forget()
         fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.ftruncate(fd, length)
@@ -278,6 +494,7 @@ class SessionStore:
     ) -> TailResult:
         """Roll forward the complete lines beyond ``committed`` that continue their branch,
         in file order, and truncate at the first torn, invalid or non-continuing line."""
+        self.forget()  # the file changes here: the size and index lengths we knew are gone
         heads = dict(heads)
         result = TailResult(length=committed, heads={})
         cut = self._cut_point(committed)
@@ -328,12 +545,38 @@ class SessionStore:
     def write_hint(self, committed: int, pending: int = 0) -> None:
         """Persist a lower bound of the committed length, and the end of the write about to
         happen. Not synced: a stale hint is only a smaller bound, and a missing intent falls
-        back to the per-line rule."""
-        fd = self._open_in_index(self._hint, os.O_WRONLY)
+        back to the per-line rule.
+
+        The intent ``(committed, end)`` is written by :meth:`append`, just before its write.
+        The confirmation after it (``write_hint(end)``, once the synced bytes landed at the
+        committed length) is skipped for a single line appended on the held-lease fast path,
+        the steady state of a busy writer: one ``pwrite`` per append instead of two. The
+        intent already says it: its line is complete, so a recovery rolls it forward, and the
+        next write's intent records ``end`` as its committed length. The hint so lags by at
+        most that one line, which a rebuild then checks instead of trusting it. Batches and
+        appends after a ``begin`` still write their confirmation.
+        """
+        with self._lock:
+            if pending:
+                self._intent = (committed, pending)
+                return
+            if self._lazy_hint and self._fds.end is not None and committed == self._fds.end:
+                self._lazy_hint = False
+                return  # the confirmation of our own single line, as above
+            self._pwrite_hint(committed, 0)
+
+    def _pwrite_hint(self, committed: int, pending: int) -> None:
+        fds = self._fds
+        if fds.hint_fd is None:
+            fd = self._open_in_index(self._hint, os.O_WRONLY)
+            st = os.fstat(fd)
+            fds.hint_fd, fds.hint_id = fd, (st.st_dev, st.st_ino)
         try:
-            os.pwrite(fd, HINT.pack(committed, pending), 0)
-        finally:
-            os.close(fd)
+            os.pwrite(fds.hint_fd, HINT.pack(committed, pending), 0)
+        except OSError:
+            os.close(fds.hint_fd)
+            fds.hint_fd = None
+            raise
 
     def _cut_point(self, committed: int) -> int | None:
         """Where a torn write in flight starts, if the intent says one is torn."""
@@ -354,6 +597,7 @@ class SessionStore:
         ``full`` (the operator's ``journal rebuild``) skips the fast path and decodes every
         committed line completely, so a damaged line anywhere is reported.
         """
+        self.forget()
         hint = self.read_hint()
         # A hint beyond the size we see is most likely a lagging view of a shared mount: let
         # it catch up first, or the scan would cut the committed region short.
@@ -430,6 +674,7 @@ class SessionStore:
         return heads if covered == hint else None
 
     def _cut_index(self, branch_id: str, count: int) -> None:
+        self.forget()
         path = self._index_path(branch_id)
         with contextlib.suppress(FileNotFoundError):
             if path.stat().st_size > count * INDEX_ENTRY.size:
@@ -514,6 +759,10 @@ class SessionStore:
         return self.index_dir / f"{branch_id}.idx"
 
     def _write_indexes(self, entries: dict[str, list[tuple[int, int]]]) -> None:
+        with self._lock:  # the files are replaced: our open ones would point at the old ones
+            for entry in self._fds.index.values():
+                os.close(entry[0])
+            self._fds.index = {}
         self.index_dir.mkdir(parents=True, exist_ok=True)
         for old in self.index_dir.glob("*.idx"):
             if old.stem not in entries:
@@ -528,23 +777,41 @@ class SessionStore:
     def index_append(self, branch_id: str, head_before: int, rows: list[tuple[int, int]],
                      committed: int) -> None:
         """Record the offsets of sequences ``head_before + 1 ...``. Entries past the head are
-        leftovers of a writer that died; they are cut first. A short index is rebuilt."""
-        fd = self._open_in_index(f"{self.index_dir}/{branch_id}.idx", os.O_RDWR)
-        try:
-            want = head_before * INDEX_ENTRY.size
-            size = os.fstat(fd).st_size
-            if size < want:
-                # The index lags (written by another tool, or lost): rebuild it from the file.
-                old = [(0, 0)] * (self.floors.get(branch_id, 1) - 1)  # truncated: unused
-                old += self._scan_branch_offsets(branch_id, committed)
-                if len(old) != head_before:
-                    return  # the file disagrees with Redis: leave it, readers fall back
-                os.pwrite(fd, b"".join(INDEX_ENTRY.pack(o, n) for o, n in old), 0)
-            elif size > want:
-                os.ftruncate(fd, want)
-            os.pwrite(fd, b"".join(INDEX_ENTRY.pack(o, n) for o, n in rows), want)
-        finally:
-            os.close(fd)
+        leftovers of a writer that died; they are cut first. A short index is rebuilt.
+
+        The branch's index stays open; while the writer trusts what it knows (see
+        :meth:`size_for_append`) the entries go straight to their place: one ``pwrite``."""
+        with self._lock:
+            entry = self._fds.index.get(branch_id)
+            if entry is None:
+                path = f"{self.index_dir}/{branch_id}.idx"
+                if len(self._fds.index) >= MAX_OPEN_INDEXES:  # the oldest opened goes
+                    oldest = next(iter(self._fds.index))
+                    os.close(self._fds.index.pop(oldest)[0])
+                fd = self._open_in_index(path, os.O_RDWR)
+                st = os.fstat(fd)
+                entry = self._fds.index[branch_id] = [fd, (st.st_dev, st.st_ino), -1]
+            fd = entry[0]
+            try:
+                want = head_before * INDEX_ENTRY.size
+                if entry[2] != head_before:
+                    entry[2] = -1
+                    size = os.fstat(fd).st_size
+                    if size < want:
+                        # The index lags (written by another tool, or lost): rebuild it.
+                        old = [(0, 0)] * (self.floors.get(branch_id, 1) - 1)  # truncated
+                        old += self._scan_branch_offsets(branch_id, committed)
+                        if len(old) != head_before:
+                            return  # the file disagrees with Redis: leave it, readers fall back
+                        os.pwrite(fd, b"".join(INDEX_ENTRY.pack(o, n) for o, n in old), 0)
+                    elif size > want:
+                        os.ftruncate(fd, want)
+                os.pwrite(fd, b"".join(INDEX_ENTRY.pack(o, n) for o, n in rows), want)
+                entry[2] = head_before + len(rows)
+            except BaseException:
+                del self._fds.index[branch_id]
+                os.close(fd)
+                raise
 
     def _index_lines(self, lines: list[Line], heads_after: dict[str, int], committed: int) -> None:
         per_branch: dict[str, list[tuple[int, int]]] = {}
