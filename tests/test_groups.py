@@ -18,10 +18,10 @@ import pytest
 import redis
 
 from journal import AsyncJournal, EventRecord, Journal
+from journal._core.scripts import GROUP_SOURCES as LUA
 from journal._groups.admin import status
 from journal._groups.engine import ConsumeOptions, backoff, fair_share
 from journal._groups.keys import registry_keys, session_group_keys
-from journal._groups.shell import LUA
 from journal._groups.store import Checkpoint, GroupStore
 from journal.cli.main import main as cli
 from journal.errors import InvalidInput

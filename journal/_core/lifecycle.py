@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import msgspec
 
@@ -72,6 +73,12 @@ def _guarded(clock: LeaseClock, fn: Callable[[], object]) -> object:
     return fn()
 
 
+def _save(lease: _Lease, root: Path, session_id: str, marks: tombstone.Marks) -> Blocking:
+    """Write the session's marks, only while the lease is surely ours."""
+    write = partial(tombstone.save, root, session_id, marks)
+    return Blocking(partial(_guarded, lease.clock, write))
+
+
 # ----- delete ----------------------------------------------------------------------------
 
 
@@ -91,8 +98,7 @@ def delete(core: Core, session_id: str) -> Steps[None]:
                 yield from _release(core, session_id, lease.token)
                 raise InvalidInput(f"no session {session_id} under {root}")
             dead = msgspec.structs.replace(marks, deleted_at=time.time())
-            yield Blocking(partial(_guarded, lease.clock,
-                                   partial(tombstone.save, root, session_id, dead)))
+            yield _save(lease, root, session_id, dead)
             fault.hit("delete:after_tombstone")
         ok = yield Lua("lifecycle_clear", [keys.state, keys.lease, tomb_key(core, session_id),
                                            keys.want],
@@ -108,10 +114,11 @@ def delete(core: Core, session_id: str) -> Steps[None]:
 # ----- truncate ---------------------------------------------------------------------------
 
 
-def _settled(core: Core, session_id: str, store: SessionStore, waiter: Backoff,
-             ) -> Steps[tuple[_Lease, int] | None]:
+def _settled(core: Core, session_id: str, store: SessionStore, waiter: Backoff, point: str,
+             ) -> Steps[tuple[_Lease, int, tombstone.Marks] | None]:
     """Our lease over a session whose Redis state exists and whose file holds exactly the
-    committed length (the tail rolled forward first). None: try again."""
+    committed length (the tail rolled forward first), with that length and the session's
+    marks; ``point`` is the fault point once the lease is ours. None: try again."""
     lease = yield from _acquire(core, session_id, waiter)
     if "len" not in lease.fields:
         yield from _release(core, session_id, lease.token)
@@ -133,7 +140,9 @@ def _settled(core: Core, session_id: str, store: SessionStore, waiter: Backoff,
     if size < committed and marks.archived is None:
         yield from _release(core, session_id, lease.token)
         raise gate.mismatch(store, size, committed)
-    return lease, committed
+    fault.hit(point)
+    marks = yield Blocking(partial(gate.marks, store))
+    return lease, committed, marks
 
 
 def truncate_before(core: Core, session_id: str, branch_id: str, sequence: int) -> Steps[int]:
@@ -147,12 +156,10 @@ def truncate_before(core: Core, session_id: str, branch_id: str, sequence: int) 
     keys = core.keys(session_id)
     waiter = core.backoff()
     for _round in range(_ROUNDS):
-        settled = yield from _settled(core, session_id, store, waiter)
+        settled = yield from _settled(core, session_id, store, waiter, "truncate:after_lease")
         if settled is None:
             continue
-        lease, committed = settled
-        fault.hit("truncate:after_lease")
-        marks = yield Blocking(partial(gate.marks, store))
+        lease, committed, marks = settled
         heads = lease.heads
         head = heads.get(branch_id, 0)
         floor: int = marks.floors.get(branch_id, 1)
@@ -180,8 +187,7 @@ def truncate_before(core: Core, session_id: str, branch_id: str, sequence: int) 
         new = msgspec.structs.replace(
             marks, floors=floors, compaction=tombstone.Compaction(committed, new_len)
         )
-        yield Blocking(partial(_guarded, lease.clock,
-                               partial(tombstone.save, root, session_id, new)))
+        yield _save(lease, root, session_id, new)
         fault.hit("truncate:after_marks")
         yield Blocking(partial(compaction.finish, store, new, lease.clock.guard))
         fault.hit("truncate:after_rename")
@@ -211,12 +217,10 @@ def archive(core: Core, session_id: str) -> Steps[bool]:
     store, root = core.store(session_id), core.root
     waiter = core.backoff()
     for _round in range(_ROUNDS):
-        settled = yield from _settled(core, session_id, store, waiter)
+        settled = yield from _settled(core, session_id, store, waiter, "archive:after_lease")
         if settled is None:
             continue
-        lease, committed = settled
-        fault.hit("archive:after_lease")
-        marks = yield Blocking(partial(gate.marks, store))
+        lease, committed, marks = settled
         if not (yield Blocking(store.path.exists)):
             yield from _release(core, session_id, lease.token)
             return False  # archived already (the marks say so: _settled checked the size)
@@ -226,8 +230,7 @@ def archive(core: Core, session_id: str) -> Steps[bool]:
             marks, compaction=None,
             archived=tombstone.Archived(committed, sha, lease.heads, time.time()),
         )
-        yield Blocking(partial(_guarded, lease.clock,
-                               partial(tombstone.save, root, session_id, new)))
+        yield _save(lease, root, session_id, new)
         fault.hit("archive:after_marks")
         yield Blocking(partial(_guarded, lease.clock, partial(gate.archive_files, store)))
         fault.hit("archive:after_unlink")

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from journal._groups.engine import _pairs, checkpoints_of
+from journal._groups.engine import _pairs, checkpoints_of, script
 from journal._groups.keys import session_group_keys
 from journal._groups.shell import SyncDeliveries, make_worker
 from journal._groups.store import Checkpoint
@@ -139,9 +139,7 @@ def _replay(j: Journal, shell: SyncDeliveries, args: argparse.Namespace) -> int:
 
 
 def _one(key: str) -> Any:
-    from journal._groups.engine import Script
-
-    return (yield Script("replay", [key], []))
+    return (yield script("replay", [key], []))
 
 
 def _reset(j: Journal, shell: SyncDeliveries, args: argparse.Namespace) -> int:
@@ -177,10 +175,8 @@ def _move(j: Journal, shell: SyncDeliveries, sid: str, branches: list[str], to: 
 
 
 def _reset_steps(w: Any, sid: str, keys: Any, branches: list[str], to: int) -> Any:
-    from journal._groups.engine import Script
-
     yield from w._seed(sid, keys)
     flat: list[str | int] = []
     for b in branches:
         flat += [b, to]
-    return int((yield Script("reset", [keys.group, keys.claim], flat)))
+    return int((yield script("reset", [keys.group, keys.claim], flat)))

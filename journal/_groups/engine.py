@@ -1,10 +1,11 @@
 """The worker-group protocol, written once, without I/O.
 
-A :class:`Worker` is one member of a group. Its methods are generators in the style of the
-journal's ``protocol.py``: they yield operations (:class:`Script`, :class:`Call`,
-:class:`Blocking`, :class:`Sleep`) and receive their results; a Redis failure comes back as
-:class:`~journal.errors.RedisUnavailable` thrown into the generator. The sync and async shells
-(``shell.py``) only execute the operations.
+A :class:`Worker` is one member of a group. Its methods are generators of the journal's own
+operations (:mod:`journal._core.ops`): the groups' Lua scripts (:func:`script`), file work
+and sleeps, and the journal's read and branches protocols, run inline with ``yield from``. A
+Redis failure comes back as :class:`~journal.errors.RedisUnavailable` thrown into the
+generator. The journal's driver runs them (``journal._run``), so the shells (``shell.py``)
+contain only the awaits.
 
 The life of a session in a worker:
 
@@ -40,49 +41,30 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from journal._core import scripts
+from journal._core.ops import Blocking, Lua, Sleep
+from journal._core.ops import Steps as _CoreSteps
+from journal._core.ops import text as _text
 from journal._groups.keys import SessionGroupKeys, registry_keys, session_group_keys
 from journal._groups.store import Checkpoint, GroupStore
 from journal._model.records import EventRecord
 from journal.errors import InvalidInput, RedisUnavailable
 
-
-@dataclass(frozen=True, slots=True)
-class Script:
-    """Run one of ``journal/_groups/lua/<name>.lua``."""
-
-    name: str
-    keys: list[str]
-    args: list[str | int]
+Steps = _CoreSteps[Any]
+Read = Callable[[str, str, int, int], _CoreSteps[list[EventRecord]]]
+Branches = Callable[[str], _CoreSteps[dict[str, int]]]
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """Call a public journal method (awaited by the async shell)."""
+def script(name: str, keys: list[str], args: Sequence[str | int]) -> Lua:
+    """Run ``journal/_groups/lua/<name>.lua`` (the journal's driver knows these scripts)."""
+    return Lua(scripts.group(name), keys, list(args))
 
-    method: Literal["read", "branches"]
-    args: tuple[Any, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Blocking:
-    """File work (the async shell runs it in a worker thread)."""
-
-    fn: Callable[[], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Sleep:
-    seconds: float
-
-
-Op = Script | Call | Blocking | Sleep
-Steps = Generator[Op, Any, Any]
 
 Start = Literal["earliest", "latest"]
 
@@ -186,10 +168,6 @@ def backoff(opts: ConsumeOptions, attempt: int) -> float:
     return float(min(opts.backoff_max_s, opts.backoff_s * 2 ** max(0, attempt - 1)))
 
 
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def _pairs(flat: list[Any]) -> dict[str, str]:
     return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
@@ -213,6 +191,8 @@ class Worker:
         root: Path,
         prefix: str,
         list_sessions: Callable[[], list[str]],
+        read: Read,
+        branches: Branches,
         options: ConsumeOptions,
         max_id_length: int = 128,
         clock: Callable[[], float] = time.monotonic,
@@ -224,6 +204,7 @@ class Worker:
         self.store = GroupStore(root, group, max_id_length)
         self.registry = registry_keys(prefix, group)
         self.list_sessions = list_sessions
+        self.read, self.branches = read, branches  # the journal's protocols, checked input
         self.clock = clock
         self.held: dict[str, Held] = {}
         self.order: deque[str] = deque()  # round-robin over held sessions
@@ -276,7 +257,7 @@ class Worker:
             return
         if self.opts.start == "latest":
             for sid in (yield Blocking(self.list_sessions)):
-                heads: dict[str, int] = yield Call("branches", (sid,))
+                heads: dict[str, int] = yield from self.branches(sid)
                 first = Checkpoint(0, dict(heads), "start")
                 yield Blocking(partial(self.store.write, sid, first, create_only=True))
         yield Blocking(self._write_group_marker)
@@ -318,10 +299,10 @@ class Worker:
             if sid in self.held and h.dirty and now - h.flushed_at >= self.opts.flush_s:
                 yield from self._flush(sid, h)
 
-    def _heartbeat(self, leave: bool = False) -> Script:
+    def _heartbeat(self, leave: bool = False) -> Lua:
         r = self.registry
         ttl = self.opts.claim_ms
-        return Script("heartbeat", [r.workers, r.load],
+        return script("heartbeat", [r.workers, r.load],
                       [self.worker, ttl, len(self.held), "1" if leave else "0"])
 
     def share(self) -> int:
@@ -346,7 +327,7 @@ class Worker:
         del self.held[sid]
         self.order.remove(sid)
         yield from self._write_checkpoint(sid, h)
-        yield Script("release", [h.keys.claim], [h.token])
+        yield script("release", [h.keys.claim], [h.token])
         self.stats["released"] += 1
 
     def _lose(self, sid: str) -> Steps:
@@ -372,7 +353,7 @@ class Worker:
 
     def _poll(self, sid: str, h: Held) -> Steps:
         h.polled = sent = self.clock()
-        r = yield Script("poll", [h.keys.group, h.keys.claim, h.keys.state],
+        r = yield script("poll", [h.keys.group, h.keys.claim, h.keys.state],
                          [h.token, self.opts.claim_ms])
         if not int(r[0]):
             yield from self._lose(sid)
@@ -380,7 +361,7 @@ class Worker:
         h.valid_until = sent + self.opts.claim_ms * 0.8 / 1000
         heads = heads_of(_pairs(r[1]))
         if not heads:  # the journal's state is gone (Redis restarted): rebuild it from the file
-            heads = dict((yield Call("branches", (sid,))))
+            heads = dict((yield from self.branches(sid)))
         h.heads = heads
         replay = None if r[2] is None else _text(r[2])
         if replay != h.replay_seen:
@@ -403,14 +384,14 @@ class Worker:
     def _try_claim(self, sid: str) -> Steps:
         keys = session_group_keys(self.prefix, self.group, sid)
         for _ in range(3):
-            r = yield Script("claim", [keys.group, keys.claim, keys.state],
+            r = yield script("claim", [keys.group, keys.claim, keys.state],
                              [self.worker, self.opts.claim_ms, "0"])
             status = _text(r[0])
             if status == "seed":
                 yield from self._seed(sid, keys)
                 continue
             if status == "nostate":
-                yield Call("branches", (sid,))
+                yield from self.branches(sid)
                 continue
             if status != "ok":
                 return
@@ -422,7 +403,7 @@ class Worker:
             # The fence goes to the file before any delivery (see store.py).
             first = Checkpoint(h.fence, dict(h.ckpt), token)
             if not (yield Blocking(partial(self.store.write, sid, first))):
-                yield Script("release", [keys.claim], [token])
+                yield script("release", [keys.claim], [token])
                 return
             h.flushed_at = self.clock()
             self.held[sid] = h
@@ -440,7 +421,7 @@ class Worker:
         flat: list[str | int] = [ckpt.fence, "1" if replay else "0", halted]
         for b, s in ckpt.branches.items():
             flat += [b, s]
-        yield Script("seed", [keys.group], flat)
+        yield script("seed", [keys.group], flat)
 
     # ----- picking the next delivery ------------------------------------------------------
 
@@ -461,7 +442,7 @@ class Worker:
             branch, seq = h.replays[0]
             if not (yield from self._confirm(sid, h)):
                 return None
-            found = yield Call("read", (sid, branch, seq, 1))
+            found = yield from self.read(sid, branch, seq, 1)
             if not found:
                 h.replays.popleft()
                 return None
@@ -477,7 +458,7 @@ class Worker:
                 buf.popleft()
             if not buf or buf[0].sequence != seq:
                 buf.clear()
-                buf.extend((yield Call("read", (sid, branch, seq, self.opts.page_size))))
+                buf.extend((yield from self.read(sid, branch, seq, self.opts.page_size)))
                 if not buf or buf[0].sequence != seq:
                     continue
             attempt = yield from self._start(sid, h, branch, seq)
@@ -504,7 +485,7 @@ class Worker:
         sent = self.clock()
         acks: list[str | int] = [x for b, q in h.acked.items() for x in (b, q)]
         mb, mq = mark or ("", 0)
-        r = yield Script("step", [h.keys.group, h.keys.claim],
+        r = yield script("step", [h.keys.group, h.keys.claim],
                          [h.token, self.opts.claim_ms, mb, mq, served, *acks])
         if not int(r[0]):
             self.stats["refused"] += 1
@@ -654,7 +635,7 @@ class Worker:
         if not (yield from self._confirm(sid, h)):
             return False
         where = f"{event.branch_id}#{event.sequence}"
-        if not int((yield Script("halt", [h.keys.group, h.keys.claim], [h.token, where]))):
+        if not int((yield script("halt", [h.keys.group, h.keys.claim], [h.token, where]))):
             self.stats["refused"] += 1
             yield from self._lose(sid)
             return False

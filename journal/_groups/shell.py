@@ -1,69 +1,56 @@
 """The thin I/O shells of the group protocol: one blocking, one asyncio.
 
-They execute the operations that :class:`~journal._groups.engine.Worker` yields (a Lua
-script through a redis-py ``Script`` object, so a Redis that lost its script cache gets it
-again; a public journal method; file work; a sleep) and wrap its deliveries. No thread and
-no background task: claims are extended whenever the consumer asks for the next delivery or
-settles one, so a handler that runs longer than ``claim_ms`` must call ``d.extend()``.
+:class:`~journal._groups.engine.Worker` yields the journal's own operations, so its
+generators run on the journal's driver (``journal._run``): these shells only wrap the
+deliveries and await. No thread and no background task: claims are extended whenever the
+consumer asks for the next delivery or settles one, so a handler that runs longer than
+``claim_ms`` must call ``d.extend()``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from collections.abc import AsyncIterator, Iterator
-from importlib.resources import files
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, TypeVar
 
-from journal._groups.engine import (
-    Blocking,
-    Call,
-    ConsumeOptions,
-    Delivery,
-    Script,
-    Sleep,
-    Steps,
-    Worker,
-)
-from journal._io.connect import CLIENT_ERRORS, AsyncClient, SyncClient, redis_error
+from journal._core.ops import Steps as _CoreSteps
+from journal._groups.engine import ConsumeOptions, Delivery, Steps, Worker
 from journal._model.ids import validate_id
 from journal._model.records import EventRecord
-from journal.errors import RedisUnavailable
 from journal.settings import JournalSettings
 
+T = TypeVar("T")
 
-class Journal(Protocol):
-    """What a sync worker needs of its journal (a protocol, so no import cycle)."""
+
+class _Journal(Protocol):
+    """What a worker needs of either journal (a protocol, so no import cycle): its
+    settings, its sessions, and its read and branches protocols with their input checks."""
 
     settings: JournalSettings
 
-    @property
-    def redis(self) -> SyncClient: ...
+    def sessions(self) -> list[str]: ...
+
+    def _read(self, session_id: str, branch_id: str, from_sequence: int,
+              limit: int) -> _CoreSteps[list[EventRecord]]: ...
+
+    def _branches(self, session_id: str) -> _CoreSteps[dict[str, int]]: ...
+
+
+class Journal(_Journal, Protocol):
+    """What a sync worker needs of its journal."""
 
     def open(self) -> Any: ...
 
-    def sessions(self) -> list[str]: ...
+    def _run(self, steps: _CoreSteps[T]) -> T: ...
 
 
-class AsyncJournal(Protocol):
+class AsyncJournal(_Journal, Protocol):
     """What an async worker needs of its journal."""
-
-    settings: JournalSettings
-
-    @property
-    def redis(self) -> AsyncClient: ...
 
     async def open(self) -> Any: ...
 
-    def sessions(self) -> list[str]: ...
-
-LUA: dict[str, str] = {
-    entry.name.removesuffix(".lua"): entry.read_text()
-    for entry in files("journal._groups").joinpath("lua").iterdir()
-    if entry.name.endswith(".lua")
-}
+    async def _run(self, steps: _CoreSteps[T]) -> T: ...
 
 
 def make_worker(j: Journal | AsyncJournal, group: str, worker: str | None,
@@ -73,48 +60,32 @@ def make_worker(j: Journal | AsyncJournal, group: str, worker: str | None,
     name = worker or f"{os.uname().nodename}-{os.getpid()}"
     validate_id(name, "worker", s.max_id_length)
     return Worker(group=group, worker=name, root=s.root, prefix=s.key_prefix,
-                  list_sessions=j.sessions, options=ConsumeOptions.parse(options),
-                  max_id_length=s.max_id_length)
+                  list_sessions=j.sessions, read=j._read, branches=j._branches,
+                  options=ConsumeOptions.parse(options), max_id_length=s.max_id_length)
 
 
-def _advance(steps: Steps, result: Any, error: BaseException | None) -> tuple[bool, Any]:
-    try:
-        op = steps.throw(error) if error is not None else steps.send(result)
-    except StopIteration as stop:
-        return True, stop.value
-    return False, op
-
-
-class _Shell:
-    worker: Worker
-
-
-class SyncDelivery:
-    """``d.event``, ``d.attempt``, ``d.fence``; settle with ``ack()``, ``nack()``."""
+class _Delivery:
+    """What both deliveries share: the delivery, and the worker's steps that settle it."""
 
     __slots__ = ("_d", "_shell")
 
-    def __init__(self, shell: SyncDeliveries, d: Delivery) -> None:
+    def __init__(self, shell: SyncDeliveries | AsyncDeliveries, d: Delivery) -> None:
         self._shell, self._d = shell, d
-
-    def _settle(self, steps: Steps) -> Steps:
-        return self._shell.worker.settle(steps, self._d)
 
     event = property(lambda self: self._d.event)
     attempt = property(lambda self: self._d.attempt)
     fence = property(lambda self: self._d.fence)
     replay = property(lambda self: self._d.replay)
 
-    def ack(self) -> bool:
-        """Commit the position (fenced). False: the claim was lost; it will be redelivered."""
-        return bool(self._shell.run(self._settle(self._shell.worker.ack(self._d))))
+    def _ack(self) -> Steps:
+        return self._shell.worker.settle(self._shell.worker.ack(self._d), self._d)
 
-    def nack(self, delay_s: float | None = None, error: str = "nacked") -> bool:
+    def _nack(self, delay_s: float | None, error: str) -> Steps:
         steps = self._shell.worker.nack(self._d, delay_s, error)
-        return bool(self._shell.run(self._settle(steps)))
+        return self._shell.worker.settle(steps, self._d)
 
-    def extend(self) -> bool:
-        return bool(self._shell.run(self._settle(self._shell.worker.extend(self._d))))
+    def _extend(self) -> Steps:
+        return self._shell.worker.settle(self._shell.worker.extend(self._d), self._d)
 
     def __repr__(self) -> str:
         e = self._d.event
@@ -122,31 +93,35 @@ class SyncDelivery:
                 f"attempt={self._d.attempt}, fence={self._d.fence})")
 
 
-class AsyncDelivery:
-    __slots__ = ("_d", "_shell")
+class SyncDelivery(_Delivery):
+    """``d.event``, ``d.attempt``, ``d.fence``; settle with ``ack()``, ``nack()``."""
 
-    def __init__(self, shell: AsyncDeliveries, d: Delivery) -> None:
-        self._shell, self._d = shell, d
+    __slots__ = ()
+    _shell: SyncDeliveries
 
-    def _settle(self, steps: Steps) -> Steps:
-        return self._shell.worker.settle(steps, self._d)
+    def ack(self) -> bool:
+        """Commit the position (fenced). False: the claim was lost; it will be redelivered."""
+        return bool(self._shell.run(self._ack()))
 
-    event = property(lambda self: self._d.event)
-    attempt = property(lambda self: self._d.attempt)
-    fence = property(lambda self: self._d.fence)
-    replay = property(lambda self: self._d.replay)
+    def nack(self, delay_s: float | None = None, error: str = "nacked") -> bool:
+        return bool(self._shell.run(self._nack(delay_s, error)))
+
+    def extend(self) -> bool:
+        return bool(self._shell.run(self._extend()))
+
+
+class AsyncDelivery(_Delivery):
+    __slots__ = ()
+    _shell: AsyncDeliveries
 
     async def ack(self) -> bool:
-        return bool(await self._shell.run(self._settle(self._shell.worker.ack(self._d))))
+        return bool(await self._shell.run(self._ack()))
 
     async def nack(self, delay_s: float | None = None, error: str = "nacked") -> bool:
-        steps = self._shell.worker.nack(self._d, delay_s, error)
-        return bool(await self._shell.run(self._settle(steps)))
+        return bool(await self._shell.run(self._nack(delay_s, error)))
 
     async def extend(self) -> bool:
-        return bool(await self._shell.run(self._settle(self._shell.worker.extend(self._d))))
-
-    __repr__ = SyncDelivery.__repr__
+        return bool(await self._shell.run(self._extend()))
 
 
 class SyncDeliveries(Iterator[SyncDelivery]):
@@ -155,37 +130,9 @@ class SyncDeliveries(Iterator[SyncDelivery]):
     def __init__(self, journal: Journal, worker: Worker) -> None:
         self.journal = journal
         self.worker = worker
-        self.scripts: dict[str, Any] = {}
 
     def run(self, steps: Steps) -> Any:
-        result: Any = None
-        error: BaseException | None = None
-        while True:
-            done, op = _advance(steps, result, error)
-            if done:
-                return op
-            result, error = None, None
-            try:
-                result = self._execute(op)
-            except CLIENT_ERRORS as exc:
-                error = redis_error(exc, "redis")
-            except RedisUnavailable as exc:
-                error = exc
-
-    def _execute(self, op: Any) -> Any:
-        if isinstance(op, Script):
-            if not self.scripts:
-                redis = self.journal.redis
-                self.scripts = {n: redis.register_script(src) for n, src in LUA.items()}
-            return self.scripts[op.name](keys=op.keys, args=op.args)
-        if isinstance(op, Call):
-            return getattr(self.journal, op.method)(*op.args)
-        if isinstance(op, Blocking):
-            return op.fn()
-        if isinstance(op, Sleep):
-            time.sleep(op.seconds)
-            return None
-        raise TypeError(op)
+        return self.journal._run(steps)
 
     def __iter__(self) -> Self:
         return self
@@ -219,37 +166,9 @@ class AsyncDeliveries(AsyncIterator[AsyncDelivery]):
     def __init__(self, journal: AsyncJournal, worker: Worker) -> None:
         self.journal = journal
         self.worker = worker
-        self.scripts: dict[str, Any] = {}
 
     async def run(self, steps: Steps) -> Any:
-        result: Any = None
-        error: BaseException | None = None
-        while True:
-            done, op = _advance(steps, result, error)
-            if done:
-                return op
-            result, error = None, None
-            try:
-                result = await self._execute(op)
-            except CLIENT_ERRORS as exc:
-                error = redis_error(exc, "redis")
-            except RedisUnavailable as exc:
-                error = exc
-
-    async def _execute(self, op: Any) -> Any:
-        if isinstance(op, Script):
-            if not self.scripts:
-                redis = self.journal.redis
-                self.scripts = {n: redis.register_script(src) for n, src in LUA.items()}
-            return await self.scripts[op.name](keys=op.keys, args=op.args)
-        if isinstance(op, Call):
-            return await getattr(self.journal, op.method)(*op.args)
-        if isinstance(op, Blocking):
-            return await asyncio.to_thread(op.fn)
-        if isinstance(op, Sleep):
-            await asyncio.sleep(op.seconds)
-            return None
-        raise TypeError(op)
+        return await self.journal._run(steps)
 
     def __aiter__(self) -> Self:
         return self

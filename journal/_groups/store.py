@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from journal._model.ids import validate_id
+from journal._storage.durable import write_durably
 from journal.errors import StorageError
 
 
@@ -92,14 +93,7 @@ class GroupStore:
                                "branches": ckpt.branches}).encode()
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    os.write(fd, data)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
-                _fsync_dir(path.parent)
+                write_durably(path, data, tmp)
             except OSError as exc:
                 raise StorageError(f"cannot write checkpoint {path}: {exc}") from None
         return True
@@ -168,11 +162,3 @@ class ParkedEvent:
 
 def _may_replace(current: Checkpoint, new: Checkpoint) -> bool:
     return current.fence < new.fence or (current.fence == new.fence and current.token == new.token)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -35,7 +35,7 @@ from journal._core.pipeline import (
     WireSteps,
     Write,
 )
-from journal._core.scripts import SOURCES
+from journal._core.scripts import ALL as SCRIPTS
 from journal._io.connect import CLIENT_ERRORS, AsyncClient, SyncClient, redis_error
 
 T = TypeVar("T")
@@ -92,7 +92,7 @@ class _Driver:
         self.client = client
         self.where = where
         # redis-py Script objects: EVALSHA, and on NOSCRIPT (a restarted Redis) load and retry.
-        self.scripts = {name: client.register_script(src) for name, src in SOURCES.items()}
+        self.scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
         self._pool = pool
         shas = {name: script.sha for name, script in self.scripts.items()}
         self._pipe = Pipeline(_may_pipeline(pool), shas)

@@ -73,7 +73,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import msgspec
 import redis
@@ -610,6 +610,8 @@ def _describe(exc: BaseException) -> str:
 
 # What a shell is asked to do: the only I/O of a subscription. The shells differ only in
 # how they wait for these (blocking or awaited); every decision is taken in ``_Pump``.
+# ``Disconnect``, ``Ping`` and ``Sleep`` (which a shell may end early when the subscription
+# is closed) are the Follower's own actions, passed through.
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,20 +622,10 @@ class _Open:
 
 
 @dataclass(frozen=True, slots=True)
-class _Close:
-    """Close the pub/sub connection (idempotent)."""
-
-
-@dataclass(frozen=True, slots=True)
 class _Receive:
     """One message from the pub/sub connection, or None after ``timeout`` seconds."""
 
     timeout: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Ping:
-    token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -643,14 +635,7 @@ class _Run:
     steps: protocol.Steps[Any]
 
 
-@dataclass(frozen=True, slots=True)
-class _Wait:
-    """Sleep; a shell may end it early when the subscription is closed."""
-
-    seconds: float
-
-
-_Io = _Open | _Close | _Receive | _Ping | _Run | _Wait
+_Io = _Open | Disconnect | _Receive | Ping | _Run | Sleep
 _Steps = Generator[_Io, Any, Any]
 
 
@@ -716,15 +701,15 @@ class _Pump:
     def interrupted(self, io: _Io) -> None:
         """A step was cut short (a cancelled await). A pub/sub step may have left a message
         half read: start that connection over, and catch up from the file."""
-        if not isinstance(io, _Run | _Wait):
+        if not isinstance(io, _Run | Sleep):
             self.follower.interrupted(time.monotonic())
 
     def _perform(self, action: Action, left: float) -> _Steps:
         f = self.follower
         if isinstance(action, Sleep):
-            yield _Wait(min(action.seconds, left))
+            yield Sleep(min(action.seconds, left))
         elif isinstance(action, Disconnect):
-            yield _Close()
+            yield action
         elif isinstance(action, Read | Check):
             try:
                 if isinstance(action, Read):
@@ -742,7 +727,7 @@ class _Pump:
                 if isinstance(action, Connect):
                     yield _Open(refresh=f.stats.disconnects > 0)
                 elif isinstance(action, Ping):
-                    yield _Ping(action.token)
+                    yield action
                 elif isinstance(action, Listen):
                     yield from self._listen(action, min(action.timeout, left))
             except _PUBSUB_ERRORS as exc:
@@ -841,8 +826,29 @@ def _check_steps(core: protocol.Core, action: Check) -> protocol.Steps[dict[str,
 
 # ----- the shells ---------------------------------------------------------------------------
 
+J = TypeVar("J", Journal, AsyncJournal)
 
-class SyncSubscription(Iterator[EventRecord]):
+
+class _Shell(Generic[J]):
+    """What both subscription shells hold: the journal, the pump, how to listen, and the
+    pub/sub connection."""
+
+    def __init__(self, journal: J, pump: _Pump, listening: _Listening) -> None:
+        self._journal: J = journal
+        self._pump = pump
+        self._listening = listening
+        self._pubsub: Any = None
+
+    @property
+    def stats(self) -> SubscriptionStats:
+        return self._pump.follower.stats
+
+    @property
+    def closed(self) -> bool:
+        return self._pump.closed
+
+
+class SyncSubscription(_Shell[Journal], Iterator[EventRecord]):
     """The blocking subscription: an iterator of :class:`EventRecord`, listening from the
     moment it was made.
 
@@ -855,22 +861,11 @@ class SyncSubscription(Iterator[EventRecord]):
     """
 
     def __init__(self, journal: Journal, pump: _Pump, listening: _Listening) -> None:
-        self._journal = journal
-        self._pump = pump
-        self._listening = listening
-        self._pubsub: Any = None
+        super().__init__(journal, pump, listening)
         self._lock = threading.Lock()
         self._busy = False
         self._wake = threading.Event()  # set by close(): ends a wait early
         self._drive(pump.until_listening())
-
-    @property
-    def stats(self) -> SubscriptionStats:
-        return self._pump.follower.stats
-
-    @property
-    def closed(self) -> bool:
-        return self._pump.closed
 
     def ready(self) -> Self:
         """Listening already (the call that made it waited for Redis's confirmation)."""
@@ -917,9 +912,9 @@ class SyncSubscription(Iterator[EventRecord]):
             return self._pubsub.get_message(timeout=io.timeout)
         if isinstance(io, _Run):
             return self._journal._run(io.steps)
-        if isinstance(io, _Wait):
+        if isinstance(io, Sleep):
             self._wake.wait(io.seconds)
-        elif isinstance(io, _Ping):
+        elif isinstance(io, Ping):
             self._pubsub.ping(io.token)
         else:
             pubsub, self._pubsub = self._pubsub, None
@@ -974,7 +969,7 @@ def _interrupt_sync(pubsub: Any) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-class AsyncSubscription(AsyncIterator[EventRecord]):
+class AsyncSubscription(_Shell[AsyncJournal], AsyncIterator[EventRecord]):
     """The asyncio subscription: an async iterator of :class:`EventRecord`.
 
     It listens once ``await sub.ready()`` returned, or inside ``async with``; otherwise from
@@ -987,21 +982,10 @@ class AsyncSubscription(AsyncIterator[EventRecord]):
     """
 
     def __init__(self, journal: AsyncJournal, pump: _Pump, listening: _Listening) -> None:
-        self._journal = journal
-        self._pump = pump
-        self._listening = listening
-        self._pubsub: Any = None
+        super().__init__(journal, pump, listening)
         self._consumer: asyncio.Task[Any] | None = None
         self._stopping = False  # aclose() cancelled the consumer to wake it
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def stats(self) -> SubscriptionStats:
-        return self._pump.follower.stats
-
-    @property
-    def closed(self) -> bool:
-        return self._pump.closed
 
     async def ready(self) -> Self:
         """Wait until Redis confirmed the subscription: from then on, every event committed
@@ -1050,7 +1034,7 @@ class AsyncSubscription(AsyncIterator[EventRecord]):
                 result, error = await self._do(step), None
             except asyncio.CancelledError:
                 self._pump.interrupted(step)
-                if not isinstance(step, _Run | _Wait):
+                if not isinstance(step, _Run | Sleep):
                     self._release_soon()
                 raise
             except Exception as exc:
@@ -1061,9 +1045,9 @@ class AsyncSubscription(AsyncIterator[EventRecord]):
             return await self._pubsub.get_message(timeout=io.timeout)
         if isinstance(io, _Run):
             return await self._journal._run(io.steps)
-        if isinstance(io, _Wait):
+        if isinstance(io, Sleep):
             await asyncio.sleep(io.seconds)
-        elif isinstance(io, _Ping):
+        elif isinstance(io, Ping):
             await self._pubsub.ping(io.token)
         else:
             await self._release()

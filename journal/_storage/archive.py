@@ -17,7 +17,7 @@ from pathlib import Path
 
 import zstandard
 
-from journal._storage.tombstone import write_durably
+from journal._storage.durable import write_durably
 from journal.errors import StorageError
 
 LEVEL = 10  # a good ratio at a few MB/s: archiving is background work

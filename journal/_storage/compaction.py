@@ -23,8 +23,9 @@ from pathlib import Path
 import msgspec
 
 from journal._model.records import DECODE_ERRORS
+from journal._storage.durable import sync_dir, write_synced
 from journal._storage.session_file import INDEX_ENTRY, SessionStore, iter_lines
-from journal._storage.tombstone import Marks, sync_dir
+from journal._storage.tombstone import Marks
 
 _SUFFIX = ".compact"
 
@@ -77,23 +78,12 @@ def prepare(store: SessionStore, floors: dict[str, int], committed: int,
     finally:
         os.close(fd)
     discard(store)
-    write_durably_no_rename(tmp_path(store), b"".join(kept))
+    write_synced(tmp_path(store), b"".join(kept))
     store.index_dir.mkdir(parents=True, exist_ok=True)
     for branch, entries in rows.items():
         path = store.index_dir / f".{branch}.idx{_SUFFIX}"
         path.write_bytes(b"".join(INDEX_ENTRY.pack(o, n) for o, n in entries))
     return offset
-
-
-def write_durably_no_rename(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def pending(store: SessionStore, marks: Marks) -> bool:

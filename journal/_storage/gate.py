@@ -17,7 +17,7 @@ import msgspec
 
 from journal import _fault_hook as fault
 from journal._model.records import DECODE_ERRORS, EventRecord, decode_line
-from journal._storage import archive, compaction, tombstone
+from journal._storage import archive, compaction, durable, tombstone
 from journal._storage.compaction import position
 from journal._storage.session_file import SessionStore, TailResult
 from journal.errors import HistoryTruncated, SessionDeleted, StorageError
@@ -124,11 +124,11 @@ def short_file(store: SessionStore, size: int, committed: int,
     src = archive.archive_path(root, store.session_id)
     data = archive.read(src, found.archived.sha256)
     tmp = compaction.tmp_path(store)
-    compaction.write_durably_no_rename(tmp, data)
+    durable.write_synced(tmp, data)
     fault.hit("reopen:after_write")
     guard()
     tmp.replace(store.path)  # the commit point: from here on the file is the truth again
-    tombstone.sync_dir(store.path.parent)
+    durable.sync_dir(store.path.parent)
     fault.hit("reopen:after_rename")
     tombstone.save(root, store.session_id, msgspec.structs.replace(found, archived=None))
     src.unlink(missing_ok=True)
@@ -144,7 +144,7 @@ def remove_files(store: SessionStore) -> None:
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(store.index_dir)
     for folder in (store.path.parent, root / "archive", root / "index"):
-        tombstone.sync_dir(folder)
+        durable.sync_dir(folder)
 
 
 def archive_files(store: SessionStore) -> None:
@@ -152,4 +152,4 @@ def archive_files(store: SessionStore) -> None:
     store.path.unlink(missing_ok=True)
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(store.index_dir)
-    tombstone.sync_dir(store.path.parent)
+    durable.sync_dir(store.path.parent)

@@ -11,11 +11,12 @@ A session without the file has no marks; reading them then costs one failed ``op
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 import msgspec
+
+from journal._storage.durable import write_durably
 
 
 class Archived(msgspec.Struct, frozen=True):
@@ -70,28 +71,3 @@ def save(root: Path, session_id: str, marks: Marks) -> None:
     """Replace the marks atomically and durably (under the session's lease)."""
     path = marks_path(root, session_id)
     write_durably(path, msgspec.json.encode(marks))
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """tmp + fsync + rename + fsync of the directory: the old file or the new one, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    sync_dir(path.parent)
-
-
-def sync_dir(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
