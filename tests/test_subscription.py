@@ -362,6 +362,21 @@ def test_sharded_pubsub_subscriptions_are_live(real_backend: Backend) -> None:
     assert sub.stats.live_events > 0
 
 
+@pytest.mark.timeout(30)
+def test_sharded_pubsub_firehose_on_one_server(real_backend: Backend) -> None:
+    """With sharded_pubsub=True there are no patterns even on one server: the firehose
+    discovers the sessions (one connection, one SSUBSCRIBE per session)."""
+    j = real_backend.journal(sharded_pubsub=True)
+    j.append(ev(1, session="a"))  # before the firehose: not "now"
+    with j.subscribe_all("", discover_s=0.1, **FAST) as sub:
+        for i in range(2, 4):
+            j.append(ev(i, session="a"))
+        j.append_batch([ev(1, session="b"), ev(2, session="b")])  # created since: all of it
+        got = [(r.session_id, r.sequence) for r in _take(sub, 4)]
+    assert sorted(got) == [("a", 2), ("a", 3), ("b", 1), ("b", 2)]
+    assert sub.stats.connects == 1
+
+
 def _take(sub: SyncSubscription, n: int) -> list[EventRecord]:
     out: list[EventRecord] = []
     for record in sub:

@@ -33,17 +33,24 @@ that message's first sequence (``from_start=True``: at 1); a branch of a known s
 only a head check reveals starts at its head (at 1 with ``from_start``). From its start on,
 a stream gets every event exactly once, in order, gaps filled from the file. Two limits,
 by design for now: a session that is never announced while we listen (its only messages
-fell into a disconnect) is not discovered, as that would mean listing every session file;
-and the firehose keeps a small record (a few hundred bytes) per (session, branch) it has
-seen, and the idle
-check costs one HGETALL per quiet known session every ``idle_s``. Sharded pub/sub has no
-patterns, so ``subscribe_all`` refuses ``sharded_pubsub``, and with it Redis Cluster mode (see
-docs/cluster.md for what a cluster firehose would cost).
+fell into a disconnect) is found only when it publishes again; and the firehose keeps a
+small record (a few hundred bytes) per (session, branch) it has seen, and the idle check
+costs one HGETALL per quiet known session every ``idle_s``.
 
-On a Redis Cluster a subscription listens on one plain connection to the primary that owns
-its channel's slot (``connect.sync_pubsub``/``async_pubsub``); after any lost connection the
-slot map is reloaded before it listens again, so it follows a failover or a slot migration
-(the old owner drops the connection, or sends a ``sunsubscribe``, which counts as lost).
+Sharded pub/sub (``sharded_pubsub=True``, forced on in Redis Cluster mode) has no patterns,
+so there the firehose *discovers* the sessions: it lists ``<root>/events/*.jsonl`` every
+``discover_s`` (the way worker groups do), takes the heads of the matching sessions that
+exist before it listens (that is where "now" starts for them: nothing committed after the
+snapshot is skipped), and SSUBSCRIBEs each session's channel, one command per session, on a
+connection to its slot's owner. A session found by a later listing was created since, so all
+of it is delivered. It waits on its connections in turn (``_POLL_S``: redis-py cannot wait
+on several at once), and any lost connection starts them all over. Costs: docs/cluster.md.
+
+On a Redis Cluster a subscription listens on plain connections to the primaries that own
+its channels' slots (``connect.sync_owners``/``sync_pubsub_on`` and their asyncio forms);
+after any lost connection the slot map is reloaded before it listens again, so it follows a
+failover or a slot migration (the old owner drops the connection, or sends a
+``sunsubscribe``, which counts as lost).
 
 Memory: the live buffer holds at most ``buffer_size`` messages (each at most
 ``inline_message_max`` bytes of records), and a file read at most ``page_size`` events.
@@ -56,7 +63,7 @@ are thin shells that perform those actions with redis-py's sync or asyncio pub/s
 connection of their own, and run the journal's read and head protocols through the
 journal's driver. No thread and no background task is started: messages are drained from the
 socket whenever the consumer asks for the next event, so closing the iterator (``break``,
-``close()``/``aclose()``, cancellation) only has to close the one pub/sub connection.
+``close()``/``aclose()``, cancellation) only has to close its pub/sub connection(s).
 """
 
 from __future__ import annotations
