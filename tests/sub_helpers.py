@@ -1,9 +1,11 @@
 """Helper processes for the multi-process subscription tests (run as a script, not imported
 by pytest): ``write`` appends events to a session while other writers compete for it, and
-``subscribe`` follows a session and reports what it got as JSON.
+``subscribe`` follows a session and reports what it got as JSON; ``firehose`` does the same
+with ``subscribe_all`` over a session prefix until it has ``--total`` events.
 
     python tests/sub_helpers.py write --root R --url U --session s --count N --tag w1
     python tests/sub_helpers.py subscribe --root R --url U --session s --until N --out F
+    python tests/sub_helpers.py firehose --root R --url U --session PREFIX --total N --out F
 
 Both run until their work is done and then exit; the tests still kill and reap them in a
 ``finally`` in case something hangs.
@@ -17,6 +19,7 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
@@ -73,11 +76,22 @@ def subscribe(args: argparse.Namespace) -> None:
             time.sleep(args.sleep)
         return bool(record.sequence >= args.until)
 
+    stats = _follow(args, lambda j: j.subscribe(args.session, args.branch, args.after,
+                                                **options), take)
+    maxrss_kb = _peak_rss_kb()
+    Path(args.out).write_text(json.dumps(
+        {"seqs": seqs, "ids": ids, "stats": stats, "maxrss_kb": maxrss_kb}
+    ))
+
+
+def _follow(args: argparse.Namespace, open_sub: Callable[[Any], Any],
+            take: Callable[[EventRecord], bool]) -> dict[str, Any]:
+    """Open ``open_sub(journal)`` with the asyncio (``--async``) or the blocking journal,
+    print "started" once it listens, feed ``take`` until it says stop; its stats."""
     if args.use_async:
         async def run() -> dict[str, Any]:
             async with AsyncJournal(args.root, args.url) as j:
-                sub = cast(AsyncSubscription,
-                           j.subscribe(args.session, args.branch, args.after, **options))
+                sub = cast(AsyncSubscription, open_sub(j))
                 async with sub:
                     print("started", flush=True)
                     async for record in sub:
@@ -85,21 +99,30 @@ def subscribe(args: argparse.Namespace) -> None:
                             break
                     return asdict(sub.stats)
 
-        stats = asyncio.run(run())
-    else:
-        with Journal(args.root, args.url) as j:
-            sync_sub = cast(SyncSubscription,
-                            j.subscribe(args.session, args.branch, args.after, **options))
-            with sync_sub:
-                print("started", flush=True)
-                for record in sync_sub:
-                    if take(record):
-                        break
-            stats = asdict(sync_sub.stats)
-    maxrss_kb = _peak_rss_kb()
-    Path(args.out).write_text(json.dumps(
-        {"seqs": seqs, "ids": ids, "stats": stats, "maxrss_kb": maxrss_kb}
-    ))
+        return asyncio.run(run())
+    with Journal(args.root, args.url) as j:
+        sync_sub = cast(SyncSubscription, open_sub(j))
+        with sync_sub:
+            print("started", flush=True)
+            for record in sync_sub:
+                if take(record):
+                    break
+        return asdict(sync_sub.stats)
+
+
+def firehose(args: argparse.Namespace) -> None:
+    """``subscribe_all(prefix)`` until ``total`` events; write them as JSON, per
+    "session/branch", in the order they came. Prints "started" once it listens."""
+    options: dict[str, Any] = {"idle_s": args.idle, "discover_s": args.discover}
+    got: dict[str, list[list[Any]]] = {}
+
+    def take(record: EventRecord) -> bool:
+        got.setdefault(f"{record.session_id}/{record.branch_id}", []).append(
+            [record.sequence, record.event_id])
+        return sum(map(len, got.values())) >= args.total
+
+    stats = _follow(args, lambda j: j.subscribe_all(args.session, **options), take)
+    Path(args.out).write_text(json.dumps({"got": got, "stats": stats}))
 
 
 def _peak_rss_kb() -> int:
@@ -136,8 +159,14 @@ def main() -> None:
     s.add_argument("--stall-after", type=int, default=0)
     s.add_argument("--stall", type=float, default=0.0)
     s.add_argument("--async", dest="use_async", action="store_true")
+    f = sub.add_parser("firehose", parents=[common])
+    f.add_argument("--total", type=int, required=True)
+    f.add_argument("--out", required=True)
+    f.add_argument("--idle", type=float, default=0.2)
+    f.add_argument("--discover", type=float, default=0.3)
+    f.add_argument("--async", dest="use_async", action="store_true")
     args = parser.parse_args()
-    write(args) if args.cmd == "write" else subscribe(args)
+    {"write": write, "subscribe": subscribe, "firehose": firehose}[args.cmd](args)
 
 
 if __name__ == "__main__":

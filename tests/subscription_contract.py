@@ -2,8 +2,9 @@
 the ``TestSubscriptions*`` classes of tests/test_subscription.py, one per backend). Each
 test names its API (``_sync`` / ``_async``), so the classes are per backend only.
 
-A cluster has no pattern subscriptions and publishes sharded only: the firehose and the
-"lost messages" tests skip there (tests/test_cluster.py checks that the firehose is refused).
+A cluster publishes sharded only, so the "lost messages" test (which loses every message by
+publishing on the other kind) skips there. The firehose tests run everywhere: on a cluster
+(sharded pub/sub, no patterns) the firehose discovers the sessions from the root's files.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, cast
 
 import pytest
 
-from journal import AsyncJournal, EventRecord, InvalidId, InvalidInput, Journal, JournalError
+from journal import AsyncJournal, EventRecord, InvalidId, InvalidInput, Journal
 from journal._io.subscriptions import AsyncSubscription, SyncSubscription
 from tests.contract import Contract
 
@@ -59,8 +60,8 @@ class SubscriptionContract(Contract):
 
     def needs_plain_pubsub(self) -> None:
         if self.backend.sharded_only:
-            pytest.skip(f"{self.backend.name} publishes sharded only: no patterns, and no "
-                        "way to lose a message by publishing on the other kind")
+            pytest.skip(f"{self.backend.name} publishes sharded only: no way to lose a "
+                        "message by publishing on the other kind")
 
     @pytest.mark.timeout(30)
     def test_replay_then_live_sync(self) -> None:
@@ -161,7 +162,6 @@ class SubscriptionContract(Contract):
 
     @pytest.mark.timeout(30)
     def test_firehose_follows_every_matching_session_in_order(self) -> None:
-        self.needs_plain_pubsub()
         j, writer = self.backend.journal(), self.backend.journal()
         for i in range(1, 4):
             j.append(ev(i, session="fh-a"))  # before the firehose starts: not "now"
@@ -203,7 +203,6 @@ class SubscriptionContract(Contract):
 
     @pytest.mark.timeout(30)
     async def test_async_firehose(self) -> None:
-        self.needs_plain_pubsub()
         async with self.backend.async_journal() as j:
             sub = cast(AsyncSubscription, j.subscribe_all("", **FAST))
             got: list[tuple[str, int]] = []
@@ -236,5 +235,7 @@ class SubscriptionContract(Contract):
             j.subscribe("s1", buffer_size=0)
         with pytest.raises(InvalidId):
             j.subscribe_all("a*")
-        with pytest.raises(JournalError, match="sharded"):
-            self.backend.journal(sharded_pubsub=True).subscribe_all()
+        with pytest.raises(InvalidInput, match="discover_s"):
+            j.subscribe_all(discover_s=0)
+        with pytest.raises(InvalidInput, match="unknown subscribe option"):
+            j.subscribe("s1", discover_s=1.0)  # a firehose option

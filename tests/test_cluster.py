@@ -554,12 +554,65 @@ def test_subscriptions_follow_a_slot_migration(cb: ClusterBackend) -> None:
         journal.close()
 
 
-@pytest.mark.timeout(30)
-def test_the_firehose_is_refused_on_a_cluster(cb: ClusterBackend) -> None:
+@pytest.mark.timeout(120)
+def test_the_firehose_gets_every_event_once_across_sessions_slots_and_a_failover(
+    cb: ClusterBackend, tmp_path: Path
+) -> None:
+    """The firehose on a cluster (no patterns: it discovers the sessions from the files and
+    SSUBSCRIBEs each one on its primary). Writer processes on sessions of every shard, one
+    session created after the firehose started, and a primary SIGKILLed mid-run. Two
+    firehose processes (blocking and asyncio) get every event committed after they started
+    exactly once, in order per (session, branch), and nothing of another prefix."""
+    c = cb.cluster
+    assert c is not None
     j = cb.journal()
-    with pytest.raises(InvalidInput, match="sharded"):
-        j.subscribe_all()
+    ports = c.primary_ports()
+    victim = ports[0]
+    replica = c.replicas_of(victim)[0]
+    old = [s for port in ports for s in sessions_on(c, j, port, 2, f"fh-{port}-")]
+    for s in old:
+        j.append_batch([ev(1, s), ev(2, s)])  # before the firehose: not "now"
+    j.append(ev(1, "other"))
+    new = sessions_on(c, j, victim, 1, "fh-new-")[0]  # on the shard that fails over
+    count = 60
+    total = count * (len(old) + 1)
+    outs = [tmp_path / "fh-sync.json", tmp_path / "fh-async.json"]
+    common = ["--root", str(cb.root), "--url", cb.url or "", "--session", "fh-",
+              "--total", str(total)]
+    hoses = [cb.helper("firehose", *common, "--out", str(out), *extra)
+             for out, extra in zip(outs, ([], ["--async"]), strict=True)]
+    for hose in hoses:
+        hose.expect("started", 30)
+    for s in old:  # one connection per primary, one channel per session
+        assert shard_subscribers(c, j.core.keys(s).channel) == 2, s
+    writers = [cb.helper("write", "--root", str(cb.root), "--url", cb.url or "",
+                         "--session", s, "--count", str(count), "--pace", "0.02",
+                         "--tag", s) for s in [*old, new]]
+
+    def head(s: str) -> int:
+        try:
+            return j.head(s)
+        except JournalError:
+            return 0
+
+    wait_for(lambda: head(old[0]) >= 22, 30, "a third of the events")
+    failover_s = fail_over(c, victim, replica)
+    for w in writers:
+        w.finish(60)
+    for hose in hoses:
+        hose.finish(30)
+    expected = {f"{s}/main": ([r.event_id for r in j.read(s, "main", 3, 1000)])
+                for s in old}
+    expected[f"{new}/main"] = [r.event_id for r in j.read(new, "main", 1, 1000)]
+    assert all(len(ids) == count for ids in expected.values()), expected
+    for out in outs:
+        got = json.loads(out.read_text())
+        assert {k: [i for _, i in v] for k, v in got["got"].items()} == expected, out.name
+        assert got["stats"]["disconnects"] >= 1, got["stats"]  # the victim's connection
+    print(f"\nfirehose failover: takeover {failover_s:.2f} s, "
+          f"stats {[json.loads(o.read_text())['stats'] for o in outs]}")
     j.close()
+    c.wait_healthy()
 
 
 # ----- Sentinel ------------------------------------------------------------------------------

@@ -27,12 +27,14 @@ from journal._io.subscriptions import (
     Check,
     Connect,
     Disconnect,
+    Discover,
     Emit,
     Follower,
     Listen,
     Ping,
     Read,
     Sleep,
+    Subscribe,
     SubscribeOptions,
     SyncSubscription,
 )
@@ -360,6 +362,21 @@ def test_sharded_pubsub_subscriptions_are_live(real_backend: Backend) -> None:
     assert sub.stats.live_events > 0
 
 
+@pytest.mark.timeout(30)
+def test_sharded_pubsub_firehose_on_one_server(real_backend: Backend) -> None:
+    """With sharded_pubsub=True there are no patterns even on one server: the firehose
+    discovers the sessions (one connection, one SSUBSCRIBE per session)."""
+    j = real_backend.journal(sharded_pubsub=True)
+    j.append(ev(1, session="a"))  # before the firehose: not "now"
+    with j.subscribe_all("", discover_s=0.1, **FAST) as sub:
+        for i in range(2, 4):
+            j.append(ev(i, session="a"))
+        j.append_batch([ev(1, session="b"), ev(2, session="b")])  # created since: all of it
+        got = [(r.session_id, r.sequence) for r in _take(sub, 4)]
+    assert sorted(got) == [("a", 2), ("a", 3), ("b", 1), ("b", 2)]
+    assert sub.stats.connects == 1
+
+
 def _take(sub: SyncSubscription, n: int) -> list[EventRecord]:
     out: list[EventRecord] = []
     for record in sub:
@@ -497,6 +514,55 @@ def test_machine_firehose_starts_now_per_branch() -> None:
     _listening(f2)
     f2.on_pubsub("pmessage", _message([a5]), 0.0)
     assert f2.next_action(0.0) == Read("a", "main", 1, 4)
+
+
+@pytest.mark.timeout(5)
+def test_machine_sharded_firehose_discovers_sessions() -> None:
+    """Sharded pub/sub has no patterns: the firehose lists the root, takes the heads of the
+    sessions that exist before it listens (where "now" starts), SSUBSCRIBEs each one's
+    channel, and follows a session found later from its first event."""
+    f = Follower(SubscribeOptions(discover_s=5.0, idle_s=100.0), discover="fh-")
+    assert f.next_action(0.0) == Discover()
+    f.on_sessions(["fh-a", "other", "fh-b"], 0.0)
+    assert f.next_action(0.0) == Check("fh-a", None)  # before listening: the snapshot
+    f.on_heads("fh-a", {"main": 3}, 0.0)
+    assert f.next_action(0.0) == Check("fh-b", None)
+    f.on_heads("fh-b", {"main": 1}, 0.0)
+    assert f.next_action(0.0) == Connect(("fh-a", "fh-b"))
+    assert isinstance(f.next_action(0.0), Listen)
+    f.on_pubsub("ssubscribe", 1, 0.0, session="fh-a")
+    assert not f.listening  # one channel of two
+    f.on_pubsub("ssubscribe", 2, 0.0, session="fh-b")
+    assert f.listening and f.stats.connects == 1
+    f.on_drained(False)
+    checks = {f.next_action(0.0), f.next_action(0.0)}  # both due once listening
+    assert checks == {Check("fh-a", None), Check("fh-b", None)}
+    f.on_heads("fh-a", {"main": 5}, 0.0)  # grew between the snapshot and the confirmation
+    f.on_heads("fh-b", {"main": 1}, 0.0)
+    assert f.next_action(0.0) == Read("fh-a", "main", 4, 2)  # from the snapshot on
+    a45 = [ev(4, "fh-a"), ev(5, "fh-a")]
+    f.on_read(Read("fh-a", "main", 4, 2), a45, 0.0)
+    assert f.next_action(0.0) == Emit(a45)
+    assert isinstance(f.next_action(1.0), Listen)  # nothing else until the next listing
+    assert f.next_action(5.0) == Discover()
+    f.on_sessions(["fh-a", "fh-b", "fh-c"], 5.0)
+    f.on_drained(False)
+    assert f.next_action(5.0) == Subscribe(("fh-c",))
+    f.on_pubsub("ssubscribe", 3, 5.0, session="fh-c")
+    c2 = ev(2, "fh-c")
+    f.on_pubsub("smessage", _message([c2]), 5.0)
+    f.on_drained(False)
+    assert f.next_action(5.0) == Read("fh-c", "main", 1, 1)  # created since: from 1
+
+
+@pytest.mark.timeout(5)
+def test_machine_sharded_firehose_with_nothing_to_listen_to() -> None:
+    f = Follower(SubscribeOptions(), discover="")
+    assert f.next_action(0.0) == Discover()
+    f.on_sessions([], 0.0)
+    assert f.next_action(0.0) == Connect(())
+    assert f.listening  # no channel: nothing to confirm, and no ping on no connection
+    assert isinstance(f.next_action(30.0), Discover)
 
 
 @pytest.mark.timeout(5)

@@ -23,9 +23,11 @@ Every client gets the journal's timeouts (``socket_timeout_s`` for connect and r
 30 s connection health check. Construction errors become :class:`RedisUnavailable` (cannot
 connect) or :class:`InvalidInput` (a malformed URL), never a raw redis-py error.
 
-Pub/sub on a cluster (:func:`sync_pubsub`, :func:`async_pubsub`): a subscription is one
-plain pub/sub connection to the primary that owns its channel's slot, not redis-py's
-``ClusterPubSub``. The subscription's own health checks ping on that very connection, and
+Pub/sub on a cluster (:func:`sync_owners` and :func:`sync_pubsub_on`, their asyncio forms,
+and :func:`sync_pubsub`/:func:`async_pubsub` for one channel): a subscription listens on
+plain pub/sub connections, one to each primary that owns one of its channels' slots (one
+for a single session; the sharded firehose groups its sessions per owner), not redis-py's
+``ClusterPubSub``. The subscription's own health checks ping on each of those connections, and
 its own reconnect logic stays the only one: ``ClusterPubSub`` pings through another
 connection and migrates shard subscriptions by itself in the background. On every
 reconnect the slot map is refreshed first, so a subscription follows a failover or a slot
@@ -38,6 +40,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlencode
@@ -61,13 +64,17 @@ __all__ = [
     "SyncClient",
     "Target",
     "async_client",
+    "async_owners",
     "async_pubsub",
+    "async_pubsub_on",
     "check_client",
     "client_options",
     "is_cluster",
     "parse_target",
     "sync_client",
+    "sync_owners",
     "sync_pubsub",
+    "sync_pubsub_on",
 ]
 
 SyncClient: TypeAlias = "redis.Redis | redis.cluster.RedisCluster"
@@ -351,35 +358,73 @@ def check_client(settings: JournalSettings, client: object) -> None:
 # ----- pub/sub -------------------------------------------------------------------------------
 
 
-def sync_pubsub(client: SyncClient, channel: str, *, refresh: bool = False) -> redis.client.PubSub:
-    """A pub/sub object on one connection: the client's own, or on a cluster the one of the
-    primary that owns ``channel``'s slot (the slot map is reloaded first when ``refresh``:
-    after a lost connection the owner may have changed)."""
+def _owner_name(node: Any, channel: str) -> str:
+    if node is None:  # only asked for a replica; typed Optional all the same
+        raise SlotNotCoveredError(f"no node of the cluster serves the slot of {channel!r}")
+    name: str = node.name
+    return name
+
+
+def sync_owners(client: SyncClient, channels: Sequence[str], *,
+                refresh: bool = False) -> list[str]:
+    """The node (``host:port``) of the primary that owns each channel's slot, or ``""`` for
+    each off a cluster (the client's own server). The slot map is reloaded first when
+    ``refresh``: after a lost connection the owner may have changed."""
+    if not isinstance(client, redis.cluster.RedisCluster):
+        return [""] * len(channels)
+    if refresh:
+        client.nodes_manager.initialize()
+    return [_owner_name(client.get_node_from_key(c), c)  # type: ignore[no-untyped-call]
+            for c in channels]
+
+
+def sync_pubsub_on(client: SyncClient, owner: str) -> redis.client.PubSub:
+    """A pub/sub object on one connection of its own: to ``owner`` (a name from
+    :func:`sync_owners`) on a cluster, else to the client's server."""
     if isinstance(client, redis.cluster.RedisCluster):
-        if refresh:
-            client.nodes_manager.initialize()
-        node = client.get_node_from_key(channel)  # type: ignore[no-untyped-call]
-        owner = client.get_redis_connection(node)
-        pubsub: redis.client.PubSub = owner.pubsub()  # type: ignore[no-untyped-call]
+        node = client.get_node(node_name=owner)  # type: ignore[no-untyped-call]
+        if node is None:
+            raise SlotNotCoveredError(f"node {owner} is no longer in the cluster's map")
+        pubsub: redis.client.PubSub = client.get_redis_connection(node).pubsub()  # type: ignore[no-untyped-call]
         return pubsub
     plain: redis.client.PubSub = client.pubsub()  # type: ignore[no-untyped-call]
     return plain
 
 
-async def async_pubsub(
-    client: AsyncClient, channel: str, *, refresh: bool = False
-) -> redis.asyncio.client.PubSub:
-    """The asyncio form of :func:`sync_pubsub`. On a cluster it opens a plain client on the
-    owning primary, with the cluster's connection options (TLS, auth, timeouts)."""
+def sync_pubsub(client: SyncClient, channel: str, *, refresh: bool = False) -> redis.client.PubSub:
+    """A pub/sub object on one connection: the client's own, or on a cluster the one of the
+    primary that owns ``channel``'s slot (the slot map is reloaded first when ``refresh``)."""
+    return sync_pubsub_on(client, sync_owners(client, [channel], refresh=refresh)[0])
+
+
+async def async_owners(client: AsyncClient, channels: Sequence[str], *,
+                       refresh: bool = False) -> list[str]:
+    """The asyncio form of :func:`sync_owners`."""
+    if not isinstance(client, redis.asyncio.cluster.RedisCluster):
+        return [""] * len(channels)
+    await client.initialize()
+    if refresh:
+        await client.nodes_manager.initialize()
+    return [_owner_name(client.get_node_from_key(c), c) for c in channels]
+
+
+def async_pubsub_on(client: AsyncClient, owner: str) -> redis.asyncio.client.PubSub:
+    """The asyncio form of :func:`sync_pubsub_on`. On a cluster it opens a plain client on
+    the owning primary, with the cluster's connection options (TLS, auth, timeouts)."""
     if isinstance(client, redis.asyncio.cluster.RedisCluster):
-        await client.initialize()
-        if refresh:
-            await client.nodes_manager.initialize()
-        node = client.get_node_from_key(channel)
-        if node is None:  # only asked for a replica; typed Optional all the same
-            raise SlotNotCoveredError(f"no node of the cluster serves the slot of {channel!r}")
+        node = client.get_node(node_name=owner)
+        if node is None:
+            raise SlotNotCoveredError(f"node {owner} is no longer in the cluster's map")
         pool = redis.asyncio.ConnectionPool(
             connection_class=node.connection_class, **node.connection_kwargs
         )
         return redis.asyncio.Redis(connection_pool=pool).pubsub()
     return client.pubsub()
+
+
+async def async_pubsub(
+    client: AsyncClient, channel: str, *, refresh: bool = False
+) -> redis.asyncio.client.PubSub:
+    """The asyncio form of :func:`sync_pubsub`."""
+    owners = await async_owners(client, [channel], refresh=refresh)
+    return async_pubsub_on(client, owners[0])

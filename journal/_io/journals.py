@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 from journal._core import lifecycle, protocol, repair
 from journal._core import retry as _retry
 from journal._core.group_commit import GroupQueue, Pending, lead
+from journal._core.ops import Op
 from journal._core.repair import RebuildResult
 from journal._core.retry import Head, Pause, Put, RetryPolicy
 from journal._io import connect
@@ -175,7 +175,7 @@ class _Base(Generic[Client]):
 
     def _read(
         self, session_id: str, branch_id: str, from_sequence: int, limit: int
-    ) -> protocol.Steps[list[EventRecord]] | _Known[list[EventRecord]]:
+    ) -> protocol.Steps[list[EventRecord]]:
         self._ids(session_id, branch_id)
         if not isinstance(from_sequence, int) or from_sequence < 0:
             raise InvalidInput(f"from_sequence must be an integer >= 0, got {from_sequence!r}")
@@ -185,15 +185,13 @@ class _Base(Generic[Client]):
             return _const([])
         return protocol.read(self.core, session_id, branch_id, from_sequence, limit)
 
-    def _head(self, session_id: str, branch_id: str) -> protocol.Steps[int] | _Known[int]:
+    def _head(self, session_id: str, branch_id: str) -> protocol.Steps[int]:
         self._ids(session_id, branch_id)
         if self._no_root():
             return _const(0)
         return protocol.head(self.core, session_id, branch_id)
 
-    def _branches(
-        self, session_id: str
-    ) -> protocol.Steps[dict[str, int]] | _Known[dict[str, int]]:
+    def _branches(self, session_id: str) -> protocol.Steps[dict[str, int]]:
         validate_id(session_id, "session_id", self.settings.max_id_length)
         if self._no_root():
             return _const({})
@@ -248,12 +246,19 @@ class _Base(Generic[Client]):
         return f"{type(self).__name__}(root={str(self.settings.root)!r}, redis={shown!r})"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Known(Generic[T]):
-    """An answer that needs no I/O (a read of a root that does not exist): the shells return
-    it without connecting, so nothing is created or started."""
+class _Known(Generator[Op, Any, T]):
+    """A protocol that needs no I/O: the answer for a read of a root that does not exist.
+    It runs like any protocol (``yield from`` returns the value at once), and the shells
+    return it without connecting, so nothing is created or started."""
 
-    value: T
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def send(self, _: Any) -> Op:
+        raise StopIteration(self.value)
+
+    def throw(self, *args: Any, **kwargs: Any) -> Op:
+        raise RuntimeError("a known answer has no operation to fail")
 
 
 def _const(value: T) -> _Known[T]:
@@ -317,9 +322,10 @@ class AsyncJournal(_Base[connect.AsyncClient]):
     ) -> None:
         await self.close()
 
-    async def _run(self, steps: protocol.Steps[T] | _Known[T]) -> T:
+    async def _run(self, steps: protocol.Steps[T]) -> T:
         if isinstance(steps, _Known):
-            return steps.value
+            known: T = steps.value
+            return known
         driver = self._driver or await self._connect()
         return await driver.run(steps)
 
@@ -452,9 +458,10 @@ class Journal(_Base[connect.SyncClient]):
     ) -> None:
         self.close()
 
-    def _run(self, steps: protocol.Steps[T] | _Known[T]) -> T:
+    def _run(self, steps: protocol.Steps[T]) -> T:
         if isinstance(steps, _Known):
-            return steps.value
+            known: T = steps.value
+            return known
         driver = self._driver or self._connect()
         return driver.run(steps)
 

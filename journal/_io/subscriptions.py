@@ -33,17 +33,24 @@ that message's first sequence (``from_start=True``: at 1); a branch of a known s
 only a head check reveals starts at its head (at 1 with ``from_start``). From its start on,
 a stream gets every event exactly once, in order, gaps filled from the file. Two limits,
 by design for now: a session that is never announced while we listen (its only messages
-fell into a disconnect) is not discovered, as that would mean listing every session file;
-and the firehose keeps a small record (a few hundred bytes) per (session, branch) it has
-seen, and the idle
-check costs one HGETALL per quiet known session every ``idle_s``. Sharded pub/sub has no
-patterns, so ``subscribe_all`` refuses ``sharded_pubsub``, and with it Redis Cluster mode (see
-docs/cluster.md for what a cluster firehose would cost).
+fell into a disconnect) is found only when it publishes again; and the firehose keeps a
+small record (a few hundred bytes) per (session, branch) it has seen, and the idle check
+costs one HGETALL per quiet known session every ``idle_s``.
 
-On a Redis Cluster a subscription listens on one plain connection to the primary that owns
-its channel's slot (``connect.sync_pubsub``/``async_pubsub``); after any lost connection the
-slot map is reloaded before it listens again, so it follows a failover or a slot migration
-(the old owner drops the connection, or sends a ``sunsubscribe``, which counts as lost).
+Sharded pub/sub (``sharded_pubsub=True``, forced on in Redis Cluster mode) has no patterns,
+so there the firehose *discovers* the sessions: it lists ``<root>/events/*.jsonl`` every
+``discover_s`` (the way worker groups do), takes the heads of the matching sessions that
+exist before it listens (that is where "now" starts for them: nothing committed after the
+snapshot is skipped), and SSUBSCRIBEs each session's channel, one command per session, on a
+connection to its slot's owner. A session found by a later listing was created since, so all
+of it is delivered. It waits on its connections in turn (``_POLL_S``: redis-py cannot wait
+on several at once), and any lost connection starts them all over. Costs: docs/cluster.md.
+
+On a Redis Cluster a subscription listens on plain connections to the primaries that own
+its channels' slots (``connect.sync_owners``/``sync_pubsub_on`` and their asyncio forms);
+after any lost connection the slot map is reloaded before it listens again, so it follows a
+failover or a slot migration (the old owner drops the connection, or sends a
+``sunsubscribe``, which counts as lost).
 
 Memory: the live buffer holds at most ``buffer_size`` messages (each at most
 ``inline_message_max`` bytes of records), and a file read at most ``page_size`` events.
@@ -56,7 +63,7 @@ are thin shells that perform those actions with redis-py's sync or asyncio pub/s
 connection of their own, and run the journal's read and head protocols through the
 journal's driver. No thread and no background task is started: messages are drained from the
 socket whenever the consumer asks for the next event, so closing the iterator (``break``,
-``close()``/``aclose()``, cancellation) only has to close the one pub/sub connection.
+``close()``/``aclose()``, cancellation) only has to close its pub/sub connection(s).
 """
 
 from __future__ import annotations
@@ -73,7 +80,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, Protocol, Self
 
 import msgspec
 import redis
@@ -112,6 +119,8 @@ class Journal(Protocol):
 
     def _run(self, steps: protocol.Steps[Any]) -> Any: ...
 
+    def sessions(self) -> list[str]: ...
+
 
 class AsyncJournal(Protocol):
     """What an async subscription needs of its journal."""
@@ -125,6 +134,8 @@ class AsyncJournal(Protocol):
     async def _connect(self) -> Any: ...
 
     async def _run(self, steps: protocol.Steps[Any]) -> Any: ...
+
+    def sessions(self) -> list[str]: ...
 
 __all__ = [
     "AsyncSubscription",
@@ -154,10 +165,13 @@ class SubscribeOptions:
     backoff_max_s: float = 2.0
     give_up_after_s: float | None = None  # None: retry for as long as the caller iterates
     from_start: bool = False  # firehose: replay a newly seen (session, branch) from 1
+    discover_s: float = 1.0  # firehose with sharded pub/sub: how often the root is listed
 
     @classmethod
     def parse(cls, options: dict[str, Any], *, firehose: bool) -> SubscribeOptions:
-        known = {name for name in cls.__dataclass_fields__ if firehose or name != "from_start"}
+        only_firehose = {"from_start", "discover_s"}
+        known = {name for name in cls.__dataclass_fields__
+                 if firehose or name not in only_firehose}
         unknown = sorted(set(options) - known)
         if unknown:
             raise InvalidInput(
@@ -170,7 +184,7 @@ class SubscribeOptions:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidInput(f"{name} must be an integer >= 1, got {value!r}")
         for name in ("idle_s", "health_timeout_s", "backoff_min_s", "backoff_max_s",
-                     "give_up_after_s"):
+                     "give_up_after_s", "discover_s"):
             value = getattr(made, name)
             if value is None and name == "give_up_after_s":
                 continue
@@ -205,7 +219,24 @@ class SubscriptionStats:
 
 @dataclass(frozen=True, slots=True)
 class Connect:
-    """Open a pub/sub connection and send the (S/P)SUBSCRIBE; the confirmation comes later."""
+    """Open a pub/sub connection and send the (S/P)SUBSCRIBE; the confirmation comes later.
+    A discovering firehose names the sessions whose channels to SSUBSCRIBE (one connection
+    per slot owner); otherwise ``sessions`` is empty and the shell's one channel is meant."""
+
+    sessions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Discovery found these sessions while connected: SSUBSCRIBE their channels too; each
+    confirmation is reported with ``on_pubsub(..., session=...)``."""
+
+    sessions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Discover:
+    """List the root's session files; report them with ``on_sessions``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +283,7 @@ class Emit:
     records: list[EventRecord]
 
 
-Action = Connect | Disconnect | Sleep | Listen | Ping | Read | Check | Emit
+Action = Connect | Subscribe | Discover | Disconnect | Sleep | Listen | Ping | Read | Check | Emit
 
 _log = logging.getLogger("journal.subscription")
 
@@ -278,6 +309,12 @@ class Follower:
     outcome with the matching ``on_*`` method (or :meth:`lost` when Redis failed), repeat.
     One instance follows either one (session, branch) or, for the firehose, every
     (session, branch) it hears of.
+
+    With ``discover`` (a session prefix: the firehose over sharded pub/sub, which has no
+    patterns) it also asks for the root's session list every ``discover_s`` and listens to
+    each matching session's own channel. Sessions listed before the first ``Connect``
+    start at their heads, taken before it (so "now" has no hole); sessions found later were
+    created since, so every branch of theirs starts at 1.
     """
 
     def __init__(
@@ -288,6 +325,7 @@ class Follower:
         branch_id: str = "main",
         after_sequence: int = 0,
         what: str = "subscription",
+        discover: str | None = None,
     ) -> None:
         self.options = options
         self.stats = SubscriptionStats()
@@ -316,6 +354,15 @@ class Follower:
         self._pings = 0
         self._polled = True  # drained the socket since the last read or emit
         self._backlog = False  # the last drain stopped at its limit: more is waiting
+        # Discovery (sharded pub/sub firehose): see the class docstring.
+        self._discover = discover
+        self._discover_at = -math.inf
+        self._opened = False  # the first Connect was sent: sessions found from now are new
+        self._listen: dict[str, None] = {}  # the sessions whose channels we listen to
+        self._unconfirmed: set[str] = set()  # SSUBSCRIBEs sent, not yet confirmed
+        self._fresh: list[str] = []  # found while connected, not yet SSUBSCRIBEd
+        self._snapshot: dict[str, None] = {}  # found before the first Connect: heads first
+        self._born: set[str] = set()  # found later (or from_start): branches start at 1
         if session_id is not None:
             self._streams[(session_id, branch_id)] = _Stream(
                 session_id, branch_id, after_sequence, after_sequence
@@ -331,6 +378,9 @@ class Follower:
         if self._must_close:
             self._must_close = False
             return Disconnect()
+        if self._discover is not None and now >= self._discover_at:
+            self._discover_at = now + self.options.discover_s
+            return Discover()
         if self._state == "down":
             give_up = self.options.give_up_after_s
             if (self._failing_since is not None and give_up is not None
@@ -341,9 +391,18 @@ class Follower:
                 )
             if now < self._retry_at:
                 return Sleep(self._retry_at - now)
+            if self._snapshot:
+                return Check(next(iter(self._snapshot)), None)
+            self._opened = True
             self._state = "confirming"
             self._deadline = now + self.options.health_timeout_s
-            return Connect()
+            if self._discover is None:
+                return Connect()
+            self._unconfirmed = set(self._listen)
+            self._fresh = []
+            if not self._listen:
+                self._on_listening(now)  # nothing to listen to yet: nothing to confirm
+            return Connect(tuple(self._listen))
         drain = self.options.buffer_size
         if self._state == "confirming":
             if now >= self._deadline:
@@ -355,6 +414,10 @@ class Follower:
             # a pong waiting in the socket must be seen before we judge the connection.
             self._polled = True
             return Listen(0.0, drain)
+        if self._fresh:
+            fresh, self._fresh = tuple(self._fresh), []
+            self._unconfirmed.update(fresh)
+            return Subscribe(fresh)
         idle = self.options.idle_s
         if (self._ping is not None and not self._backlog
                 and now - self._ping_sent >= self.options.health_timeout_s):
@@ -369,7 +432,8 @@ class Follower:
         if work is not None:
             self._polled = False
             return work
-        if self._ping is None and now - self._heard >= idle:
+        if self._ping is None and now - self._heard >= idle and (
+                self._discover is None or self._listen):
             self._pings += 1
             self._ping = f"journal-subscription-{self._pings}"
             self._ping_sent = now
@@ -377,6 +441,8 @@ class Follower:
         wake = self._ping_sent + self.options.health_timeout_s if self._ping else self._heard + idle
         if self._sessions:
             wake = min(wake, next(iter(self._sessions.values())) + idle)
+        if self._discover is not None:
+            wake = min(wake, self._discover_at)
         return Listen(max(wake - now, 0.0), drain)
 
     def _only_branch(self) -> str:
@@ -385,6 +451,10 @@ class Follower:
     def _touch(self, session: str, now: float) -> None:
         self._sessions[session] = now
         self._sessions.move_to_end(session)
+
+    def _due(self, session: str) -> None:
+        self._sessions[session] = -math.inf
+        self._sessions.move_to_end(session, last=False)
 
     def _work(self) -> Read | Emit | None:
         """One step for the first stream with work, round-robin over streams."""
@@ -422,15 +492,16 @@ class Follower:
 
     # ----- what happened ----------------------------------------------------------------
 
-    def on_pubsub(self, kind: str, data: Any, now: float) -> None:
-        """One message from the pub/sub connection (redis-py's ``type`` and ``data``)."""
+    def on_pubsub(self, kind: str, data: Any, now: float, session: str | None = None) -> None:
+        """One message from the pub/sub connection (redis-py's ``type`` and ``data``; for a
+        discovering firehose's confirmations, the session whose channel was confirmed)."""
         if self._state == "down":
             return  # the rest of a drain after we gave up on this connection
         self._heard = now
         if kind in _PUBLISHED:
             self._on_announcement(data, now)
         elif kind in _CONFIRMED:
-            self._on_listening(now)
+            self._on_listening(now, session)
         elif kind == "pong":
             if self._ping is not None and text(data) == self._ping:
                 self._ping = None
@@ -442,7 +513,14 @@ class Follower:
         """The drain of a ``Listen`` ended; ``more`` when it stopped at its limit."""
         self._backlog = more
 
-    def _on_listening(self, now: float) -> None:
+    def _on_listening(self, now: float, session: str | None = None) -> None:
+        if session is not None:
+            # One session's channel (of a discovering firehose): that session is due; the
+            # connection is up once every channel it was opened with is confirmed.
+            self._unconfirmed.discard(session)
+            self._due(session)
+            if self._state != "confirming" or self._unconfirmed:
+                return
         # We are subscribed (again): whatever was committed while we were not is only in
         # the file, so every known session is due for a head check right away.
         self._state = "up"
@@ -472,8 +550,9 @@ class Follower:
             if self._single:
                 return  # another branch of our session
             # The firehose starts "now": a (session, branch) first heard of live starts at
-            # this message, unless the caller asked for everything.
-            start = 0 if self.options.from_start else ann.first - 1
+            # this message, unless the caller asked for everything or the session is new.
+            new = self.options.from_start or ann.session_id in self._born
+            start = 0 if new else ann.first - 1
             st = self._streams[key] = _Stream(ann.session_id, ann.branch_id, start, start)
         self._touch(ann.session_id, now)
         if ann.last <= st.last:
@@ -539,6 +618,9 @@ class Follower:
         self.stats.head_checks += 1
         self._touch(session_id, now)
         self._healthy()
+        new = self.options.from_start or session_id in self._born
+        self._born.discard(session_id)
+        self._snapshot.pop(session_id, None)
         for branch, top in heads.items():
             key = (session_id, branch)
             st = self._streams.get(key)
@@ -546,13 +628,30 @@ class Follower:
                 if self._single:
                     continue
                 # A branch of a known session that we never heard of live: "now" means
-                # from its current head on.
-                start = 0 if self.options.from_start else top
+                # from its current head on (from 1 for a session created since we started).
+                start = 0 if new else top
                 st = self._streams[key] = _Stream(session_id, branch, start, start)
             if top > st.target:
                 st.target = top
             if st.target > st.last:
                 self._active[key] = None
+
+    def on_sessions(self, sessions: list[str], now: float) -> None:
+        """The result of a :class:`Discover`: the session ids under the root."""
+        prefix = self._discover or ""
+        for session in sessions:
+            if session in self._listen or not session.startswith(prefix):
+                continue
+            self._listen[session] = None
+            if self._opened or self.options.from_start:
+                self._born.add(session)
+            else:
+                self._snapshot[session] = None
+            if self._opened:
+                self._fresh.append(session)  # its confirmation makes it due
+                self._touch(session, now)
+            else:
+                self._due(session)
 
     @property
     def listening(self) -> bool:
@@ -610,22 +709,56 @@ def _describe(exc: BaseException) -> str:
 
 # What a shell is asked to do: the only I/O of a subscription. The shells differ only in
 # how they wait for these (blocking or awaited); every decision is taken in ``_Pump``.
-# ``Disconnect``, ``Ping`` and ``Sleep`` (which a shell may end early when the subscription
-# is closed) are the Follower's own actions, passed through.
+
+
+@dataclass(frozen=True, slots=True)
+class _Owners:
+    """Connect the journal if need be, and name the node that owns each channel's slot
+    (``""`` for each off a cluster); reload a cluster's slot map first when ``refresh``."""
+
+    channels: tuple[str, ...]
+    refresh: bool
 
 
 @dataclass(frozen=True, slots=True)
 class _Open:
-    """Close the pub/sub connection if any, open a new one and send the (S/P)SUBSCRIBE."""
+    """Open a pub/sub connection to ``owner`` (a name from :class:`_Owners`)."""
 
-    refresh: bool  # reload a cluster's slot map first (after a lost connection)
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Sub:
+    """Send ``method`` (subscribe, ssubscribe or psubscribe) for ``name`` on ``owner``'s
+    connection; the confirmation comes later."""
+
+    owner: str
+    method: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    """Close every pub/sub connection (idempotent)."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Receive:
-    """One message from the pub/sub connection, or None after ``timeout`` seconds."""
+    """One message from ``owner``'s connection, or None after ``timeout`` seconds."""
 
+    owner: str
     timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Ping:
+    owner: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class _List:
+    """The root's session ids (a directory listing, no Redis)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -635,7 +768,14 @@ class _Run:
     steps: protocol.Steps[Any]
 
 
-_Io = _Open | Disconnect | _Receive | Ping | _Run | Sleep
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """Sleep; a shell may end it early when the subscription is closed."""
+
+    seconds: float
+
+
+_Io = _Owners | _Open | _Sub | _Close | _Receive | _Ping | _List | _Run | _Wait
 _Steps = Generator[_Io, Any, Any]
 
 
@@ -644,7 +784,13 @@ class _Listening:
     """How to subscribe: the redis-py method and its argument."""
 
     method: str  # "subscribe", "ssubscribe" or "psubscribe"
-    name: str
+    name: str  # the channel or pattern; "" for a discovering firehose (a channel per session)
+
+
+# A discovering firehose waits on several connections (one per slot owner): it takes what
+# is already there on each, then blocks at most this long on one, in turn. redis-py has no
+# wait over several connections (its own ClusterPubSub polls them one after the other too).
+_POLL_S = 0.02
 
 
 class _Pump:
@@ -657,13 +803,19 @@ class _Pump:
     """
 
     def __init__(self, core: protocol.Core, follower: Follower, idle_timeout_s: float | None,
-                 what: str) -> None:
+                 what: str, listening: _Listening) -> None:
         self.core = core
         self.follower = follower
         self.idle_timeout_s = idle_timeout_s
         self.what = what
+        self.listening = listening
         self.out: deque[EventRecord] = deque()
         self.closed = False
+        self.legs: list[str] = []  # the owners we hold a pub/sub connection to
+        self._turn = 0  # the leg to wait on next (several legs)
+        self._pong_wait: set[str] = set()  # legs that have not answered the ping yet
+        self._pong_token = ""
+        self._session_of: dict[str, str] = {}  # channel -> session (discovering firehose)
 
     def until_event(self) -> _Steps:
         """Steps until the next event, which it returns; None once closed. Raises
@@ -692,7 +844,7 @@ class _Pump:
             action = f.next_action(time.monotonic())
             if isinstance(action, Emit):
                 self.out.extend(action.records)
-            elif isinstance(action, Connect | Listen | Disconnect):
+            elif not isinstance(action, Sleep):
                 yield from self._perform(action, math.inf)
             else:  # a backoff sleep: the first attempt failed
                 return None
@@ -701,15 +853,18 @@ class _Pump:
     def interrupted(self, io: _Io) -> None:
         """A step was cut short (a cancelled await). A pub/sub step may have left a message
         half read: start that connection over, and catch up from the file."""
-        if not isinstance(io, _Run | Sleep):
+        if not isinstance(io, _Run | _Wait | _List):
             self.follower.interrupted(time.monotonic())
 
     def _perform(self, action: Action, left: float) -> _Steps:
         f = self.follower
         if isinstance(action, Sleep):
-            yield Sleep(min(action.seconds, left))
+            yield _Wait(min(action.seconds, left))
         elif isinstance(action, Disconnect):
-            yield action
+            self.legs = []
+            yield _Close()
+        elif isinstance(action, Discover):
+            f.on_sessions((yield _List()), time.monotonic())
         elif isinstance(action, Read | Check):
             try:
                 if isinstance(action, Read):
@@ -725,9 +880,15 @@ class _Pump:
         else:
             try:
                 if isinstance(action, Connect):
-                    yield _Open(refresh=f.stats.disconnects > 0)
+                    self.legs = []
+                    yield _Close()
+                    yield from self._subscribe(action.sessions, f.stats.disconnects > 0)
+                elif isinstance(action, Subscribe):
+                    yield from self._subscribe(action.sessions, False)
                 elif isinstance(action, Ping):
-                    yield action
+                    self._pong_wait, self._pong_token = set(self.legs), action.token
+                    for owner in self.legs:
+                        yield _Ping(owner, action.token)
                 elif isinstance(action, Listen):
                     yield from self._listen(action, min(action.timeout, left))
             except _PUBSUB_ERRORS as exc:
@@ -741,15 +902,68 @@ class _Pump:
                          "error": reason})
         self.follower.lost(time.monotonic(), reason)
 
+    def _subscribe(self, sessions: tuple[str, ...], refresh: bool) -> _Steps:
+        """(S/P)SUBSCRIBE the one channel or pattern, or the channels of ``sessions`` (a
+        discovering firehose), each on a connection to its slot's owner."""
+        names = [self.listening.name] if not sessions else [
+            self.core.keys(s).channel for s in sessions]
+        self._session_of.update(zip(names, sessions, strict=False))
+        owners: list[str] = yield _Owners(tuple(names), refresh)
+        by_owner: dict[str, list[str]] = {}
+        for name, owner in zip(names, owners, strict=True):
+            by_owner.setdefault(owner, []).append(name)
+        for owner, group in by_owner.items():
+            if owner not in self.legs:
+                yield _Open(owner)
+                self.legs.append(owner)
+            # One command per channel: a cluster refuses an SSUBSCRIBE across slots.
+            for name in group:
+                yield _Sub(owner, self.listening.method, name)
+
+    def _receive(self, timeout: float) -> _Steps:
+        """The next (owner, message) from any leg, or None after ``timeout``."""
+        legs = self.legs
+        if len(legs) <= 1:
+            if not legs:  # a discovering firehose with nothing to listen to yet
+                if timeout:
+                    yield _Wait(timeout)
+                return None
+            message = yield _Receive(legs[0], timeout)
+            return None if message is None else (legs[0], message)
+        end = time.monotonic() + timeout
+        while True:
+            for _ in legs:  # what is already there, taking the legs in turn
+                self._turn = (self._turn + 1) % len(legs)
+                message = yield _Receive(legs[self._turn], 0.0)
+                if message is not None:
+                    return legs[self._turn], message
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            message = yield _Receive(legs[self._turn], min(left, _POLL_S))
+            if message is not None:
+                return legs[self._turn], message
+
+    def _report(self, owner: str, message: dict[str, Any]) -> None:
+        kind, data = message["type"], message["data"]
+        if kind == "pong" and self._pong_wait and text(data) == self._pong_token:
+            self._pong_wait.discard(owner)
+            if self._pong_wait:
+                return  # the connection is healthy once every leg answered
+        session = None
+        if self._session_of and kind in _CONFIRMED:
+            session = self._session_of.get(text(message["channel"]))
+        self.follower.on_pubsub(kind, data, time.monotonic(), session)
+
     def _listen(self, action: Listen, timeout: float) -> _Steps:
         f = self.follower
         for _ in range(action.limit):
-            message = yield _Receive(timeout)
-            if message is None:
+            got = yield from self._receive(timeout)
+            if got is None:
                 f.on_drained(False)
                 return
             overflows = f.stats.overflows
-            f.on_pubsub(message["type"], message["data"], time.monotonic())
+            self._report(*got)
             if f.stats.overflows != overflows:
                 _log.info("%s: the consumer is slower than the feed; reading the file instead "
                           "of %d buffered messages", self.what, f.options.buffer_size, extra={
@@ -780,7 +994,7 @@ def _idle_timeout(options: dict[str, Any]) -> float | None:
 def _single(
     journal: Any, session_id: str, branch_id: str, after_sequence: int,
     options: dict[str, Any],
-) -> tuple[_Pump, _Listening]:
+) -> _Pump:
     _validate_after(after_sequence)
     options = dict(options)
     idle = _idle_timeout(options)
@@ -790,30 +1004,30 @@ def _single(
                         after_sequence=after_sequence, what=what)
     method = "ssubscribe" if journal.settings.sharded_pubsub else "subscribe"
     listening = _Listening(method, journal.core.keys(session_id).channel)
-    return _Pump(journal.core, follower, idle, what), listening
+    return _Pump(journal.core, follower, idle, what, listening)
 
 
 def _firehose(
     journal: Any, session_prefix: str, options: dict[str, Any]
-) -> tuple[_Pump, _Listening]:
+) -> _Pump:
     settings = journal.settings
     if not isinstance(session_prefix, str):
         raise InvalidInput(f"session_prefix must be a string, got {type(session_prefix).__name__}")
     if session_prefix:
         validate_id(session_prefix, "session_prefix", settings.max_id_length)
-    if settings.sharded_pubsub:
-        raise InvalidInput(
-            "subscribe_all needs pattern subscriptions, which sharded pub/sub "
-            "(sharded_pubsub=True, forced on in Redis Cluster mode) does not have; subscribe "
-            "per session instead (docs/cluster.md, 'The firehose on a cluster')"
-        )
     options = dict(options)
     idle = _idle_timeout(options)
     opts = SubscribeOptions.parse(options, firehose=True)
     what = f"firehose {session_prefix or '*'}"
-    follower = Follower(opts, what=what)
-    listening = _Listening("psubscribe", channel_pattern(settings.key_prefix, session_prefix))
-    return _Pump(journal.core, follower, idle, what), listening
+    if settings.sharded_pubsub:
+        # No patterns in sharded pub/sub: discover the sessions from the root's files and
+        # SSUBSCRIBE each one's channel on its slot's owner (docs/cluster.md).
+        follower = Follower(opts, what=what, discover=session_prefix)
+        listening = _Listening("ssubscribe", "")
+    else:
+        follower = Follower(opts, what=what)
+        listening = _Listening("psubscribe", channel_pattern(settings.key_prefix, session_prefix))
+    return _Pump(journal.core, follower, idle, what, listening)
 
 
 def _check_steps(core: protocol.Core, action: Check) -> protocol.Steps[dict[str, int]]:
@@ -826,29 +1040,8 @@ def _check_steps(core: protocol.Core, action: Check) -> protocol.Steps[dict[str,
 
 # ----- the shells ---------------------------------------------------------------------------
 
-J = TypeVar("J", Journal, AsyncJournal)
 
-
-class _Shell(Generic[J]):
-    """What both subscription shells hold: the journal, the pump, how to listen, and the
-    pub/sub connection."""
-
-    def __init__(self, journal: J, pump: _Pump, listening: _Listening) -> None:
-        self._journal: J = journal
-        self._pump = pump
-        self._listening = listening
-        self._pubsub: Any = None
-
-    @property
-    def stats(self) -> SubscriptionStats:
-        return self._pump.follower.stats
-
-    @property
-    def closed(self) -> bool:
-        return self._pump.closed
-
-
-class SyncSubscription(_Shell[Journal], Iterator[EventRecord]):
+class SyncSubscription(Iterator[EventRecord]):
     """The blocking subscription: an iterator of :class:`EventRecord`, listening from the
     moment it was made.
 
@@ -860,12 +1053,22 @@ class SyncSubscription(_Shell[Journal], Iterator[EventRecord]):
     it did.
     """
 
-    def __init__(self, journal: Journal, pump: _Pump, listening: _Listening) -> None:
-        super().__init__(journal, pump, listening)
+    def __init__(self, journal: Journal, pump: _Pump) -> None:
+        self._journal = journal
+        self._pump = pump
+        self._pubsubs: dict[str, Any] = {}  # owner -> its pub/sub connection
         self._lock = threading.Lock()
         self._busy = False
         self._wake = threading.Event()  # set by close(): ends a wait early
         self._drive(pump.until_listening())
+
+    @property
+    def stats(self) -> SubscriptionStats:
+        return self._pump.follower.stats
+
+    @property
+    def closed(self) -> bool:
+        return self._pump.closed
 
     def ready(self) -> Self:
         """Listening already (the call that made it waited for Redis's confirmation)."""
@@ -909,23 +1112,24 @@ class SyncSubscription(_Shell[Journal], Iterator[EventRecord]):
 
     def _do(self, io: _Io) -> Any:
         if isinstance(io, _Receive):
-            return self._pubsub.get_message(timeout=io.timeout)
+            return self._pubsubs[io.owner].get_message(timeout=io.timeout)
         if isinstance(io, _Run):
             return self._journal._run(io.steps)
-        if isinstance(io, Sleep):
+        if isinstance(io, _List):
+            return self._journal.sessions()
+        if isinstance(io, _Owners):
+            self._journal._connect()
+            return connect.sync_owners(self._journal.redis, io.channels, refresh=io.refresh)
+        if isinstance(io, _Wait):
             self._wake.wait(io.seconds)
-        elif isinstance(io, Ping):
-            self._pubsub.ping(io.token)
+        elif isinstance(io, _Ping):
+            self._pubsubs[io.owner].ping(io.token)
+        elif isinstance(io, _Sub):
+            getattr(self._pubsubs[io.owner], io.method)(io.name)
+        elif isinstance(io, _Open):
+            self._pubsubs[io.owner] = connect.sync_pubsub_on(self._journal.redis, io.owner)
         else:
-            pubsub, self._pubsub = self._pubsub, None
-            _close_sync(pubsub)
-            if isinstance(io, _Open):
-                self._journal._connect()
-                # On a cluster: the owner of the channel's slot, re-resolved after a lost
-                # connection (failover, slot migration).
-                name = self._listening.name
-                self._pubsub = connect.sync_pubsub(self._journal.redis, name, refresh=io.refresh)
-                getattr(self._pubsub, self._listening.method)(name)
+            self._release()
         return None
 
     def close(self) -> None:
@@ -935,15 +1139,17 @@ class SyncSubscription(_Shell[Journal], Iterator[EventRecord]):
             busy = self._busy
         self._wake.set()
         if busy:
-            # Another thread waits on the socket: cut it (shutdown is safe across threads;
+            # Another thread waits on a socket: cut them (shutdown is safe across threads;
             # the waiting thread closes the rest on its way out).
-            _interrupt_sync(self._pubsub)
+            for pubsub in list(self._pubsubs.values()):
+                _interrupt_sync(pubsub)
         else:
             self._release()
 
     def _release(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        _close_sync(pubsub)
+        pubsubs, self._pubsubs = self._pubsubs, {}
+        for pubsub in pubsubs.values():
+            _close_sync(pubsub)
 
     def __del__(self) -> None:
         self._release()
@@ -969,7 +1175,7 @@ def _interrupt_sync(pubsub: Any) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-class AsyncSubscription(_Shell[AsyncJournal], AsyncIterator[EventRecord]):
+class AsyncSubscription(AsyncIterator[EventRecord]):
     """The asyncio subscription: an async iterator of :class:`EventRecord`.
 
     It listens once ``await sub.ready()`` returned, or inside ``async with``; otherwise from
@@ -981,11 +1187,21 @@ class AsyncSubscription(_Shell[AsyncJournal], AsyncIterator[EventRecord]):
     ``anext`` raises :class:`journal.SubscriptionIdle` after that long without an event.
     """
 
-    def __init__(self, journal: AsyncJournal, pump: _Pump, listening: _Listening) -> None:
-        super().__init__(journal, pump, listening)
+    def __init__(self, journal: AsyncJournal, pump: _Pump) -> None:
+        self._journal = journal
+        self._pump = pump
+        self._pubsubs: dict[str, Any] = {}  # owner -> its pub/sub connection
         self._consumer: asyncio.Task[Any] | None = None
         self._stopping = False  # aclose() cancelled the consumer to wake it
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def stats(self) -> SubscriptionStats:
+        return self._pump.follower.stats
+
+    @property
+    def closed(self) -> bool:
+        return self._pump.closed
 
     async def ready(self) -> Self:
         """Wait until Redis confirmed the subscription: from then on, every event committed
@@ -1034,7 +1250,7 @@ class AsyncSubscription(_Shell[AsyncJournal], AsyncIterator[EventRecord]):
                 result, error = await self._do(step), None
             except asyncio.CancelledError:
                 self._pump.interrupted(step)
-                if not isinstance(step, _Run | Sleep):
+                if not isinstance(step, _Run | _Wait | _List):
                     self._release_soon()
                 raise
             except Exception as exc:
@@ -1042,21 +1258,25 @@ class AsyncSubscription(_Shell[AsyncJournal], AsyncIterator[EventRecord]):
 
     async def _do(self, io: _Io) -> Any:
         if isinstance(io, _Receive):
-            return await self._pubsub.get_message(timeout=io.timeout)
+            return await self._pubsubs[io.owner].get_message(timeout=io.timeout)
         if isinstance(io, _Run):
             return await self._journal._run(io.steps)
-        if isinstance(io, Sleep):
+        if isinstance(io, _List):
+            return await asyncio.to_thread(self._journal.sessions)
+        if isinstance(io, _Owners):
+            await self._journal._connect()
+            return await connect.async_owners(self._journal.redis, io.channels,
+                                              refresh=io.refresh)
+        if isinstance(io, _Wait):
             await asyncio.sleep(io.seconds)
-        elif isinstance(io, Ping):
-            await self._pubsub.ping(io.token)
+        elif isinstance(io, _Ping):
+            await self._pubsubs[io.owner].ping(io.token)
+        elif isinstance(io, _Sub):
+            await getattr(self._pubsubs[io.owner], io.method)(io.name)
+        elif isinstance(io, _Open):
+            self._pubsubs[io.owner] = connect.async_pubsub_on(self._journal.redis, io.owner)
         else:
             await self._release()
-            if isinstance(io, _Open):
-                await self._journal._connect()
-                name = self._listening.name
-                self._pubsub = await connect.async_pubsub(self._journal.redis, name,
-                                                          refresh=io.refresh)
-                await getattr(self._pubsub, self._listening.method)(name)
         return None
 
     async def aclose(self) -> None:
@@ -1071,20 +1291,21 @@ class AsyncSubscription(_Shell[AsyncJournal], AsyncIterator[EventRecord]):
         await self._release()
 
     async def _release(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            # Shielded: a cancelled consumer must still release its connection.
+        pubsubs, self._pubsubs = self._pubsubs, {}
+        for pubsub in pubsubs.values():
+            # Shielded: a cancelled consumer must still release its connections.
             with contextlib.suppress(Exception):
                 await asyncio.shield(pubsub.aclose())
 
     def _release_soon(self) -> None:
-        """Close the connection without awaiting (a cancelled step, a dropped object)."""
-        pubsub, self._pubsub = self._pubsub, None
+        """Close the connections without awaiting (a cancelled step, a dropped object)."""
+        pubsubs, self._pubsubs = self._pubsubs, {}
         loop = self._loop
-        if pubsub is None or loop is None or loop.is_closed():
+        if not pubsubs or loop is None or loop.is_closed():
             return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_spawn_close, loop, pubsub)
+        for pubsub in pubsubs.values():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_spawn_close, loop, pubsub)
 
     def __del__(self) -> None:
         self._release_soon()
@@ -1115,8 +1336,8 @@ def subscribe_sync(
     **options: Any,
 ) -> SyncSubscription:
     """Every committed event of ``session_id``/``branch_id`` above ``after_sequence``."""
-    pump, listening = _single(journal, session_id, branch_id, after_sequence, options)
-    return SyncSubscription(journal, pump, listening)
+    return SyncSubscription(journal, _single(journal, session_id, branch_id, after_sequence,
+                                             options))
 
 
 def subscribe_async(
@@ -1124,8 +1345,8 @@ def subscribe_async(
     **options: Any,
 ) -> AsyncSubscription:
     """The asyncio form of :func:`subscribe_sync`."""
-    pump, listening = _single(journal, session_id, branch_id, after_sequence, options)
-    return AsyncSubscription(journal, pump, listening)
+    return AsyncSubscription(journal, _single(journal, session_id, branch_id, after_sequence,
+                                              options))
 
 
 def subscribe_all_sync(
@@ -1134,13 +1355,11 @@ def subscribe_all_sync(
     """The firehose: every session whose id starts with ``session_prefix``, in order per
     (session, branch). A (session, branch) first heard of live starts at that message
     (``from_start=True``: at sequence 1); from then on nothing is lost or duplicated."""
-    pump, listening = _firehose(journal, session_prefix, options)
-    return SyncSubscription(journal, pump, listening)
+    return SyncSubscription(journal, _firehose(journal, session_prefix, options))
 
 
 def subscribe_all_async(
     journal: AsyncJournal, session_prefix: str = "", **options: Any
 ) -> AsyncSubscription:
     """The asyncio form of :func:`subscribe_all_sync`."""
-    pump, listening = _firehose(journal, session_prefix, options)
-    return AsyncSubscription(journal, pump, listening)
+    return AsyncSubscription(journal, _firehose(journal, session_prefix, options))
