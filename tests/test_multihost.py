@@ -40,7 +40,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[gluster.GlusterRig
     reason = gluster.skip_reason()
     if reason:
         pytest.skip(f"GlusterFS rig cannot run here: {reason}")
-    with gluster.GlusterRig(tmp_path_factory.mktemp("gluster")) as r:
+    # JOURNAL_GLUSTER_MOUNT_OPTIONS: run the suite on other mount options (the README's
+    # settings matrix was measured this way); the coherent ones by default.
+    options = tuple(os.environ.get("JOURNAL_GLUSTER_MOUNT_OPTIONS", "").split())
+    with gluster.GlusterRig(tmp_path_factory.mktemp("gluster"),
+                            mount_options=options or gluster.COHERENT_MOUNT_OPTIONS) as r:
         yield r
 
 
