@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Figures for several hosts, side by side in one run, on the GlusterFS rig (tests/gluster.py).
 
-    .venv/bin/python scripts/bench_multihost.py [--seconds S] [--strace]
+    .venv/bin/python scripts/bench_multihost.py [--seconds S] [--rounds N] [--strace]
+        [--volume-set KEY=VALUE ...] [--mount-options "--attribute-timeout=1 ..."]
 
 Starts the rig (one volume, two FUSE mounts as hosts a and b) and a private redis-server, then:
 
@@ -15,8 +16,11 @@ Starts the rig (one volume, two FUSE mounts as hosts a and b) and a private redi
 6. with ``--strace``: the syscalls per append of one writer in steady state (``strace -c -w
    -f``, minus a run that appends nothing), and where their wall time goes.
 
-Each writer is its own process; rates are events per second of wall time. Nothing here is
-asserted: the tests check correctness, this prints figures.
+Each writer is its own process; rates are events per second of wall time. ``--rounds N``
+runs figures 1-4 N times, interleaved, and prints each round and the medians (the machine is
+shared: one round is noise). ``--volume-set`` and ``--mount-options`` change the rig's
+settings, to measure what other settings would buy (the tests say whether they are safe).
+Nothing here is asserted: the tests check correctness, this prints figures.
 """
 
 from __future__ import annotations
@@ -172,7 +176,12 @@ def strace_per_append(root: Path, url: str, seconds: float, out: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--strace", action="store_true")
+    ap.add_argument("--volume-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a volume option over the coherent ones (repeatable)")
+    ap.add_argument("--mount-options", default=None,
+                    help="the FUSE mounts' options instead of the coherent ones")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path)
     ap.add_argument("--url")
@@ -187,7 +196,13 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-multihost-"))
     s = args.seconds
     try:
-        with gluster.GlusterRig(base / "rig") as rig, RedisServer(dir=base / "redis") as srv:
+        volume = dict(gluster.COHERENT_VOLUME_OPTIONS)
+        volume.update(item.split("=", 1) for item in args.volume_set)
+        mount = (gluster.COHERENT_MOUNT_OPTIONS if args.mount_options is None
+                 else tuple(args.mount_options.split()))
+        print(f"volume options {volume}\nmount options {mount}", flush=True)
+        with gluster.GlusterRig(base / "rig", volume, mount) as rig, \
+                RedisServer(dir=base / "redis") as srv:
             a, b = rig.hosts["a"] / "bench", rig.hosts["b"] / "bench"
             a.mkdir()
             rows: list[tuple[str, str]] = []
@@ -196,16 +211,33 @@ def main() -> None:
                 rows.append((name, value))
                 print(f"{name:<58} {value}", flush=True)
 
-            raw = raw_rate(a, s)
-            row("raw write+fdatasync on mount a", f"{raw:8.0f}/s")
-            one = writers([(a, "one")], srv.url, s)
-            row("journal, 1 writer on host a", f"{one:8.0f}/s  ({one / raw:.2f} x raw)")
-            two = writers([(a, "own-a"), (b, "own-b")], srv.url, s)
-            row("journal, 2 writers on 2 hosts, own sessions (sum)",
-                f"{two:8.0f}/s  ({two / one:.2f} x 1 writer)")
-            four = writers([(a, "shared"), (b, "shared"), (a, "shared"), (b, "shared")],
-                           srv.url, s)
-            row("journal, 4 writers on one session across both hosts (sum)", f"{four:8.0f}/s")
+            figures: dict[str, list[float]] = {"raw": [], "one": [], "two": [], "four": []}
+            for n in range(args.rounds):
+                # Fresh sessions each round: the rate must not depend on the file's length.
+                figures["raw"].append(raw_rate(a, s))
+                figures["one"].append(writers([(a, f"one{n}")], srv.url, s))
+                figures["two"].append(writers([(a, f"own-a{n}"), (b, f"own-b{n}")], srv.url, s))
+                figures["four"].append(writers([(a, f"shared{n}"), (b, f"shared{n}"),
+                                                (a, f"shared{n}"), (b, f"shared{n}")],
+                                               srv.url, s))
+                if args.rounds > 1:
+                    r, o, t, f = (figures[k][-1] for k in ("raw", "one", "two", "four"))
+                    print(f"round {n + 1}: raw {r:.0f}/s, 1 writer {o:.0f}/s ({o / r:.2f} x "
+                          f"raw), 2 hosts {t:.0f}/s ({t / o:.2f} x 1 writer), 4 on one "
+                          f"{f:.0f}/s", flush=True)
+            raw, one, two, four = (statistics.median(figures[k])
+                                   for k in ("raw", "one", "two", "four"))
+            ratio = statistics.median(o / r for o, r in zip(figures["one"], figures["raw"],
+                                                             strict=True))
+            scale = statistics.median(t / o for t, o in zip(figures["two"], figures["one"],
+                                                            strict=True))
+            med = " (median)" if args.rounds > 1 else ""
+            row(f"raw write+fdatasync on mount a{med}", f"{raw:8.0f}/s")
+            row(f"journal, 1 writer on host a{med}", f"{one:8.0f}/s  ({ratio:.2f} x raw)")
+            row(f"journal, 2 writers on 2 hosts, own sessions (sum){med}",
+                f"{two:8.0f}/s  ({scale:.2f} x 1 writer)")
+            row(f"journal, 4 writers on one session across both hosts (sum){med}",
+                f"{four:8.0f}/s")
             p50, p99 = subscriber_delay(a, b, srv.url, 200)
             row("subscriber on host b, writer on host a: delay p50 / p99",
                 f"{p50:6.1f} / {p99:.1f} ms")

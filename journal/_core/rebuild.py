@@ -56,7 +56,9 @@ def rebuild(core: Core, session_id: str, waiter: Backoff, full: bool = False) ->
         # before looking at the tail.
         yield Sleep(core.settings.lease_hold_ms / 1000)
     try:
-        found = yield Blocking(partial(gate.rebuild, store, clock.guard, full))
+        # Writers that never sync may leave the hint past the data after a crash.
+        unsynced = core.settings.durability == "none"
+        found = yield Blocking(partial(gate.rebuild, store, clock.guard, full, unsynced))
     except Exception:  # not GeneratorExit: a closed protocol must not yield again
         yield from release(keys, token)
         raise

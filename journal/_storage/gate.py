@@ -55,14 +55,15 @@ def exists(store: SessionStore) -> bool:
     return store.path.exists() or found.archived is not None
 
 
-def rebuild(store: SessionStore, guard: Callable[[], None], full: bool = False) -> TailResult:
+def rebuild(store: SessionStore, guard: Callable[[], None], full: bool = False,
+            hint_may_outrun: bool = False) -> TailResult:
     """``SessionStore.rebuild`` that knows archives and finishes an interrupted compaction
     (called under the rebuild lease)."""
     found = marks(store)
     if found.archived is not None and not store.path.exists():
         return TailResult(length=found.archived.length, heads=dict(found.archived.heads))
     compaction.finish(store, found, guard)
-    return store.rebuild(guard, full)
+    return store.rebuild(guard, full, hint_may_outrun)
 
 
 def mismatch(store: SessionStore, size: int, committed: int) -> StorageError:

@@ -38,7 +38,7 @@ import msgspec
 from journal import _fault_hook as fault
 from journal import _observe
 from journal._model.records import DECODE_ERRORS, EventRecord, decode_line
-from journal.errors import CorruptLine, JournalError
+from journal.errors import CorruptLine, JournalError, StorageError
 
 INDEX_ENTRY = struct.Struct("<QI")  # byte offset of the line, its length with the newline
 # index/<sid>/committed: a lower bound of the committed length, and the end of the write in
@@ -63,6 +63,15 @@ def _identity(path: str) -> tuple[int, int]:
     except FileNotFoundError:
         return 0, 0
     return st.st_dev, st.st_ino
+
+
+def _real_size(fd: int, view: int) -> int:
+    """Where the file's data ends according to the filesystem (``lseek(SEEK_HOLE)``), or
+    ``view`` where it cannot say. Never below ``view``."""
+    try:
+        return max(view, os.lseek(fd, 0, os.SEEK_HOLE))
+    except OSError:  # ENXIO (empty file), EINVAL (no SEEK_HOLE here)
+        return view
 
 
 class _Position(msgspec.Struct):
@@ -347,6 +356,48 @@ class SessionStore:
             "Redis from it"
         )
 
+    def lagging_hint(self, size: int, hint: int) -> str:
+        """The one-line error for a rebuild that sees the file shorter than its own hint."""
+        return (
+            f"{self.path} is shorter than its committed hint says ({size} < {hint} bytes, "
+            f"after waiting {self.view_catch_up_s:g} s for this host's view to catch up), so "
+            "Redis's state cannot be rebuilt from it here. Likely causes: this host's view of "
+            "a shared mount lags (check its caching: see README, 'Several hosts'); or the file "
+            "was truncated or replaced outside the journal. Nothing was cut. If this file is "
+            f"the truth, `journal rebuild {self.session_id}` resets Redis from it"
+        )
+
+    def lagging_view(self, view: int, truth: int) -> str:
+        """The one-line error for a recovery whose view of the file lags the filesystem."""
+        return (
+            f"{self.path}: this host's view of the file ({view} bytes) lags what the "
+            f"filesystem holds ({truth} bytes) after waiting {self.view_catch_up_s:g} s for it "
+            "to catch up, so its tail is not recovered here: check this mount's caching (see "
+            "README, 'Several hosts'). Nothing was cut"
+        )
+
+    def _settled_view(self, fd: int, at_least: int) -> int:
+        """The size a recovery may act on: the view through ``fd``, once it shows at least
+        ``at_least`` (the committed length) and everything the filesystem itself holds.
+
+        A cut must never rest on a lagging view: a host whose attribute cache lags sees a
+        complete line another host wrote as torn, or a finished write as unfinished, and
+        ``ftruncate`` would cut it on the server. ``lseek(SEEK_HOLE)`` asks the filesystem
+        where the data ends (FUSE forwards it: GlusterFS answers from the brick, past the
+        kernel's cached size); a journal file has no holes, so that is its real size. A view
+        below either is waited for, bounded, then refused with a one-line error."""
+        view = os.fstat(fd).st_size
+        want = max(at_least, _real_size(fd, view))
+        if view >= want:
+            return view
+        self.size_reaching(want, self.view_catch_up_s)
+        view = os.fstat(fd).st_size
+        if view >= want:
+            return view
+        if view < at_least:
+            raise StorageError(self.lagging(view, at_least))
+        raise StorageError(self.lagging_view(view, want))
+
     def corrupt(self, offset: int, problem: str) -> CorruptLine:
         return CorruptLine(str(self.path), self.line_number(offset), problem)
 
@@ -469,6 +520,9 @@ class SessionStore:
         self.forget()
         fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
         try:
+            size = os.fstat(fd).st_size
+            if size < length:  # a lagging view or a file cut behind our back: never extend
+                raise StorageError(self.lagging(size, length))
             os.ftruncate(fd, length)
             os.fdatasync(fd)
         finally:
@@ -497,13 +551,14 @@ class SessionStore:
         self.forget()  # the file changes here: the size and index lengths we knew are gone
         heads = dict(heads)
         result = TailResult(length=committed, heads={})
-        cut = self._cut_point(committed)
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return result
         try:
-            for offset, raw, complete in iter_lines(fd, committed):
+            view = self._settled_view(fd, committed)
+            cut = self._cut_point(committed, view)
+            for offset, raw, complete in iter_lines(fd, committed, view):
                 if cut is not None and offset >= cut:
                     result.truncated_from = offset  # a write in flight that did not finish
                     break
@@ -578,14 +633,16 @@ class SessionStore:
             fds.hint_fd = None
             raise
 
-    def _cut_point(self, committed: int) -> int | None:
-        """Where a torn write in flight starts, if the intent says one is torn."""
+    def _cut_point(self, committed: int, view: int) -> int | None:
+        """Where a torn write in flight starts, if the intent says one is torn (``view``: the
+        settled size, see :meth:`_settled_view`)."""
         start, end = self.read_intent()
-        if end > start >= committed and self.size() < end:
+        if end > start >= committed and view < end:
             return start
         return None
 
-    def rebuild(self, guard: Callable[[], None], full: bool = False) -> TailResult:
+    def rebuild(self, guard: Callable[[], None], full: bool = False,
+                hint_may_outrun: bool = False) -> TailResult:
         """Recompute every head and the committed length from the file (Redis lost them).
 
         Fast path: the committed prefix that the hint and the index describe is trusted once
@@ -596,12 +653,24 @@ class SessionStore:
 
         ``full`` (the operator's ``journal rebuild``) skips the fast path and decodes every
         committed line completely, so a damaged line anywhere is reported.
+
+        A file shorter than the hint may be a lagging view of a shared mount: it is waited
+        for (``view_catch_up_s``), then refused in one line, since a scan of a short view
+        would give Redis a stale committed length and could cut a committed line that only
+        looks torn. The hint is ignored instead, and the file taken as the truth, only when
+        that is known or asked for: ``hint_may_outrun`` (the writers do not sync,
+        ``durability="none"``, so after a crash the hint may lie beyond the data), ``full``
+        (the operator says the file is the truth), or ``view_catch_up_s == 0`` (one local
+        disk: a view never lags). Even then the scan refuses a view that the filesystem
+        itself says lags (:meth:`_settled_view`).
         """
         self.forget()
         hint = self.read_hint()
-        # A hint beyond the size we see is most likely a lagging view of a shared mount: let
-        # it catch up first, or the scan would cut the committed region short.
-        if hint and not full and self.size_reaching(hint, self.view_catch_up_s) >= hint:
+        if hint and self.size_reaching(hint, self.view_catch_up_s) < hint:
+            if not (hint_may_outrun or full or self.view_catch_up_s == 0):
+                raise StorageError(self.lagging_hint(self.size(), hint))
+            hint = 0
+        if hint and not full:
             heads = self._indexed_prefix(hint)
             if heads is not None:
                 with contextlib.suppress(OSError):
@@ -690,10 +759,9 @@ class SessionStore:
         except FileNotFoundError:
             return TailResult(length=0, heads={})
         try:
-            if hint > os.fstat(fd).st_size:
-                hint = 0  # the hint outran the data (durability "none" and a crash): ignore
-            cut = self._cut_point(hint)
-            for offset, raw, complete in iter_lines(fd, 0):
+            view = self._settled_view(fd, hint)
+            cut = self._cut_point(hint, view)
+            for offset, raw, complete in iter_lines(fd, 0, view):
                 if cut is not None and offset >= cut:
                     truncated_from = offset  # a write in flight that did not finish
                     break
