@@ -7,12 +7,14 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from journal import EventRecord, Journal, encode_line
-from journal.testing import RedisServer
+from journal.testing import RedisServer, faults
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,3 +80,27 @@ def test_secrets_never_reach_the_log(capsys: pytest.CaptureFixture[str]) -> None
         logger.setLevel(before[1])
     err = capsys.readouterr().err
     assert "redis://:***@host/0" in err and "s3cret" not in err
+
+
+def test_a_long_wait_for_the_lease_is_logged(
+    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writer A stalls for 0.8 s right after taking the lease; writer B, waiting behind it,
+    logs how long it waited (over LEASE_WAIT_LOG_S), with its fields."""
+    with Journal(tmp_path, redis_server.url, lease_hold_ms=0) as a, \
+            Journal(tmp_path, redis_server.url, lease_hold_ms=0) as b:
+        a.append(ev(1))
+        faults.configure("after_begin=sleep:0.8")
+        try:
+            stalled = threading.Thread(target=a.append, args=(ev(2),))
+            stalled.start()
+            time.sleep(0.2)  # A holds the lease and sleeps inside it
+            with caplog.at_level(logging.INFO, logger="journal"):
+                b.append(EventRecord.new("s1", "side", 1, {"type": "UserMessage",
+                                                           "content": "b"}))
+            stalled.join(timeout=10)
+        finally:
+            faults.configure(None)
+    waits = [r for r in caplog.records if getattr(r, "event", None) == "lease_wait"]
+    assert waits, [r.getMessage() for r in caplog.records]
+    assert waits[0].session_id == "s1" and waits[0].waited_s >= 0.5

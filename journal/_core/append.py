@@ -5,6 +5,7 @@ the lease may be lost. Also the give-back of held leases on close."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -34,6 +35,10 @@ _RETRY = object()
 # Rounds an append may start over (lease lost before writing, or its lines were cut after a
 # stale writer's bytes landed first). Busy waits are bounded by lease_wait_s instead.
 _MAX_ROUNDS = 1000
+# A wait for a busy lease at least this long is worth a log line (contention, or a writer
+# that holds the lease while it stalls).
+LEASE_WAIT_LOG_S = 0.5
+_log = logging.getLogger("journal.append")
 
 
 def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[EventRecord]]:
@@ -42,6 +47,7 @@ def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[Ev
     keys = core.keys(first.session_id)
     lease_ms = core.settings.lease_ms
     waiter = core.backoff()
+    waited = 0.0
     # Taken out while we work: whatever goes wrong, no stale lease state stays behind.
     held = core.held.pop(first.session_id, None)
     token = held.token if held is not None else core.env.token()
@@ -71,6 +77,7 @@ def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[Ev
                 core.contended(first.session_id)
                 delay = waiter.next(int(reply[1]))
                 _observe.emit("lease_wait", seconds=delay, session_id=first.session_id)
+                waited += delay
                 yield Sleep(delay)
                 continue
             if status == "conflict":
@@ -79,6 +86,11 @@ def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[Ev
                     continue  # Redis's head was stale: the file had more; look again
                 return (yield from _resolve_conflict(core, records, top))
             committed, head_now = int(reply[1]), int(reply[2])
+            if waited >= LEASE_WAIT_LOG_S:
+                _log.info("%s: waited %.2f s for the writer lease", first.session_id, waited,
+                          extra={"event": "lease_wait", "session_id": first.session_id,
+                                 "waited_s": round(waited, 3)})
+            waited = 0.0
         fault.hit("after_begin")
         try:
             outcome = yield from _under_lease(
