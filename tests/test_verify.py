@@ -42,7 +42,8 @@ def write_index(root: Path, lines: list[bytes], session: str = SID) -> None:
             from journal._model.records import decode_line
 
             record = decode_line(line)
-            rows.setdefault(record.branch_id, []).append(INDEX_ENTRY.pack(offset, len(line), checksum(line)))
+            entry = INDEX_ENTRY.pack(offset, len(line), checksum(line))
+            rows.setdefault(record.branch_id, []).append(entry)
         offset += len(line)
     index = root / "index" / session
     index.mkdir(parents=True, exist_ok=True)

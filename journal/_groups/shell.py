@@ -30,7 +30,7 @@ from journal._groups.engine import (
 from journal._io.connect import CLIENT_ERRORS, AsyncClient, SyncClient, redis_error
 from journal._model.ids import validate_id
 from journal._model.records import EventRecord
-from journal.errors import RedisUnavailable
+from journal.errors import RedisUnavailable, SessionDeleted
 from journal.settings import JournalSettings
 
 
@@ -169,7 +169,7 @@ class SyncDeliveries(Iterator[SyncDelivery]):
                 result = self._execute(op)
             except CLIENT_ERRORS as exc:
                 error = redis_error(exc, "redis")
-            except RedisUnavailable as exc:
+            except (RedisUnavailable, SessionDeleted) as exc:  # the worker handles both
                 error = exc
 
     def _execute(self, op: Any) -> Any:
@@ -233,7 +233,7 @@ class AsyncDeliveries(AsyncIterator[AsyncDelivery]):
                 result = await self._execute(op)
             except CLIENT_ERRORS as exc:
                 error = redis_error(exc, "redis")
-            except RedisUnavailable as exc:
+            except (RedisUnavailable, SessionDeleted) as exc:  # the worker handles both
                 error = exc
 
     async def _execute(self, op: Any) -> Any:
