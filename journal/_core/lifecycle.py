@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import msgspec
 
@@ -54,7 +55,7 @@ def _acquire(core: Core, session_id: str, waiter: Backoff) -> Steps[_Lease]:
     while True:
         clock = core.lease_clock(lease_ms)
         reply = yield Lua("lifecycle_acquire", [keys.state, keys.lease, keys.want],
-                          [token, lease_ms])
+                          [token, lease_ms, core.settings.lease_ms])
         if text(reply[0]) == "busy":
             yield Sleep(waiter.next(int(reply[1])))
             continue
@@ -70,6 +71,17 @@ def _release(core: Core, session_id: str, token: str) -> Steps[None]:
 def _guarded(clock: LeaseClock, fn: Callable[[], object]) -> object:
     clock.guard()
     return fn()
+
+
+def _file_step(core: Core, session_id: str, lease: _Lease, fn: Callable[[], Any]) -> Steps[Any]:
+    """A file step under our lease. If it fails (a full disk, say), the lease goes back at
+    once: left to expire, it would stop every writer of the session for rebuild_lease_ms.
+    (Each step leaves the session whole, so whoever comes next may go on from it.)"""
+    try:
+        return (yield Blocking(fn))
+    except Exception:
+        yield from _release(core, session_id, lease.token)
+        raise
 
 
 # ----- delete ----------------------------------------------------------------------------
@@ -91,8 +103,8 @@ def delete(core: Core, session_id: str) -> Steps[None]:
                 yield from _release(core, session_id, lease.token)
                 raise InvalidInput(f"no session {session_id} under {root}")
             dead = msgspec.structs.replace(marks, deleted_at=time.time())
-            yield Blocking(partial(_guarded, lease.clock,
-                                   partial(tombstone.save, root, session_id, dead)))
+            yield from _file_step(core, session_id, lease, partial(
+                _guarded, lease.clock, partial(tombstone.save, root, session_id, dead)))
             fault.hit("delete:after_tombstone")
         ok = yield Lua("lifecycle_clear", [keys.state, keys.lease, tomb_key(core, session_id),
                                            keys.want],
@@ -100,7 +112,7 @@ def delete(core: Core, session_id: str) -> Steps[None]:
         if ok != 1:
             continue  # our lease expired: the tombstone stands; take the lease again
         fault.hit("delete:after_redis")
-        yield Blocking(partial(gate.remove_files, store))
+        yield from _file_step(core, session_id, lease, partial(gate.remove_files, store))
         return
     raise LeaseTimeout(f"delete of {session_id} kept losing its lease")
 
@@ -152,7 +164,7 @@ def truncate_before(core: Core, session_id: str, branch_id: str, sequence: int) 
             continue
         lease, committed = settled
         fault.hit("truncate:after_lease")
-        marks = yield Blocking(partial(gate.marks, store))
+        marks = yield from _file_step(core, session_id, lease, partial(gate.marks, store))
         heads = lease.heads
         head = heads.get(branch_id, 0)
         floor: int = marks.floors.get(branch_id, 1)
@@ -169,7 +181,8 @@ def truncate_before(core: Core, session_id: str, branch_id: str, sequence: int) 
                 raise InvalidInput(problem)
             return floor
         floors = {**marks.floors, branch_id: sequence}
-        new_len = yield Blocking(partial(compaction.prepare, store, floors, committed, heads))
+        new_len = yield from _file_step(core, session_id, lease, partial(
+            compaction.prepare, store, floors, committed, heads))
         fault.hit("truncate:after_prepare")
         ok = yield Lua("lifecycle_clear", [keys.state, keys.lease, tomb_key(core, session_id),
                                            keys.want], [lease.token, "clear", ""])
@@ -180,10 +193,11 @@ def truncate_before(core: Core, session_id: str, branch_id: str, sequence: int) 
         new = msgspec.structs.replace(
             marks, floors=floors, compaction=tombstone.Compaction(committed, new_len)
         )
-        yield Blocking(partial(_guarded, lease.clock,
-                               partial(tombstone.save, root, session_id, new)))
+        yield from _file_step(core, session_id, lease, partial(
+            _guarded, lease.clock, partial(tombstone.save, root, session_id, new)))
         fault.hit("truncate:after_marks")
-        yield Blocking(partial(compaction.finish, store, new, lease.clock.guard))
+        yield from _file_step(core, session_id, lease, partial(
+            compaction.finish, store, new, lease.clock.guard))
         fault.hit("truncate:after_rename")
         pairs: list[str | int | bytes] = []
         for branch, top in heads.items():
@@ -216,20 +230,22 @@ def archive(core: Core, session_id: str) -> Steps[bool]:
             continue
         lease, committed = settled
         fault.hit("archive:after_lease")
-        marks = yield Blocking(partial(gate.marks, store))
+        marks = yield from _file_step(core, session_id, lease, partial(gate.marks, store))
         if not (yield Blocking(store.path.exists)):
             yield from _release(core, session_id, lease.token)
             return False  # archived already (the marks say so: _settled checked the size)
-        sha = yield Blocking(partial(_write_archive, store, committed))
+        sha = yield from _file_step(core, session_id, lease, partial(
+            _write_archive, store, committed))
         fault.hit("archive:after_write")
         new = msgspec.structs.replace(
             marks, compaction=None,
             archived=tombstone.Archived(committed, sha, lease.heads, time.time()),
         )
-        yield Blocking(partial(_guarded, lease.clock,
-                               partial(tombstone.save, root, session_id, new)))
+        yield from _file_step(core, session_id, lease, partial(
+            _guarded, lease.clock, partial(tombstone.save, root, session_id, new)))
         fault.hit("archive:after_marks")
-        yield Blocking(partial(_guarded, lease.clock, partial(gate.archive_files, store)))
+        yield from _file_step(core, session_id, lease, partial(
+            _guarded, lease.clock, partial(gate.archive_files, store)))
         fault.hit("archive:after_unlink")
         yield from _release(core, session_id, lease.token)
         return True
