@@ -1109,6 +1109,8 @@ def recovery_times(run: Run, final_acks: list[dict[str, Any]]) -> dict[str, floa
         start = fault.end if fault.end is not None else fault.t
         longest = 0.0
         for session in fault.sessions:
+            if session in run.deleted:
+                continue  # no next append in a session deleted on purpose
             times = acks.get(session, [])
             i = bisect.bisect_right(times, start)
             longest = max(longest, times[i] - start) if i < len(times) else math.inf
