@@ -76,6 +76,7 @@ from journal import (  # noqa: E402
     AppendOutcomeUnknown,
     EventRecord,
     HistoryTruncated,
+    InvalidInput,
     Journal,
     LeaseTimeout,
     RedisUnavailable,
@@ -618,6 +619,15 @@ class Run:
                     detail = f"max_count {arg}: " + ("; ".join(map(str, actions)) or "nothing")
             except SessionDeleted:
                 pass  # deleted meanwhile: nothing left to do
+            except InvalidInput as exc:
+                if "no session" in str(exc):
+                    # Drawn before any writer reached this session: nothing to act on (the
+                    # one-line refusal an operator gets).
+                    self.notes.append(f"lifecycle {op} {session}: {exc}")
+                else:
+                    self.crashes.append(f"lifecycle {op} {session} refused: {exc}")
+                self.life_pending.remove(job)
+                continue
             except (RedisUnavailable, LeaseTimeout, StorageError, AppendOutcomeUnknown,
                     OSError) as exc:
                 self.notes.append(f"lifecycle {op} {session} will be retried: "
@@ -1010,7 +1020,7 @@ def _removed_stream_problem(have: list[tuple[int, str]], after: int, ids: list[s
     jumps allowed skip removed history (they land at or below the truncation point)."""
     prev = after
     for q, event_id in have:
-        if q != prev + 1 and (deleted or q > floor):
+        if q != prev + 1 and q > floor:  # (a deleted session's marks keep its floors)
             return f"jumps from {prev} to {q}"
         if q <= prev:
             return f"goes back from {prev} to {q}"
