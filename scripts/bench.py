@@ -30,6 +30,10 @@ numbers say little, ratios a lot. The figures (see ``--only``):
     is installed).
 15. The fleet against a durable peer: Redis Lua CAS + XADD on a private redis-server with
     ``appendfsync always``, 4 writers x 4 sessions and 16 writers x 64 sessions.
+16. The cost of the per-line CRC32C (issue 14), with against without, side by side in
+    alternating rounds on the same code path (without: the checksum function replaced by one
+    that returns a constant, the comparison kept): the storage read of 100 events, the index
+    rows of one 250-byte line, and the client CPU of a durable append.
 
 Figures 1-4 run interleaved in rounds (each round runs every meter once, briefly): values are
 medians over the rounds, ratios the medians of the per-round ratios.
@@ -75,7 +79,7 @@ from journal.testing import RedisServer
 REPO = Path(__file__).resolve().parent.parent
 LINE_250 = b'{"bench":"' + b"x" * 237 + b'"}\n'  # 250 bytes with the newline
 KIND: dict[str, Any] = {"type": "PhaseEntered", "phase": "perceive"}
-ALL_FIGURES = tuple(range(1, 16))
+ALL_FIGURES = tuple(range(1, 17))
 MIB = 1024 * 1024
 
 
@@ -1870,6 +1874,117 @@ def figure_15(bench: Bench) -> None:
             bench.rows.append(made)
 
 
+# ----- figure 16: the cost of the per-line checksums -----------------------------------------
+
+
+@contextlib.contextmanager
+def _without_checksums(index: Path | None = None, zeroed: bytes = b"") -> Iterator[None]:
+    """The same code with CRC32C replaced by a constant (0); ``index`` holds ``zeroed``
+    meanwhile, so reads still pass their comparison."""
+    from journal._storage import session_file
+
+    saved = session_file.checksum, session_file.checksum_of
+    kept = index.read_bytes() if index is not None else b""
+    session_file.checksum = session_file.checksum_of = lambda raw: 0
+    if index is not None:
+        index.write_bytes(zeroed)
+    try:
+        yield
+    finally:
+        session_file.checksum, session_file.checksum_of = saved
+        if index is not None:
+            index.write_bytes(kept)
+
+
+def _timed_per_call(fn: Callable[[], object], seconds: float) -> float:
+    """CPU microseconds per call (process time: other work on the machine does not count)."""
+    calls = 0
+    start = time.process_time()
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(20):
+            fn()
+        calls += 20
+    return (time.process_time() - start) / calls * 1e6
+
+
+def _append_cpu_us(j: Journal, sid: str, first: int, n: int) -> float:
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    for seq in range(first, first + n):
+        one = cost_record(sid, seq)
+        try:
+            j.append(one)
+        except AppendOutcomeUnknown:  # a stall (a busy machine): resolve it
+            j.append(one)
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    spent = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    return spent * 1e6 / n
+
+
+def figure_16(bench: Bench) -> None:
+    from journal._storage import session_file
+    from journal._storage.session_file import INDEX_ENTRY, SessionStore
+
+    rounds = 5 if bench.cfg.quick else 9
+    slice_s = 0.3 if bench.cfg.quick else 1.0
+    appends = 200 if bench.cfg.quick else 500
+    tag = uuid.uuid4().hex[:6]
+    sid = f"bench-crc-{tag}"
+    with bench.journal(durability="fsync") as j:
+        for start in range(1, 1001, 100):
+            j.append_batch([cost_record(sid, seq) for seq in range(start, start + 100)])
+        committed = (bench.root / "events" / f"{sid}.jsonl").stat().st_size
+        index = bench.root / "index" / sid / f"main{session_file.INDEX_SUFFIX}"
+        zeroed = b"".join(INDEX_ENTRY.pack(o, n, 0)
+                          for o, n, _ in INDEX_ENTRY.iter_unpack(index.read_bytes()))
+        store = SessionStore(bench.root, sid)
+        line = encode_line(cost_record(sid, 1))
+
+        def read() -> object:
+            return store.read("main", 901, 1000, committed)
+
+        def rows() -> object:
+            return session_file.line_rows(line, 0)
+
+        got: dict[str, list[float]] = {k: [] for k in
+                                       ("read", "read0", "rows", "rows0", "app", "app0")}
+        heads = {"with": 0, "without": 0}
+        def measure(suffix: str, mode: str) -> None:
+            got["read" + suffix].append(_timed_per_call(read, slice_s))
+            got["rows" + suffix].append(_timed_per_call(rows, slice_s))
+            got["app" + suffix].append(_append_cpu_us(j, f"{sid}-{mode}", heads[mode] + 1,
+                                                      appends))
+            heads[mode] += appends
+
+        for rnd in range(rounds):
+            log(f"figure 16: round {rnd + 1}/{rounds}")
+            # Which goes first alternates, so a drift of the machine favours neither.
+            for first in ((True, False) if rnd % 2 == 0 else (False, True)):
+                if first:
+                    measure("", "with")
+                else:
+                    with _without_checksums(index, zeroed):
+                        measure("0", "without")
+
+    def pair(key: str) -> tuple[float, float, float]:
+        """Medians with and without, and the median of the per-round differences."""
+        diffs = [a - b for a, b in zip(got[key], got[key + "0"], strict=True)]
+        return (statistics.median(got[key]), statistics.median(got[key + "0"]),
+                statistics.median(diffs))
+
+    for key, name, what in (
+        ("read", "storage read of 100 events (SessionStore.read, indexed)", "per read"),
+        ("rows", "index rows of one 250-byte line (line_rows)", "per append"),
+        ("app", "client CPU per durable append (getrusage)", "per append"),
+    ):
+        with_, without, diff = pair(key)
+        bench.rows.append(Row(16, f"{name}, with CRC32C", with_, "us",
+                              ref_name="without", ref_value=without,
+                              ratio=with_ / without if without else None,
+                              note=f"checksum cost {what}: {fmt(diff)} us (median of the "
+                                   f"per-round differences, {rounds} alternating rounds)"))
+
+
 # ----- main ---------------------------------------------------------------------------------
 
 
@@ -1886,7 +2001,7 @@ def parse_only(text: str) -> set[int]:
             chosen.add(int(part))
     bad = chosen - set(ALL_FIGURES)
     if bad or not chosen:
-        raise argparse.ArgumentTypeError(f"figures are 1..15, got {text!r}")
+        raise argparse.ArgumentTypeError(f"figures are 1..16, got {text!r}")
     return chosen
 
 
@@ -1921,6 +2036,7 @@ FIGURES: dict[int, tuple[str, Callable[[Bench], None]]] = {
     13: ("SSE latency", lambda b: http_figures(b, 13)),
     14: ("cost of one durable append", figure_14),
     15: ("the fleet against a durable Redis peer", figure_15),
+    16: ("cost of the per-line checksums", figure_16),
 }
 
 

@@ -15,10 +15,20 @@ them live, and faults are injected at random, each kind on by default:
 * ``pubsub``      ``CLIENT KILL TYPE pubsub``: every subscriber connection is cut;
 * ``enospc``      a full disk: the data root is a small tmpfs that gets filled for a moment
   (when mounting works, i.e. as root); otherwise the ``enospc@P`` fault hook;
-* ``slow-fsync``  ``fsync=sleep@P:S`` on some writers.
+* ``slow-fsync``  ``fsync=sleep@P:S`` on some writers;
+* ``lifecycle``   the life-cycle operations of issue 14, run by the orchestrator during the
+  faults on the ``--lifecycle-sessions`` sessions (``chaos-life-N``, written like the others):
+  ``delete`` (never all of them), ``truncate`` (``truncate_before`` a random sequence of a
+  branch), ``archive`` and ``gc`` (a ``max_count`` policy). One that fails (Redis down, the
+  lease busy, the disk full) is run again later, and at the end, until it is done.
 
 Killed writers are replaced. Every writer logs each batch it attempts, each acknowledged
-batch, each error it retried (same records until resolved) and each resolution. Subscribers
+batch, each error it retried (same records until resolved) and each resolution. The checker
+knows what each life-cycle operation removed, from the session's marks at the end: events of
+a deleted session and events below a truncation point are "removed on purpose", not lost
+(every other acknowledged event must be there); a deleted session stays deleted (reads and
+appends raise ``SessionDeleted``, also after Redis lost everything); an archived session is
+read through its archive; subscribers are checked against what is left. Subscribers
 log every event they receive, in order. At the end the checker verifies the invariants
 (nothing acknowledged is lost, nothing is stored twice, every branch is contiguous, every
 unknown outcome resolved as the file says, no batch is torn, every subscriber saw exactly
@@ -65,10 +75,13 @@ sys.path.insert(0, os.environ.get("JOURNAL_CHAOS_CODE") or str(REPO))
 from journal import (  # noqa: E402
     AppendOutcomeUnknown,
     EventRecord,
+    HistoryTruncated,
+    InvalidInput,
     Journal,
     LeaseTimeout,
     RedisUnavailable,
     SequenceConflict,
+    SessionDeleted,
     StorageError,
 )
 from journal.testing import faults  # noqa: E402
@@ -144,10 +157,17 @@ def writer_main(argv: list[str]) -> int:
             time.sleep(0.05)
     counter = 0
     while not stopping.is_set():
+        if not sessions:
+            time.sleep(0.05)
+            continue
         session = rng.choice(sessions)
         branch = BRANCHES[0] if rng.random() < 0.7 else BRANCHES[1]
         try:
             head = j.head(session, branch)
+        except SessionDeleted:  # deleted on purpose (a lifecycle fault): write elsewhere
+            log(a="session_deleted", s=session)
+            sessions.remove(session)
+            continue
         except Exception as exc:
             if not isinstance(exc, RedisUnavailable | LeaseTimeout):
                 log(a="head_error", s=session, b=branch, err=type(exc).__name__,
@@ -172,6 +192,12 @@ def writer_main(argv: list[str]) -> int:
                     log(a="resolved", ids=ids, outcome="not_committed", head=exc.expected - 1)
                 else:
                     log(a="conflict", ids=ids)
+                break
+            except SessionDeleted:
+                # Committed before the delete or not: either way deleted on purpose.
+                log(a="resolved", ids=ids, outcome="deleted")
+                log(a="session_deleted", s=session)
+                sessions.remove(session)
                 break
             except Exception as exc:
                 # RETRIED is expected; anything else (another JournalError, or worse, not a
@@ -234,6 +260,9 @@ def subscriber_main(argv: list[str]) -> int:
             try:
                 top = j.head(session, branch)
                 break
+            except SessionDeleted:
+                log(a="ended", s=session, b=branch, reason="deleted")
+                return
             except Exception:
                 time.sleep(0.05)
         after = rng.randint(0, top)
@@ -243,6 +272,13 @@ def subscriber_main(argv: list[str]) -> int:
                 for rec in j.subscribe(session, branch, after_sequence=after):
                     log(s=rec.session_id, b=rec.branch_id, q=rec.sequence, id=rec.event_id)
                     after = rec.sequence
+            except SessionDeleted:
+                log(a="ended", s=session, b=branch, reason="deleted")
+                return
+            except HistoryTruncated as exc:  # told where the branch now starts: go on there
+                log(a="truncated", s=session, b=branch, first=exc.first)
+                after = max(after, exc.first - 1)
+                continue
             except Exception as exc:
                 # A finding: a subscription must never fail while Redis comes back. Resume
                 # after the last event received, so the order check still covers the rest.
@@ -347,6 +383,11 @@ class Run:
     filler_until: float = 0.0
     stop_hold_s: float = 0.0
     fault_log: Log | None = None
+    life: list[str] = field(default_factory=list)  # sessions the lifecycle faults act on
+    deleted: dict[str, float] = field(default_factory=dict)  # session -> when
+    life_j: Any = None
+    life_pending: list[list[Any]] = field(default_factory=list)  # [op, session, arg]
+    life_done: Counter[str] = field(default_factory=Counter)
 
     # ----- processes ---------------------------------------------------------------------
 
@@ -455,7 +496,8 @@ class Run:
             self.fault_log(kind=fault.kind, sessions=fault.sessions, detail=fault.detail)
 
     def inject(self) -> None:
-        kinds = {"kill": 4, "zombie": 2, "redis": 1, "pubsub": 1.5, "enospc": 1}
+        kinds = {"kill": 4, "zombie": 2, "redis": 1, "pubsub": 1.5, "enospc": 1,
+                 "lifecycle": 1.5}
         choices = [k for k in kinds if k in self.cfg.enabled]
         if not self.tmpfs and "enospc" in choices:
             choices.remove("enospc")  # the hook does it, in the writers
@@ -501,6 +543,109 @@ class Run:
             self.record(Fault("pubsub-kill", t, [], detail=f"{killed} connections"))
         elif kind == "enospc":
             self.fill_disk()
+        elif kind == "lifecycle":
+            self.lifecycle()
+
+    # ----- life-cycle operations (issue 14) ----------------------------------------------
+
+    def lifecycle(self, op: str | None = None) -> None:
+        """Queue one life-cycle operation (``op``, or one drawn) on a life session, then run
+        what is queued."""
+        alive = [s for s in self.life if s not in self.deleted
+                 and not any(job[0] == "delete" and job[1] == s for job in self.life_pending)]
+        if not alive:
+            return
+        ops = ["truncate", "archive", "gc"]
+        if len(alive) > 1:  # never all of them: the others go on being written
+            ops.append("delete")
+        if op is None:
+            op = self.rng.choice(ops)
+        elif op not in ops:
+            return
+        session = self.rng.choice(alive)
+        arg: Any = None
+        if op == "truncate":
+            arg = [self.rng.choice(BRANCHES), None]  # the sequence is drawn at the first try
+        elif op == "gc":
+            arg = self.rng.randint(5, 40)  # max_count
+        self.life_pending.append([op, session, arg])
+        self.run_lifecycle()
+
+    def _life_journal(self) -> Journal:
+        if self.life_j is None:
+            j = Journal(self.root, self.url, lease_ms=self.cfg.lease_ms, socket_timeout_s=2.0,
+                        lease_wait_s=2.0)
+            j.open()
+            self.life_j = j
+        journal: Journal = self.life_j
+        return journal
+
+    def run_lifecycle(self) -> bool:
+        """Run the queued operations; True when none is left. A failure that a caller is
+        told to retry keeps the operation queued (a retry finishes the job)."""
+        from journal._core import retention
+
+        for job in list(self.life_pending):
+            op, session, arg = job
+            t = now()
+            try:
+                j = self._life_journal()
+                detail = ""
+                if op == "delete":
+                    j.delete(session)
+                    self.deleted.setdefault(session, t)
+                elif op == "truncate":
+                    branch = arg[0]
+                    if arg[1] is None:
+                        head = j.head(session, branch)
+                        if head < 3:
+                            self.life_pending.remove(job)
+                            continue
+                        arg[1] = self.rng.randint(2, head)
+                    j.truncate_before(session, branch, arg[1])
+                    detail = f"{branch} before {arg[1]}"
+                elif op == "archive":
+                    detail = "archived" if j.archive(session) else "already archived"
+                else:
+                    policy = self.cfg.workdir / "retention.toml"
+                    policy.write_text(f'[[policy]]\nprefix = "{session}"\n'
+                                      f"max_count = {arg}\n")
+                    actions = [a for a in retention.plan(j, self.root,
+                                                         retention.load_policies(policy),
+                                                         time.time())
+                               if a.session == session]  # -1 must not take -10 along
+                    for action in actions:
+                        retention.apply(j, action)
+                    detail = f"max_count {arg}: " + ("; ".join(map(str, actions)) or "nothing")
+            except SessionDeleted:
+                pass  # deleted meanwhile: nothing left to do
+            except InvalidInput as exc:
+                if "no session" in str(exc):
+                    # Drawn before any writer reached this session: nothing to act on (the
+                    # one-line refusal an operator gets).
+                    self.notes.append(f"lifecycle {op} {session}: {exc}")
+                else:
+                    self.crashes.append(f"lifecycle {op} {session} refused: {exc}")
+                self.life_pending.remove(job)
+                continue
+            except (RedisUnavailable, LeaseTimeout, StorageError, AppendOutcomeUnknown,
+                    OSError) as exc:
+                self.notes.append(f"lifecycle {op} {session} will be retried: "
+                                  f"{type(exc).__name__}: {str(exc)[:120]}")
+                if isinstance(exc, RedisUnavailable) and self.life_j is not None:
+                    with contextlib.suppress(Exception):
+                        self.life_j.close()
+                    self.life_j = None
+                continue
+            except Exception as exc:
+                self.crashes.append(f"lifecycle {op} {session} raised {type(exc).__name__}: "
+                                    f"{exc} (not one of the errors a caller is told to expect)")
+            self.life_pending.remove(job)
+            self.life_done[op] += 1
+            # A delete has no "next append" in its session: no recovery time for it.
+            self.record(Fault(f"lifecycle:{op}", t, [] if op == "delete" else [session],
+                              end=now(), detail=f"{session} {detail}".strip()))
+        return not self.life_pending
 
     def fill_disk(self) -> None:
         st = os.statvfs(self.root)
@@ -587,18 +732,64 @@ class Findings:
         self.failures.append(message)
 
 
-def committed_from_files(root: Path, sessions: list[str], f: Findings) -> dict[
-        tuple[str, str], list[str]]:
-    """Every (session, branch) -> event ids by sequence, straight from the files, with
-    the corruption, gap and duplicate checks on the raw lines."""
-    history: dict[tuple[str, str], list[str]] = {}
+@dataclass
+class Removed:
+    """What the life-cycle operations removed on purpose, from the sessions' marks."""
+
+    deleted: set[str] = field(default_factory=set)
+    floors: dict[tuple[str, str], int] = field(default_factory=dict)  # lowest stored sequence
+    archived: set[str] = field(default_factory=set)
+
+    def floor(self, session: str, branch: str) -> int:
+        return self.floors.get((session, branch), 1)
+
+    @classmethod
+    def load(cls, root: Path, sessions: list[str]) -> Removed:
+        from journal._storage import tombstone
+
+        found = cls()
+        for session in sessions:
+            marks = tombstone.load(root, session)
+            if marks.deleted_at is not None:
+                found.deleted.add(session)
+            if marks.archived is not None:
+                found.archived.add(session)
+            for branch, floor in marks.floors.items():
+                found.floors[(session, branch)] = floor
+        return found
+
+
+# Per (session, branch): the event ids by sequence, None below a truncation point.
+History = dict[tuple[str, str], list[str | None]]
+
+
+def committed_from_files(root: Path, sessions: list[str], f: Findings,
+                         removed: Removed) -> History:
+    """Every (session, branch) -> event ids by sequence, straight from the files (or the
+    archive of an archived session), with the corruption, gap and duplicate checks on the
+    raw lines. A deleted session must have left no file and no archive."""
+    from journal._storage import archive, tombstone
+
+    history: History = {}
     gaps = dups = corrupt = 0
     seen: Counter[str] = Counter()
     for session in sessions:
         path = root / "events" / f"{session}.jsonl"
+        zst = archive.archive_path(root, session)
+        if session in removed.deleted:
+            if path.exists() or zst.exists():
+                f.fail(f"{session} is deleted but its file or archive is still there")
+            continue
         seqs: dict[str, list[int]] = defaultdict(list)
         ids: dict[str, list[str]] = defaultdict(list)
-        data = path.read_bytes() if path.exists() else b""
+        if path.exists():
+            data = path.read_bytes()
+        elif session in removed.archived:
+            marks = tombstone.load(root, session)
+            assert marks.archived is not None
+            data = archive.read(zst, marks.archived.sha256)
+        else:
+            data = b""
         if data and not data.endswith(b"\n"):
             corrupt += 1
             f.fail(f"{path}: ends with a torn line after the final append")
@@ -616,11 +807,12 @@ def committed_from_files(root: Path, sessions: list[str], f: Findings) -> dict[
             seen[rec["event_id"]] += 1
         for branch in sorted(set(seqs) | set(BRANCHES)):
             got = seqs.get(branch, [])
-            if got != list(range(1, len(got) + 1)):
-                bad = sum(1 for i, q in enumerate(got, 1) if q != i) or 1
+            floor = removed.floor(session, branch)  # a compacted branch starts there
+            if got != list(range(floor, floor + len(got))):
+                bad = sum(1 for i, q in enumerate(got, floor) if q != i) or 1
                 gaps += bad
-                f.fail(f"{session}/{branch}: not contiguous from 1 ({bad} out of place)")
-            history[(session, branch)] = ids.get(branch, [])
+                f.fail(f"{session}/{branch}: not contiguous from {floor} ({bad} out of place)")
+            history[(session, branch)] = [None] * (floor - 1) + list(ids.get(branch, []))
     for event_id, n in seen.items():
         if n > 1:
             dups += n - 1
@@ -631,12 +823,30 @@ def committed_from_files(root: Path, sessions: list[str], f: Findings) -> dict[
     return history
 
 
-def check_api_view(j: Journal, history: dict[tuple[str, str], list[str]], f: Findings,
-                   what: str) -> None:
+def check_api_view(j: Journal, history: History, f: Findings, what: str,
+                   removed: Removed) -> None:
+    for session in sorted(removed.deleted):
+        try:
+            j.head(session)
+            f.fail(f"{what}: deleted {session} still answers head")
+        except SessionDeleted:
+            pass
+        except Exception as exc:
+            f.fail(f"{what}: deleted {session}: {type(exc).__name__}: {exc}")
     for (session, branch), ids in history.items():
-        got: list[str] = []
+        floor = removed.floor(session, branch)
+        got: list[str | None] = [None] * (floor - 1)
         try:
             head = j.head(session, branch)
+            if floor > 1 and head >= floor - 1:
+                try:  # below the point: told where it starts, never given less
+                    j.read(session, branch, floor - 1, 1)
+                    f.fail(f"{what}: {session}/{branch} read below its truncation point "
+                           f"{floor} did not raise HistoryTruncated")
+                except HistoryTruncated as exc:
+                    if exc.first != floor:
+                        f.fail(f"{what}: {session}/{branch} HistoryTruncated.first "
+                               f"{exc.first}, the marks say {floor}")
             while len(got) < len(ids) + 1:
                 page = j.read(session, branch, len(got) + 1, 5000)
                 if not page:
@@ -650,12 +860,23 @@ def check_api_view(j: Journal, history: dict[tuple[str, str], list[str]], f: Fin
                    f"file has {len(ids)}; equal={got == ids}")
 
 
-def check(run: Run, f: Findings, final_acks: list[dict[str, Any]],
-          history: dict[tuple[str, str], list[str]]) -> None:
+def check(run: Run, f: Findings, final_acks: list[dict[str, Any]], history: History,
+          removed: Removed) -> None:
     position: dict[str, tuple[str, str, int]] = {}
-    for (session, branch), ids in history.items():
-        for i, event_id in enumerate(ids, 1):
-            position[event_id] = (session, branch, i)
+    for (session, branch), stored in history.items():
+        for i, event_id in enumerate(stored, 1):
+            if event_id is not None:
+                position[event_id] = (session, branch, i)
+
+    def on_purpose(session: str, branch: str, sequence: int) -> str | None:
+        """Why an event at this place may be missing: removed by a life-cycle operation."""
+        if session in removed.deleted:
+            return "deleted"
+        if sequence < removed.floor(session, branch):
+            return "truncated"
+        return None
+
+    gone: Counter[str] = Counter()  # acknowledged events removed on purpose, by why
     writer_logs = {p.name: read_log(p.log) for p in run.procs if p.role == "writer"}
     acked = 0
     lost = misplaced = 0
@@ -674,12 +895,17 @@ def check(run: Run, f: Findings, final_acks: list[dict[str, Any]],
     unexpected_example: dict[str, str] = {}
     for name, items in writer_logs.items():
         open_errors: dict[tuple[str, ...], dict[str, Any]] = {}
+        tried: dict[tuple[str, ...], dict[str, Any]] = {}
         for item in items:
             kind = item.get("a")
             if kind == "try":
                 tries += 1
+                tried[tuple(item["ids"])] = item
                 present = [i for i in item["ids"] if i in position]
-                if present and len(present) != len(item["ids"]):
+                missing_on_purpose = all(
+                    on_purpose(item["s"], item["b"], item["q"] + k)
+                    for k, i in enumerate(item["ids"]) if i not in position)
+                if present and len(present) != len(item["ids"]) and not missing_on_purpose:
                     torn_batches += 1
                     f.fail(f"{name}: batch {item['s']}/{item['b']} from {item['q']} is torn: "
                            f"{len(present)} of {len(item['ids'])} events committed")
@@ -704,7 +930,15 @@ def check(run: Run, f: Findings, final_acks: list[dict[str, Any]],
                 open_errors.pop(key, None)
                 resolved[item["outcome"]] += 1
                 there = [i in position for i in item["ids"]]
-                ok = all(there) if item["outcome"] == "committed" else not any(there)
+                t = tried.get(key, {})
+                whys = [on_purpose(t["s"], t["b"], t["q"] + k) if t else None
+                        for k in range(len(there))]
+                if item["outcome"] == "deleted":
+                    ok = not any(there) and t.get("s") in removed.deleted
+                elif item["outcome"] == "committed":
+                    ok = all(a or b for a, b in zip(there, whys, strict=True))
+                else:
+                    ok = not any(there)
                 if not ok:
                     wrong_resolution += 1
                     f.fail(f"{name}: resolution {item['outcome']} of {item['ids'][0]}.. "
@@ -716,7 +950,10 @@ def check(run: Run, f: Findings, final_acks: list[dict[str, Any]],
                 for k, event_id in enumerate(item["ids"]):
                     acked += 1
                     where = position.get(event_id)
-                    if where is None:
+                    why = on_purpose(item["s"], item["b"], item["q"] + k)
+                    if where is None and why is not None:
+                        gone[why] += 1
+                    elif where is None:
                         lost += 1
                         f.fail(f"{name}: acknowledged event {event_id} "
                                f"({item['s']}/{item['b']} {item['q'] + k}) is lost")
@@ -742,6 +979,8 @@ def check(run: Run, f: Findings, final_acks: list[dict[str, Any]],
     f.rows["append attempts (batches)"] = tries
     f.rows["sequence conflicts (contention)"] = conflicts
     f.rows["events acknowledged"] = acked
+    f.rows["acknowledged, then deleted on purpose (delete)"] = gone["deleted"]
+    f.rows["acknowledged, then removed on purpose (truncate, gc)"] = gone["truncated"]
     f.rows["lost"] = lost
     f.rows["misplaced"] = misplaced
     f.rows["torn batches"] = torn_batches
@@ -749,8 +988,8 @@ def check(run: Run, f: Findings, final_acks: list[dict[str, Any]],
         f"{k} {v}" for k, v in sorted(errors.items())) or "none"
     f.rows["unknown outcomes (AppendOutcomeUnknown, batches)"] = unknown_batches
     f.rows["other errors retried with the same records (batches)"] = other_batches
-    f.rows["resolved by retry: committed / not committed"] = (
-        f"{resolved['committed']} / {resolved['not_committed']}")
+    f.rows["resolved by retry: committed / not committed / deleted"] = (
+        f"{resolved['committed']} / {resolved['not_committed']} / {resolved['deleted']}")
     f.rows["resolutions that disagree with the file"] = wrong_resolution
     f.rows["unresolved (writer killed while retrying): committed / not"] = (
         f"{abandoned_present} / {abandoned - abandoned_present}")
@@ -759,12 +998,50 @@ def check(run: Run, f: Findings, final_acks: list[dict[str, Any]],
         f.rows["wrong acknowledgements"] = bad_acks
 
 
-def check_subscribers(run: Run, history: dict[tuple[str, str], list[str]],
-                      f: Findings) -> None:
+def _acked_positions(run: Run) -> dict[tuple[str, str, int], str]:
+    """(session, branch, sequence) -> event id of every acknowledged event."""
+    acked: dict[tuple[str, str, int], str] = {}
+    for p in run.procs:
+        if p.role == "writer":
+            for item in read_log(p.log):
+                if item.get("a") == "ack":
+                    for k, event_id in enumerate(item["ids"]):
+                        acked[(item["s"], item["b"], item["q"] + k)] = event_id
+    return acked
+
+
+def _removed_stream_problem(have: list[tuple[int, str]], after: int, ids: list[str | None],
+                            floor: int, deleted: bool,
+                            acked: dict[tuple[str, str, int], str],
+                            key: tuple[str, str]) -> str:
+    """What is wrong with a subscriber's stream of a branch that lost events on purpose
+    (deleted session, or truncated branch), or "" when nothing is. Events still stored must
+    be exactly the file's; removed ones must be the acknowledged ones where known; the only
+    jumps allowed skip removed history (they land at or below the truncation point)."""
+    prev = after
+    for q, event_id in have:
+        if q != prev + 1 and q > floor:  # (a deleted session's marks keep its floors)
+            return f"jumps from {prev} to {q}"
+        if q <= prev:
+            return f"goes back from {prev} to {q}"
+        stored = ids[q - 1] if q <= len(ids) else None
+        if stored is not None and stored != event_id:
+            return f"sequence {q} is {event_id}, the file has {stored}"
+        known = acked.get((key[0], key[1], q))
+        if stored is None and known is not None and known != event_id:
+            return f"sequence {q} is {event_id}, the acknowledged event was {known}"
+        prev = q
+    if not deleted and len(ids) > max(after, floor - 1) and prev != len(ids):
+        return f"ends at {prev}, the branch at {len(ids)}"
+    return ""
+
+
+def check_subscribers(run: Run, history: History, f: Findings, removed: Removed) -> None:
     received = 0
     mismatched = 0
     streams = 0
     crashes: Counter[str] = Counter()
+    acked = _acked_positions(run)
     for p in run.procs:
         if p.role != "subscriber":
             continue
@@ -783,12 +1060,24 @@ def check_subscribers(run: Run, history: dict[tuple[str, str], list[str]],
                 got[(item["s"], item["b"])].append((item["q"], item["id"]))
                 received += 1
         keys = set(history) if firehose else set(starts)
+        if firehose:  # the deleted sessions it followed before they were deleted
+            keys |= {k for k in got if k[0] in removed.deleted}
         for key in sorted(keys):
             streams += 1
             after = 0 if firehose else starts[key]
             ids = history.get(key, [])
-            want = list(enumerate(ids[after:], after + 1))
             have = got.get(key, [])
+            floor = removed.floor(*key)
+            if key[0] in removed.deleted or floor > 1:
+                problem = _removed_stream_problem(have, after, ids, floor,
+                                                  key[0] in removed.deleted, acked, key)
+                if problem:
+                    mismatched += 1
+                    why = "deleted" if key[0] in removed.deleted else f"truncated before {floor}"
+                    f.fail(f"subscriber {p.name} {key[0]}/{key[1]} from {after} ({why}): "
+                           f"{problem}")
+                continue
+            want = list(enumerate(ids[after:], after + 1))
             if have != want:
                 mismatched += 1
                 first_bad = next((i for i, (x, y) in enumerate(zip(have, want, strict=False))
@@ -830,6 +1119,8 @@ def recovery_times(run: Run, final_acks: list[dict[str, Any]]) -> dict[str, floa
         start = fault.end if fault.end is not None else fault.t
         longest = 0.0
         for session in fault.sessions:
+            if session in run.deleted:
+                continue  # no next append in a session deleted on purpose
             times = acks.get(session, [])
             i = bisect.bisect_right(times, start)
             longest = max(longest, times[i] - start) if i < len(times) else math.inf
@@ -863,13 +1154,17 @@ def unmount(path: Path) -> None:
 
 
 def parse_args(argv: list[str]) -> Config:
-    kinds = ["kill", "window-kill", "zombie", "redis", "pubsub", "enospc", "slow-fsync"]
+    kinds = ["kill", "window-kill", "zombie", "redis", "pubsub", "enospc", "slow-fsync",
+             "lifecycle"]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=None, help="seconds (default 300)")
     ap.add_argument("--quick", action="store_true", help="~20 s with small settings")
     ap.add_argument("--writers", type=int, default=None, help="writer processes (default 4)")
     ap.add_argument("--sessions", type=int, default=None, help="sessions (default 2)")
+    ap.add_argument("--lifecycle-sessions", type=int, default=None,
+                    help="more sessions, chaos-life-N, that the lifecycle faults act on "
+                         "(default 2 with --quick, else 3; 0 with --no-lifecycle)")
     ap.add_argument("--subscribers", type=int, default=None,
                     help="subscriber processes (default 2; 0 for none)")
     ap.add_argument("--seed", type=int, default=None)
@@ -920,6 +1215,8 @@ def parse_args(argv: list[str]) -> Config:
     cfg._json = a.json  # type: ignore[attr-defined]
     cfg._keep = a.keep  # type: ignore[attr-defined]
     cfg._snapshot = not a.no_snapshot  # type: ignore[attr-defined]
+    life = a.lifecycle_sessions if a.lifecycle_sessions is not None else (2 if quick else 3)
+    cfg._life = life if "lifecycle" in cfg.enabled else 0  # type: ignore[attr-defined]
     return cfg
 
 
@@ -934,8 +1231,9 @@ def orchestrate(cfg: Config) -> int:
     root.mkdir(parents=True, exist_ok=True)
     server = RedisServer(dir=cfg.workdir / "redis")
     server.start()
-    sessions = [f"chaos-{i}" for i in range(cfg.sessions)]
-    run = Run(cfg, root, server.url, rng, server, sessions, tmpfs=tmpfs)
+    life = [f"chaos-life-{i}" for i in range(cfg._life)]  # type: ignore[attr-defined]
+    sessions = [f"chaos-{i}" for i in range(cfg.sessions)] + life
+    run = Run(cfg, root, server.url, rng, server, sessions, tmpfs=tmpfs, life=life)
     run.stop_hold_s = cfg.lease_ms / 1000 * 1.5 + 0.1
     run.fault_log = Log(cfg.workdir / "logs" / "faults.jsonl")
     f = Findings()
@@ -961,6 +1259,11 @@ def orchestrate(cfg: Config) -> int:
         start = now()
         end = start + cfg.duration
         next_fault = start + rng.expovariate(1 / cfg.fault_interval)
+        # Each life-cycle operation runs at least once, at a fixed point of the run, besides
+        # the ones drawn among the faults.
+        life_schedule = [(start + cfg.duration * frac, op) for frac, op in (
+            (0.25, "truncate"), (0.4, "archive"), (0.55, "gc"), (0.7, "delete"))
+            if "lifecycle" in cfg.enabled and run.life]
         next_progress = start + 10
         subs_started = 0
         while now() < end:
@@ -976,6 +1279,8 @@ def orchestrate(cfg: Config) -> int:
             if t >= next_fault:
                 run.inject()
                 next_fault = now() + rng.expovariate(1 / cfg.fault_interval)
+            while life_schedule and t >= life_schedule[0][0]:
+                run.lifecycle(life_schedule.pop(0)[1])
             if t >= next_progress:
                 next_progress += 10
                 print(f"  t={t - start:5.0f}s  writers spawned {run.spawned['writer']}, "
@@ -988,6 +1293,15 @@ def orchestrate(cfg: Config) -> int:
         hung = run.stop_writers(timeout=max(30.0, cfg.lease_ms / 1000 * 20))
         if hung:
             f.fail(f"writers did not finish their last batch after SIGTERM: {hung}")
+        # Life-cycle operations that failed during the faults: a retry finishes each.
+        retry_until = now() + 30
+        while not run.run_lifecycle() and now() < retry_until:
+            time.sleep(0.5)
+        if run.life_pending:
+            f.fail(f"lifecycle operations not finished after 30 s of retries: "
+                   f"{run.life_pending}")
+        if run.life_j is not None:
+            run.life_j.close()
         for p in run.procs:
             if p.role == "subscriber" and p.popen.poll() is not None:
                 f.fail(f"subscriber {p.name} exited early with status {p.popen.returncode}")
@@ -997,6 +1311,17 @@ def orchestrate(cfg: Config) -> int:
         j.open()
         appendable = True
         for session in sessions:
+            if session in run.deleted:  # deleted stays deleted
+                try:
+                    j.append(EventRecord.new(session, "main", 1, {"type": "UserMessage",
+                                                                   "content": "late"}))
+                    f.fail(f"final append to deleted {session} was accepted")
+                except SessionDeleted:
+                    pass
+                except Exception as exc:
+                    f.fail(f"final append to deleted {session}: {type(exc).__name__}: {exc}, "
+                           "not SessionDeleted")
+                continue
             for branch in BRANCHES:
                 for _ in range(20):
                     try:
@@ -1016,7 +1341,8 @@ def orchestrate(cfg: Config) -> int:
         f.rows["appendable after all faults"] = "yes" if appendable else "NO"
 
         # Subscribers get a grace period to reach the final heads, then are stopped.
-        history = committed_from_files(root, sessions, f)
+        removed = Removed.load(root, sessions)
+        history = committed_from_files(root, sessions, f, removed)
         deadline = now() + cfg.grace
         while now() < deadline and not _subscribers_caught_up(run, history):
             time.sleep(0.2)
@@ -1030,13 +1356,17 @@ def orchestrate(cfg: Config) -> int:
 
         for crash in run.crashes:
             f.fail(crash)
-        check(run, f, final_acks, history)
-        check_subscribers(run, history, f)
-        check_api_view(j, history, f, "read with Redis state")
+        check(run, f, final_acks, history, removed)
+        check_subscribers(run, history, f, removed)
+        check_api_view(j, history, f, "read with Redis state", removed)
         server.restart()  # Redis forgets everything: the rebuild path must agree
         j.close()
         j = Journal(root, server.url, lease_ms=cfg.lease_ms, socket_timeout_s=5).open()
-        check_api_view(j, history, f, "read after Redis lost everything")
+        check_api_view(j, history, f, "read after Redis lost everything", removed)
+        f.rows["lifecycle operations done"] = ", ".join(
+            f"{op} {n}" for op, n in sorted(run.life_done.items())) or "none"
+        f.rows["sessions deleted / archived at the end / branches truncated"] = (
+            f"{len(removed.deleted)} / {len(removed.archived)} / {len(removed.floors)}")
         j.close()
         worst = recovery_times(run, final_acks)
         report = build_report(run, f, worst, history, now() - t0, mode)
@@ -1065,7 +1395,7 @@ def orchestrate(cfg: Config) -> int:
     return status
 
 
-def _subscribers_caught_up(run: Run, history: dict[tuple[str, str], list[str]]) -> bool:
+def _subscribers_caught_up(run: Run, history: History) -> bool:
     for p in run.procs:
         if p.role != "subscriber" or p.popen.poll() is not None:
             continue
@@ -1112,7 +1442,7 @@ def _violation_kind(message: str) -> str:
 
 
 def build_report(run: Run, f: Findings, worst: dict[str, float],
-                 history: dict[tuple[str, str], list[str]], wall: float, mode: str) -> str:
+                 history: History, wall: float, mode: str) -> str:
     cfg = run.cfg
     counts = _fault_counts(run)
     enospc_seen = 0
@@ -1123,7 +1453,8 @@ def build_report(run: Run, f: Findings, worst: dict[str, float],
     lines = [
         f"### Chaos run: {cfg.duration:g} s, seed {cfg.seed}",
         "",
-        f"{cfg.writers} writers on {cfg.sessions} sessions x {len(BRANCHES)} branches, "
+        f"{cfg.writers} writers on {cfg.sessions} + {len(run.life)} life-cycle sessions x "
+        f"{len(BRANCHES)} branches, "
         f"{cfg.subscribers} subscribers, lease {cfg.lease_ms} ms, batches of 1..{cfg.batch_max}"
         f"; disk full via {mode}; wall time {wall:.0f} s; code {code_version()}.",
         "",
@@ -1137,7 +1468,7 @@ def build_report(run: Run, f: Findings, worst: dict[str, float],
     lines.append(f"| ENOSPC errors seen by writers | {enospc_seen} |")
     for key, value in f.rows.items():
         lines.append(f"| {key} | {value} |")
-    total = sum(len(ids) for ids in history.values())
+    total = sum(1 for ids in history.values() for i in ids if i is not None)
     lines.append(f"| events in the journal at the end | {total} |")
     for kind in sorted(worst):
         value = worst[kind]

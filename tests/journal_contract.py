@@ -227,11 +227,11 @@ class JournalContract(Contract):
         j = self.make_journal()
         j.append_batch([ev(i) for i in range(1, 21)])
         j.append_batch([ev(i, branch="alt") for i in range(1, 4)])
-        index = self.backend.root / "index" / "s1" / "main.idx"
+        index = self.backend.root / "index" / "s1" / "main.idx2"
         index.unlink()
         assert [r.sequence for r in j.read("s1", from_sequence=15, limit=3)] == [15, 16, 17]
         j.append(ev(21))
-        assert index.stat().st_size == 21 * 12
+        assert index.stat().st_size == 21 * 16
         # an index that points at the wrong lines is detected, not trusted
         index.write_bytes(index.read_bytes()[12:] + index.read_bytes()[:12])
         assert [r.sequence for r in j.read("s1", from_sequence=1, limit=3)] == [1, 2, 3]
@@ -358,7 +358,7 @@ class JournalContract(Contract):
         monkeypatch.setattr(session_file, "REVALIDATE_S", 0.0)
         j.append(ev(4))
         assert [r.sequence for r in j.read("s1")] == [1, 2, 3, 4]
-        assert (self.backend.root / "index" / "s1" / "main.idx").stat().st_size == 4 * 12
+        assert (self.backend.root / "index" / "s1" / "main.idx2").stat().st_size == 4 * 16
         j.close()
 
     def test_a_process_reads_its_own_writes_with_pipelined_commits(self) -> None:
@@ -411,14 +411,14 @@ class JournalContract(Contract):
         j.append_batch([ev(i) for i in range(11, 16)])
         index = self.backend.root / "index" / "s1"
         if damage == "index-lost-branch":
-            (index / "alt.idx").unlink()  # its lines would be missed: the sums disagree
+            (index / "alt.idx2").unlink()  # its lines would be missed: the sums disagree
         elif damage == "index-short":
-            raw = (index / "main.idx").read_bytes()
-            (index / "main.idx").write_bytes(raw[:-24])
+            raw = (index / "main.idx2").read_bytes()
+            (index / "main.idx2").write_bytes(raw[:-32])
         elif damage == "bad-last-entry":
-            raw = bytearray((index / "main.idx").read_bytes())
-            raw[-12:] = raw[-24:-12]  # the last entry points at the line before it
-            (index / "main.idx").write_bytes(bytes(raw))
+            raw = bytearray((index / "main.idx2").read_bytes())
+            raw[-16:] = raw[-32:-16]  # the last entry points at the line before it
+            (index / "main.idx2").write_bytes(bytes(raw))
         j.close()
         scans = 0  # (the session's first append rebuilt its empty state too)
         self.backend.restart_empty()
@@ -427,7 +427,7 @@ class JournalContract(Contract):
         assert scans == (0 if damage == "none" else 1), "the wrong rebuild path ran"
         assert [r.sequence for r in j2.read("s1", "main", 9, 10)] == list(range(9, 16))
         j2.append(ev(16))
-        assert (index / "main.idx").stat().st_size == 16 * 12
+        assert (index / "main.idx2").stat().st_size == 16 * 16
         j2.close()
 
     def test_readers_make_rolled_forward_lines_visible_without_a_writer(self) -> None:

@@ -61,6 +61,11 @@ def test_quick_chaos_keeps_every_invariant(tmp_path: Path) -> None:
     assert rows["appendable after all faults"] == "yes"
     assert rows["events acknowledged"] > 100, "the writers barely ran: the run proved little"
     assert sum(result["faults"].values()) > 10, result["faults"]
+    # The life-cycle operations ran (issue 14), and what they removed is not counted lost.
+    for op in ("delete", "truncate", "archive", "gc"):
+        assert result["faults"].get(f"lifecycle:{op}", 0) >= 1, result["faults"]
+    assert rows["sessions deleted / archived at the end / branches truncated"].startswith(
+        "1 /"), text[-3000:]
     assert code == 0, text[-3000:]
 
 

@@ -259,7 +259,7 @@ def test_verify_command(env: tuple[Path, str, Journal]) -> None:
     only_s2 = cli("verify", "s2", root=root)
     assert only_s2.returncode == 0 and only_s2.stdout == ""
 
-    (root / "index" / "s2" / "main.idx").unlink()  # a missing index is only a note
+    (root / "index" / "s2" / "main.idx2").unlink()  # a missing index is only a note
     noted = cli("verify", "s2", root=root)
     assert noted.returncode == 0 and ": note: no index for branch main" in noted.stdout
     assert cli("verify", "s2", "--strict", root=root).returncode == EXIT_CORRUPT
@@ -276,7 +276,7 @@ def test_rebuild_resets_state_from_the_files(env: tuple[Path, str, Journal]) -> 
     try:
         client.hset(keys.state, "h:main", 99)  # Redis drifted from the file
         client.hset(keys.state, "h:ghost", 4)
-        (root / "index" / "s1" / "main.idx").unlink()
+        (root / "index" / "s1" / "main.idx2").unlink()
         done = cli("rebuild", root=root, url=url)
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("s1: rebuilt from ")

@@ -33,7 +33,7 @@ def test_destructive_commands_ask_and_refuse_without_a_terminal(
     assert done.returncode == 0, done.stderr
     assert "events from 3 to 5 kept" in done.stdout
     done = cli("read", "s1", root=root, url=url)
-    assert done.returncode == 1 and "must start at 3" in one_error_line(done)
+    assert done.returncode == 6 and "must start at 3" in one_error_line(done)
     assert cli("read", "s1", "--from", "3", root=root, url=url).stdout.count("\n") == 3
     done = cli("archive", "s1", root=root, url=url)
     assert done.returncode == 0 and "archived s1" in done.stdout
@@ -43,7 +43,7 @@ def test_destructive_commands_ask_and_refuse_without_a_terminal(
     done = cli("delete", "s1", "--yes", root=root, url=url)
     assert done.returncode == 0 and "deleted s1" in done.stdout
     done = cli("read", "s1", root=root, url=url)
-    assert done.returncode == 1 and "s1 was deleted" in one_error_line(done)
+    assert done.returncode == 6 and "s1 was deleted" in one_error_line(done)
     done = cli("delete", "nope", "--yes", root=root, url=url)
     assert done.returncode == 2 and "no session nope" in one_error_line(done)
 

@@ -13,7 +13,7 @@ import pytest
 
 from journal import EventRecord, Journal
 from journal._model.records import encode_line
-from journal._storage.session_file import HINT, INDEX_ENTRY
+from journal._storage.session_file import HINT, INDEX_ENTRY, checksum
 from journal.cli.verify import Finding, verify, verify_report
 from journal.testing import RedisServer
 
@@ -42,12 +42,13 @@ def write_index(root: Path, lines: list[bytes], session: str = SID) -> None:
             from journal._model.records import decode_line
 
             record = decode_line(line)
-            rows.setdefault(record.branch_id, []).append(INDEX_ENTRY.pack(offset, len(line)))
+            entry = INDEX_ENTRY.pack(offset, len(line), checksum(line))
+            rows.setdefault(record.branch_id, []).append(entry)
         offset += len(line)
     index = root / "index" / session
     index.mkdir(parents=True, exist_ok=True)
     for branch, entries in rows.items():
-        (index / f"{branch}.idx").write_bytes(b"".join(entries))
+        (index / f"{branch}.idx2").write_bytes(b"".join(entries))
     (index / "committed").write_bytes(HINT.pack(offset, 0))
 
 
@@ -74,7 +75,7 @@ def test_missing_index_is_a_note_not_an_error(tmp_path: Path) -> None:
     write_session(tmp_path, [(tmp_path / "x.jsonl").read_bytes()], session)
     report = verify_report(tmp_path)
     assert report.errors == []
-    assert sorted(Path(n.path).name for n in report.notes) == ["alt.idx", "main.idx"]
+    assert sorted(Path(n.path).name for n in report.notes) == ["alt.idx2", "main.idx2"]
     assert all(n.severity == "note" and "no index" in n.problem for n in report.notes)
     assert str(report.notes[0]).split(": ", 2)[1] == "note"
 
@@ -140,14 +141,14 @@ def test_index_mismatch_short_and_stale(tmp_path: Path) -> None:
     lines = [encode_line(rec(i)) for i in (1, 2, 3)]
     write_session(tmp_path, lines)
     write_index(tmp_path, lines)
-    idx = tmp_path / "index" / SID / "main.idx"
+    idx = tmp_path / "index" / SID / "main.idx2"
     entries = bytearray(idx.read_bytes())
     # Entry 2 points at line 3's bytes: a wrong index is an error...
     entries[INDEX_ENTRY.size : 2 * INDEX_ENTRY.size] = entries[2 * INDEX_ENTRY.size :]
     idx.write_bytes(bytes(entries))
     found = verify(tmp_path)
     assert problems([f for f in found if f.severity == "error"]) == [
-        ("main.idx", 2, f"entry for sequence 2 points at offset {2 * len(lines[0])} length "
+        ("main.idx2", 2, f"entry for sequence 2 points at offset {2 * len(lines[0])} length "
                         f"{len(lines[2])}, but that sequence is line 2 at offset "
                         f"{len(lines[0])} length {len(lines[1])}"),
     ]
@@ -155,13 +156,13 @@ def test_index_mismatch_short_and_stale(tmp_path: Path) -> None:
     idx.write_bytes(bytes(entries[: INDEX_ENTRY.size]))
     report = verify_report(tmp_path)
     assert report.errors == []
-    assert [(Path(n.path).name, n.line) for n in report.notes] == [("main.idx", 2)]
+    assert [(Path(n.path).name, n.line) for n in report.notes] == [("main.idx2", 2)]
     assert "stops at sequence 1" in report.notes[0].problem
     write_index(tmp_path, lines)
-    idx.write_bytes(idx.read_bytes() + INDEX_ENTRY.pack(9999, 10))
+    idx.write_bytes(idx.read_bytes() + INDEX_ENTRY.pack(9999, 10, 0))
     report = verify_report(tmp_path)
     assert report.errors == []
-    assert [(Path(n.path).name, n.line) for n in report.notes] == [("main.idx", 4)]
+    assert [(Path(n.path).name, n.line) for n in report.notes] == [("main.idx2", 4)]
 
 
 def test_committed_hint_beyond_the_file(tmp_path: Path) -> None:

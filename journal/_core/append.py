@@ -20,7 +20,7 @@ from journal._core.state import Core, Held, LeaseClock, LeaseLost
 from journal._model.announcement import encode_announcement
 from journal._model.records import EventRecord
 from journal._storage import gate
-from journal._storage.session_file import SessionStore
+from journal._storage.session_file import SessionStore, line_rows
 from journal.errors import (
     AppendOutcomeUnknown,
     HistoryTruncated,
@@ -221,13 +221,9 @@ def _write(
         # hint may say so. A rebuild then never truncates below it.
         with contextlib.suppress(OSError):  # a cache: only a bound for rebuilds
             store.write_hint(end)
-        rows, offset = [], start
-        for line in data.split(b"\n")[:-1]:
-            rows.append((offset, len(line) + 1))
-            offset += len(line) + 1
         # The index is a cache: readers fall back to a scan, the next writer repairs it.
         with contextlib.suppress(OSError, JournalError):
-            store.index_append(branch, head_now, rows, committed)
+            store.index_append(branch, head_now, line_rows(data, start), committed)
     return start, end, synced_at
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -55,7 +56,7 @@ def _acquire(core: Core, session_id: str, waiter: Backoff) -> Steps[_Lease]:
     while True:
         clock = core.lease_clock(lease_ms)
         reply = yield Lua("lifecycle_acquire", [keys.state, keys.lease, keys.want],
-                          [token, lease_ms])
+                          [token, lease_ms, core.settings.lease_ms])
         if text(reply[0]) == "busy":
             yield Sleep(waiter.next(int(reply[1])))
             continue
@@ -73,10 +74,22 @@ def _guarded(clock: LeaseClock, fn: Callable[[], object]) -> object:
     return fn()
 
 
-def _save(lease: _Lease, root: Path, session_id: str, marks: tombstone.Marks) -> Blocking:
+def _file_step(core: Core, session_id: str, lease: _Lease, fn: Callable[[], Any]) -> Steps[Any]:
+    """A file step under our lease. If it fails (a full disk, say), the lease goes back at
+    once: left to expire, it would stop every writer of the session for rebuild_lease_ms.
+    (Each step leaves the session whole, so whoever comes next may go on from it.)"""
+    try:
+        return (yield Blocking(fn))
+    except Exception:
+        yield from _release(core, session_id, lease.token)
+        raise
+
+
+def _save(core: Core, session_id: str, lease: _Lease, root: Path,
+          marks: tombstone.Marks) -> Steps[Any]:
     """Write the session's marks, only while the lease is surely ours."""
     write = partial(tombstone.save, root, session_id, marks)
-    return Blocking(partial(_guarded, lease.clock, write))
+    return _file_step(core, session_id, lease, partial(_guarded, lease.clock, write))
 
 
 # ----- delete ----------------------------------------------------------------------------
@@ -98,7 +111,7 @@ def delete(core: Core, session_id: str) -> Steps[None]:
                 yield from _release(core, session_id, lease.token)
                 raise InvalidInput(f"no session {session_id} under {root}")
             dead = msgspec.structs.replace(marks, deleted_at=time.time())
-            yield _save(lease, root, session_id, dead)
+            yield from _save(core, session_id, lease, root, dead)
             fault.hit("delete:after_tombstone")
         ok = yield Lua("lifecycle_clear", [keys.state, keys.lease, tomb_key(core, session_id),
                                            keys.want],
@@ -106,7 +119,7 @@ def delete(core: Core, session_id: str) -> Steps[None]:
         if ok != 1:
             continue  # our lease expired: the tombstone stands; take the lease again
         fault.hit("delete:after_redis")
-        yield Blocking(partial(gate.remove_files, store))
+        yield from _file_step(core, session_id, lease, partial(gate.remove_files, store))
         return
     raise LeaseTimeout(f"delete of {session_id} kept losing its lease")
 
@@ -141,7 +154,7 @@ def _settled(core: Core, session_id: str, store: SessionStore, waiter: Backoff, 
         yield from _release(core, session_id, lease.token)
         raise gate.mismatch(store, size, committed)
     fault.hit(point)
-    marks = yield Blocking(partial(gate.marks, store))
+    marks = yield from _file_step(core, session_id, lease, partial(gate.marks, store))
     return lease, committed, marks
 
 
@@ -176,7 +189,8 @@ def truncate_before(core: Core, session_id: str, branch_id: str, sequence: int) 
                 raise InvalidInput(problem)
             return floor
         floors = {**marks.floors, branch_id: sequence}
-        new_len = yield Blocking(partial(compaction.prepare, store, floors, committed, heads))
+        new_len = yield from _file_step(core, session_id, lease, partial(
+            compaction.prepare, store, floors, committed, heads))
         fault.hit("truncate:after_prepare")
         ok = yield Lua("lifecycle_clear", [keys.state, keys.lease, tomb_key(core, session_id),
                                            keys.want], [lease.token, "clear", ""])
@@ -187,9 +201,10 @@ def truncate_before(core: Core, session_id: str, branch_id: str, sequence: int) 
         new = msgspec.structs.replace(
             marks, floors=floors, compaction=tombstone.Compaction(committed, new_len)
         )
-        yield _save(lease, root, session_id, new)
+        yield from _save(core, session_id, lease, root, new)
         fault.hit("truncate:after_marks")
-        yield Blocking(partial(compaction.finish, store, new, lease.clock.guard))
+        yield from _file_step(core, session_id, lease, partial(
+            compaction.finish, store, new, lease.clock.guard))
         fault.hit("truncate:after_rename")
         pairs: list[str | int | bytes] = []
         for branch, top in heads.items():
@@ -224,15 +239,17 @@ def archive(core: Core, session_id: str) -> Steps[bool]:
         if not (yield Blocking(store.path.exists)):
             yield from _release(core, session_id, lease.token)
             return False  # archived already (the marks say so: _settled checked the size)
-        sha = yield Blocking(partial(_write_archive, store, committed))
+        sha = yield from _file_step(core, session_id, lease, partial(
+            _write_archive, store, committed))
         fault.hit("archive:after_write")
         new = msgspec.structs.replace(
             marks, compaction=None,
             archived=tombstone.Archived(committed, sha, lease.heads, time.time()),
         )
-        yield _save(lease, root, session_id, new)
+        yield from _save(core, session_id, lease, root, new)
         fault.hit("archive:after_marks")
-        yield Blocking(partial(_guarded, lease.clock, partial(gate.archive_files, store)))
+        yield from _file_step(core, session_id, lease, partial(
+            _guarded, lease.clock, partial(gate.archive_files, store)))
         fault.hit("archive:after_unlink")
         yield from _release(core, session_id, lease.token)
         return True

@@ -54,7 +54,8 @@ from journal._core.ops import text as _text
 from journal._groups.keys import SessionGroupKeys, registry_keys, session_group_keys
 from journal._groups.store import Checkpoint, GroupStore
 from journal._model.records import EventRecord
-from journal.errors import InvalidInput, RedisUnavailable
+from journal._storage import tombstone
+from journal.errors import InvalidInput, RedisUnavailable, SessionDeleted
 
 Steps = _CoreSteps[Any]
 Read = Callable[[str, str, int, int], _CoreSteps[list[EventRecord]]]
@@ -180,6 +181,11 @@ def checkpoints_of(fields: dict[str, str]) -> dict[str, int]:
     return {f[2:]: int(v) for f, v in fields.items() if f.startswith("c:")}
 
 
+def _deleted(root: Path, sid: str) -> bool:
+    """The session's tombstone is on disk (one failed ``open`` when there are no marks)."""
+    return tombstone.load(root, sid).deleted_at is not None
+
+
 class Worker:
     """One worker of a group: the whole protocol, fed results by a shell."""
 
@@ -202,6 +208,7 @@ class Worker:
         self.prefix = prefix
         self.opts = options
         self.store = GroupStore(root, group, max_id_length)
+        self.root = root
         self.registry = registry_keys(prefix, group)
         self.list_sessions = list_sessions
         self.read, self.branches = read, branches  # the journal's protocols, checked input
@@ -220,7 +227,8 @@ class Worker:
         self.ready = False
         self.closed = False
         self.stats: dict[str, int] = {"claimed": 0, "released": 0, "lost": 0, "delivered": 0,
-                                      "acked": 0, "refused": 0, "parked": 0, "halted": 0}
+                                      "acked": 0, "refused": 0, "parked": 0, "halted": 0,
+                                      "deleted": 0}
 
     # ----- the consumer loop --------------------------------------------------------------
 
@@ -238,6 +246,9 @@ class Worker:
             except RedisUnavailable:
                 failures += 1
                 yield Sleep(min(2.0, 0.05 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0))
+                continue
+            except SessionDeleted as exc:  # its events are gone: nothing more to deliver
+                yield from self._drop_deleted(exc.session_id)
                 continue
             now = self.clock()
             if d is not None:
@@ -329,6 +340,17 @@ class Worker:
         yield from self._write_checkpoint(sid, h)
         yield script("release", [h.keys.claim], [h.token])
         self.stats["released"] += 1
+
+    def _drop_deleted(self, sid: str) -> Steps:
+        """The session was deleted (issue 14): stop delivering it and give its claim back.
+        No checkpoint is written: there is nothing left to resume. (It is no longer listed,
+        so no worker claims it again.)"""
+        h = self.held.pop(sid, None)
+        self.stats["deleted"] += 1
+        if h is None:
+            return  # it went while we tried to claim it
+        self.order.remove(sid)
+        yield script("release", [h.keys.claim], [h.token])
 
     def _lose(self, sid: str) -> Steps:
         """Our claim is gone. What Redis accepted under it is still progress: write it down
@@ -472,6 +494,9 @@ class Worker:
                 if sid not in self.held:  # halted: the session was given back
                     return None
                 continue
+            if (yield Blocking(partial(_deleted, self.root, sid))):
+                # Deleted since the page was read: nothing of it is delivered any more.
+                raise SessionDeleted(sid)
             h.inflight = True
             return Delivery(buf[0], attempt, h.fence, h.token)
         return None

@@ -97,10 +97,12 @@ from journal._model.announcement import Announcement, decode_announcement, decod
 from journal._model.ids import validate_id
 from journal._model.records import EventRecord
 from journal.errors import (
+    HistoryTruncated,
     InvalidInput,
     JournalError,
     LeaseTimeout,
     RedisUnavailable,
+    SessionDeleted,
     SubscriptionIdle,
 )
 from journal.settings import JournalSettings
@@ -212,6 +214,9 @@ class SubscriptionStats:
     head_checks: int = 0
     stale_messages: int = 0  # messages at or below what was already yielded
     bad_messages: int = 0  # messages that did not decode as announcements
+    # Firehose only (a single-session subscription raises instead):
+    sessions_ended: int = 0  # sessions deleted while followed: their streams ended
+    truncated_skips: int = 0  # streams moved up to a truncation point (HistoryTruncated)
 
 
 # ----- the actions the state machine asks for ------------------------------------------------
@@ -339,6 +344,9 @@ class Follower:
         # entry is always the next one due for a head check.
         self._sessions: OrderedDict[str, float] = OrderedDict()
         self._buffered = 0  # inline announcements held over all streams
+        # Firehose: sessions deleted while we followed them. Their ids are never used again,
+        # so whatever still arrives for them is stale.
+        self._ended: set[str] = set()
         self._ready: list[EventRecord] = []  # read from the file, not yet emitted
         # The pub/sub connection: "down" (connect at retry_at), "confirming", "up".
         self._state = "down"
@@ -547,8 +555,8 @@ class Follower:
         key = (ann.session_id, ann.branch_id)
         st = self._streams.get(key)
         if st is None:
-            if self._single:
-                return  # another branch of our session
+            if self._single or ann.session_id in self._ended:
+                return  # another branch of our session, or a session deleted meanwhile
             # The firehose starts "now": a (session, branch) first heard of live starts at
             # this message, unless the caller asked for everything or the session is new.
             new = self.options.from_start or ann.session_id in self._born
@@ -612,6 +620,39 @@ class Follower:
                 self._buffered -= len(st.pending)
                 st.pending.clear()
             self._touch(read.session_id, now)
+
+    def on_deleted(self, session_id: str) -> None:
+        """Firehose: a read or head check said the session was deleted. End its streams
+        (what was yielded stays yielded) and ignore it from now on; the other sessions go
+        on. (A single-session subscription raises SessionDeleted instead.)"""
+        self._ended.add(session_id)
+        self._sessions.pop(session_id, None)
+        for key in [k for k in self._streams if k[0] == session_id]:
+            st = self._streams.pop(key)
+            self._active.pop(key, None)
+            self._buffered -= len(st.pending)
+        self.stats.sessions_ended += 1
+        _log.info("%s: session %s was deleted; its streams end here", self.what, session_id,
+                  extra={"event": "subscription_session_deleted", "subscription": self.what,
+                         "session_id": session_id})
+
+    def on_truncated(self, read: Read, first: int) -> None:
+        """Firehose: the stream's next sequence is below the branch's truncation point
+        (``truncate_before`` ran while it lagged, or it started from the beginning). It
+        goes on from ``first``; the skip is counted and logged, never silent."""
+        st = self._streams.get((read.session_id, read.branch_id))
+        if st is None or first - 1 <= st.last:
+            return
+        _log.warning("%s: %s/%s is truncated before %d; going on from there (events %d..%d "
+                     "were removed on purpose)", self.what, read.session_id, read.branch_id,
+                     first, st.last + 1, first - 1, extra={
+                         "event": "subscription_truncated", "subscription": self.what,
+                         "session_id": read.session_id, "branch_id": read.branch_id,
+                         "first": first})
+        st.last = first - 1
+        st.target = max(st.target, st.last)
+        self.stats.truncated_skips += 1
+        self._active[(read.session_id, read.branch_id)] = None
 
     def on_heads(self, session_id: str, heads: dict[str, int], now: float) -> None:
         """The result of a :class:`Check`: the committed head per branch."""
@@ -877,6 +918,14 @@ class _Pump:
                     f.on_heads(action.session_id, heads, time.monotonic())
             except _COMMAND_ERRORS as exc:
                 self._lost(exc)
+            except SessionDeleted:
+                if f._single:
+                    raise  # the subscription ends with it
+                f.on_deleted(action.session_id)
+            except HistoryTruncated as exc:
+                if f._single or not isinstance(action, Read):
+                    raise
+                f.on_truncated(action, exc.first)
         else:
             try:
                 if isinstance(action, Connect):

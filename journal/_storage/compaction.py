@@ -3,7 +3,7 @@ the branches' truncation points.
 
 Two steps, both under the session's lease. :func:`prepare` writes the new file beside the
 old one (``events/.<sid>.jsonl.compact``, fsynced) and the new index files
-(``index/<sid>/.<branch>.idx.compact``). :func:`finish` renames the new file over the old one
+(``index/<sid>/.<branch>.idx2.compact``). :func:`finish` renames the new file over the old one
 (the commit point: ``rename`` is atomic), fsyncs the directory, then installs the index and
 the committed hint. A crash before the rename leaves the old file whole; after it, the new
 one. ``finish`` is idempotent, so whoever holds the lease next (a retry, or a rebuild after
@@ -24,7 +24,13 @@ import msgspec
 
 from journal._model.records import DECODE_ERRORS
 from journal._storage.durable import sync_dir, write_synced
-from journal._storage.session_file import INDEX_ENTRY, SessionStore, iter_lines
+from journal._storage.session_file import (
+    INDEX_ENTRY,
+    INDEX_SUFFIX,
+    SessionStore,
+    checksum_of,
+    iter_lines,
+)
 from journal._storage.tombstone import Marks
 
 _SUFFIX = ".compact"
@@ -53,27 +59,31 @@ def tmp_path(store: SessionStore) -> Path:
 def _index_tmps(store: SessionStore) -> list[Path]:
     if not store.index_dir.is_dir():
         return []
-    return sorted(store.index_dir.glob(f".*.idx{_SUFFIX}"))
+    # .idx too: one prepared by a version without checksums (installed, it is ignored)
+    return sorted(store.index_dir.glob(f".*.idx*{_SUFFIX}"))
 
 
 def prepare(store: SessionStore, floors: dict[str, int], committed: int,
             heads: dict[str, int]) -> int:
     """Write the compacted file and index beside the live ones; returns the new length."""
     kept: list[bytes] = []
-    rows: dict[str, list[tuple[int, int]]] = {
-        b: [(0, 0)] * (floors.get(b, 1) - 1) for b in heads
+    rows: dict[str, list[tuple[int, int, int]]] = {
+        b: [(0, 0, 0)] * (floors.get(b, 1) - 1) for b in heads
     }
     offset = 0
+    known = store.known_checksums()  # a changed line must not be copied as good
     fd = os.open(store.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for _at, raw, complete in iter_lines(fd, 0, committed):
+        for at, raw, complete in iter_lines(fd, 0, committed):
             if not complete or not raw.strip():
                 continue
             pos = position(raw)
             if pos is None or pos.sequence < floors.get(pos.branch_id, 1):
                 continue
+            crc = checksum_of(raw)
+            store.check_known(known, pos.branch_id, pos.sequence, at, len(raw) + 1, crc)
             kept.append(raw + b"\n")
-            rows.setdefault(pos.branch_id, []).append((offset, len(raw) + 1))
+            rows.setdefault(pos.branch_id, []).append((offset, len(raw) + 1, crc))
             offset += len(raw) + 1
     finally:
         os.close(fd)
@@ -81,8 +91,8 @@ def prepare(store: SessionStore, floors: dict[str, int], committed: int,
     write_synced(tmp_path(store), b"".join(kept))
     store.index_dir.mkdir(parents=True, exist_ok=True)
     for branch, entries in rows.items():
-        path = store.index_dir / f".{branch}.idx{_SUFFIX}"
-        path.write_bytes(b"".join(INDEX_ENTRY.pack(o, n) for o, n in entries))
+        path = store.index_dir / f".{branch}{INDEX_SUFFIX}{_SUFFIX}"
+        path.write_bytes(b"".join(INDEX_ENTRY.pack(*row) for row in entries))
     return offset
 
 

@@ -3,7 +3,8 @@
 Layout under the root::
 
     events/<sid>.jsonl           every committed event, one JSON line each (docs/format.md)
-    index/<sid>/<branch>.idx     fixed-width entries (offset u64, length u32) per sequence
+    index/<sid>/<branch>.idx2    fixed-width entries (offset u64, length u32, crc32c u32)
+                                 per sequence
     index/<sid>/committed        a lower bound of the committed length, for safe rebuilds
 
 All functions here are synchronous and are only ever called by one writer at a time for a
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import msgspec
 
 from journal import _fault_hook as fault
@@ -40,7 +42,14 @@ from journal import _observe
 from journal._model.records import DECODE_ERRORS, EventRecord, decode_line
 from journal.errors import CorruptLine, JournalError, StorageError
 
-INDEX_ENTRY = struct.Struct("<QI")  # byte offset of the line, its length with the newline
+# Per sequence: the byte offset of the line, its length with the newline, and the CRC32C of
+# those bytes (a flipped letter inside a string value still decodes: only this catches it).
+INDEX_ENTRY = struct.Struct("<QII")
+# The index files' name. The previous layout (``<branch>.idx``: offset and length, 12 bytes,
+# no checksum) is never read: it is a cache, rewritten under the new name by the next append
+# to its branch or by a rebuild, which also removes the old file.
+INDEX_SUFFIX = ".idx2"
+OLD_INDEX_SUFFIX = ".idx"
 # index/<sid>/committed: a lower bound of the committed length, and the end of the write in
 # flight (0 when none), written just before that write. A recovery that finds the file
 # shorter than the write's intended end cuts all of it: a batch is all or nothing.
@@ -54,6 +63,28 @@ VIEW_CATCH_UP_S = 2.0
 # A writer that keeps appending on the fast path still checks its cached descriptors against
 # the paths this often (a file replaced, an index deleted by hand), at 1-3 stat calls a time.
 REVALIDATE_S = 1.0
+
+
+def checksum(line: bytes) -> int:
+    """CRC32C of a whole line, newline included."""
+    value: int = google_crc32c.value(line)
+    return value
+
+
+def checksum_of(raw: bytes) -> int:
+    """CRC32C of ``raw`` followed by its newline (``raw`` as :func:`iter_lines` yields it)."""
+    value: int = google_crc32c.extend(google_crc32c.value(raw), b"\n")
+    return value
+
+
+def line_rows(data: bytes, start: int) -> list[tuple[int, int, int]]:
+    """The index rows ``(offset, length, checksum)`` of the lines of ``data`` written at
+    ``start`` (``data`` ends with a newline)."""
+    rows, offset = [], start
+    for line in data.split(b"\n")[:-1]:
+        rows.append((offset, len(line) + 1, checksum_of(line)))
+        offset += len(line) + 1
+    return rows
 
 
 def _identity(path: str) -> tuple[int, int]:
@@ -93,6 +124,7 @@ class Line:
     branch_id: str
     sequence: int
     event_id: str
+    checksum: int = 0  # CRC32C of the line with its newline
 
 
 @dataclass(slots=True)
@@ -428,7 +460,7 @@ class SessionStore:
                 os.close(fds.hint_fd)
                 fds.hint_fd = None
             for branch_id, entry in list(fds.index.items()):
-                if _identity(f"{self.index_dir}/{branch_id}.idx") != entry[1]:
+                if _identity(f"{self.index_dir}/{branch_id}{INDEX_SUFFIX}") != entry[1]:
                     del fds.index[branch_id]
                     os.close(entry[0])
             try:
@@ -541,7 +573,8 @@ class SessionStore:
         expected = heads.get(record.branch_id, 0) + 1
         if record.sequence != expected:
             return f"branch {record.branch_id} sequence {record.sequence}, expected {expected}"
-        return Line(0, len(raw) + 1, record.branch_id, record.sequence, record.event_id)
+        return Line(0, len(raw) + 1, record.branch_id, record.sequence, record.event_id,
+                    checksum_of(raw))
 
     def recover_tail(
         self, committed: int, heads: dict[str, int], guard: Callable[[], None]
@@ -699,14 +732,15 @@ class SessionStore:
         file order, so a binary search finds them) and the line of the last one must decode
         to that branch with sequence == count; and the lengths of all those entries must add
         up to exactly ``hint``, so every committed byte belongs to an indexed line and no
-        branch is missing. That costs ~12 bytes read per event, not a JSON decode per line.
+        branch is missing. The last line's checksum is checked too. That costs ~16 bytes read
+        per event, not a JSON decode per line.
         """
         if sys.byteorder != "little":
             return None  # the entries are little-endian; reading them as words needs that
         heads: dict[str, int] = {}
         covered = 0
         try:
-            index_files = list(self.index_dir.glob("*.idx"))
+            index_files = list(self.index_dir.glob(f"*{INDEX_SUFFIX}"))
             fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
@@ -716,28 +750,30 @@ class SessionStore:
                 if len(raw) % INDEX_ENTRY.size:
                     return None
                 words = array.array("I")
-                words.frombytes(raw)  # per entry: offset low, offset high, length
+                words.frombytes(raw)  # per entry: offset low, offset high, length, checksum
 
                 def end(i: int, words: array.array[int] = words) -> int:
-                    return (words[3 * i] | words[3 * i + 1] << 32) + words[3 * i + 2]
+                    return (words[4 * i] | words[4 * i + 1] << 32) + words[4 * i + 2]
 
                 count = bisect.bisect_right(range(len(raw) // INDEX_ENTRY.size), hint, key=end)
                 if count == 0:
                     continue
                 last = count - 1
-                offset = words[3 * last] | words[3 * last + 1] << 32
-                line = os.pread(fd, words[3 * last + 2], offset)
+                offset = words[4 * last] | words[4 * last + 1] << 32
+                line = os.pread(fd, words[4 * last + 2], offset)
+                if checksum(line) != words[4 * last + 3]:
+                    return None  # the full scan then reports what is wrong
                 try:
                     pos = _position_decoder.decode(line)
                 except DECODE_ERRORS:
                     return None
-                branch_id = index_file.name.removesuffix(".idx")
+                branch_id = index_file.name.removesuffix(INDEX_SUFFIX)
                 if (pos.session_id, pos.branch_id, pos.sequence) != (
                     self.session_id, branch_id, count
                 ) or not line.endswith(b"\n"):
                     return None
                 heads[branch_id] = count
-                covered += sum(words[2 : 3 * count : 3])
+                covered += sum(words[2 : 4 * count : 4])
         finally:
             os.close(fd)
         return heads if covered == hint else None
@@ -749,9 +785,35 @@ class SessionStore:
             if path.stat().st_size > count * INDEX_ENTRY.size:
                 os.truncate(path, count * INDEX_ENTRY.size)
 
+    def known_checksums(self, branch_id: str | None = None) -> dict[str, bytes]:
+        """The index entries of one branch (or all) as they are now (a rebuild replaces them)."""
+        known: dict[str, bytes] = {}
+        pattern = f"{'*' if branch_id is None else branch_id}{INDEX_SUFFIX}"
+        with contextlib.suppress(OSError):
+            for index_file in self.index_dir.glob(pattern):
+                known[index_file.name.removesuffix(INDEX_SUFFIX)] = index_file.read_bytes()
+        return known
+
+    def check_known(self, known: dict[str, bytes], branch_id: str, sequence: int,
+                     offset: int, length: int, crc: int) -> None:
+        """A committed line that an index entry describes (same offset and length) must have
+        the checksum recorded when it was written: a rebuild must not launder a changed line
+        into a new index. (An index that does not describe the line proves nothing.)"""
+        raw = known.get(branch_id)
+        at = (sequence - 1) * INDEX_ENTRY.size
+        if raw is None or sequence < 1 or at + INDEX_ENTRY.size > len(raw):
+            return
+        was_offset, was_length, was_crc = INDEX_ENTRY.unpack_from(raw, at)
+        if (was_offset, was_length) == (offset, length) and was_crc != crc:
+            raise self.corrupt(offset, "checksum mismatch: the line's bytes are not those "
+                               f"written (CRC32C in {self._index_path(branch_id)})")
+
     def _rebuild_scan(self, guard: Callable[[], None], hint: int, full: bool = False) -> TailResult:
         heads: dict[str, int] = {b: f - 1 for b, f in self.floors.items()}
-        entries: dict[str, list[tuple[int, int]]] = {b: [(0, 0)] * h for b, h in heads.items()}
+        known = self.known_checksums()
+        entries: dict[str, list[tuple[int, int, int]]] = {
+            b: [(0, 0, 0)] * h for b, h in heads.items()
+        }
         length = 0
         truncated_from: int | None = None
         try:
@@ -783,7 +845,10 @@ class SessionStore:
                             offset,
                             f"branch {pos.branch_id} sequence {pos.sequence}, expected {expected}",
                         )
-                    line = Line(offset, len(raw) + 1, pos.branch_id, pos.sequence, pos.event_id)
+                    line = Line(offset, len(raw) + 1, pos.branch_id, pos.sequence, pos.event_id,
+                                checksum_of(raw))
+                    self.check_known(known, pos.branch_id, pos.sequence, offset, line.length,
+                                      line.checksum)
                 else:
                     found = self._classify(raw, heads) if complete else "torn line"
                     if isinstance(found, str):
@@ -796,7 +861,8 @@ class SessionStore:
                     line = found
                     line.offset = offset
                 heads[line.branch_id] = line.sequence
-                entries.setdefault(line.branch_id, []).append((line.offset, line.length))
+                entries.setdefault(line.branch_id, []).append(
+                    (line.offset, line.length, line.checksum))
                 length = line.offset + line.length
         finally:
             os.close(fd)
@@ -824,35 +890,38 @@ class SessionStore:
     # ----- the index --------------------------------------------------------------------
 
     def _index_path(self, branch_id: str) -> Path:
-        return self.index_dir / f"{branch_id}.idx"
+        return self.index_dir / f"{branch_id}{INDEX_SUFFIX}"
 
-    def _write_indexes(self, entries: dict[str, list[tuple[int, int]]]) -> None:
+    def _write_indexes(self, entries: dict[str, list[tuple[int, int, int]]]) -> None:
         with self._lock:  # the files are replaced: our open ones would point at the old ones
             for entry in self._fds.index.values():
                 os.close(entry[0])
             self._fds.index = {}
         self.index_dir.mkdir(parents=True, exist_ok=True)
-        for old in self.index_dir.glob("*.idx"):
-            if old.stem not in entries:
+        for old in self.index_dir.glob(f"*{OLD_INDEX_SUFFIX}"):  # the previous layout
+            old.unlink(missing_ok=True)
+        for old in self.index_dir.glob(f"*{INDEX_SUFFIX}"):
+            if old.name.removesuffix(INDEX_SUFFIX) not in entries:
                 old.unlink(missing_ok=True)
         for branch_id, rows in entries.items():
-            tmp = self.index_dir / f".{branch_id}.idx.tmp"
-            tmp.write_bytes(b"".join(INDEX_ENTRY.pack(o, n) for o, n in rows))
+            tmp = self.index_dir / f".{branch_id}{INDEX_SUFFIX}.tmp"
+            tmp.write_bytes(b"".join(INDEX_ENTRY.pack(*row) for row in rows))
             # rename is atomic: a concurrent reader sees the old or the new index, both valid
             # for every sequence up to the head it read.
             os.replace(tmp, self._index_path(branch_id))
 
-    def index_append(self, branch_id: str, head_before: int, rows: list[tuple[int, int]],
+    def index_append(self, branch_id: str, head_before: int, rows: list[tuple[int, int, int]],
                      committed: int) -> None:
-        """Record the offsets of sequences ``head_before + 1 ...``. Entries past the head are
-        leftovers of a writer that died; they are cut first. A short index is rebuilt.
+        """Record the rows ``(offset, length, checksum)`` of sequences ``head_before + 1 ...``.
+        Entries past the head are leftovers of a writer that died; they are cut first. A short
+        index is rebuilt.
 
         The branch's index stays open; while the writer trusts what it knows (see
         :meth:`size_for_append`) the entries go straight to their place: one ``pwrite``."""
         with self._lock:
             entry = self._fds.index.get(branch_id)
             if entry is None:
-                path = f"{self.index_dir}/{branch_id}.idx"
+                path = f"{self.index_dir}/{branch_id}{INDEX_SUFFIX}"
                 if len(self._fds.index) >= MAX_OPEN_INDEXES:  # the oldest opened goes
                     oldest = next(iter(self._fds.index))
                     os.close(self._fds.index.pop(oldest)[0])
@@ -866,15 +935,18 @@ class SessionStore:
                     entry[2] = -1
                     size = os.fstat(fd).st_size
                     if size < want:
-                        # The index lags (written by another tool, or lost): rebuild it.
-                        old = [(0, 0)] * (self.floors.get(branch_id, 1) - 1)  # truncated
+                        # The index lags (lines written by another tool such as aiOS, an
+                        # index lost or in the previous layout): rebuild it, checksums too.
+                        old = [(0, 0, 0)] * (self.floors.get(branch_id, 1) - 1)  # truncated
                         old += self._scan_branch_offsets(branch_id, committed)
                         if len(old) != head_before:
                             return  # the file disagrees with Redis: leave it, readers fall back
-                        os.pwrite(fd, b"".join(INDEX_ENTRY.pack(o, n) for o, n in old), 0)
+                        os.pwrite(fd, b"".join(INDEX_ENTRY.pack(*row) for row in old), 0)
+                        with contextlib.suppress(OSError):
+                            os.unlink(f"{self.index_dir}/{branch_id}{OLD_INDEX_SUFFIX}")
                     elif size > want:
                         os.ftruncate(fd, want)
-                os.pwrite(fd, b"".join(INDEX_ENTRY.pack(o, n) for o, n in rows), want)
+                os.pwrite(fd, b"".join(INDEX_ENTRY.pack(*row) for row in rows), want)
                 entry[2] = head_before + len(rows)
             except BaseException:
                 del self._fds.index[branch_id]
@@ -882,17 +954,20 @@ class SessionStore:
                 raise
 
     def _index_lines(self, lines: list[Line], heads_after: dict[str, int], committed: int) -> None:
-        per_branch: dict[str, list[tuple[int, int]]] = {}
+        per_branch: dict[str, list[tuple[int, int, int]]] = {}
         for line in lines:
-            per_branch.setdefault(line.branch_id, []).append((line.offset, line.length))
+            per_branch.setdefault(line.branch_id, []).append(
+                (line.offset, line.length, line.checksum))
         for branch_id, rows in per_branch.items():
             before = heads_after[branch_id] - len(rows)
             self.index_append(branch_id, before, rows, committed)
 
-    def _scan_branch_offsets(self, branch_id: str, end: int) -> list[tuple[int, int]]:
-        rows: list[tuple[int, int]] = []
-        for offset, raw, _record in self._scan(end, branch_id):
-            rows.append((offset, len(raw) + 1))
+    def _scan_branch_offsets(self, branch_id: str, end: int) -> list[tuple[int, int, int]]:
+        rows: list[tuple[int, int, int]] = []
+        known = self.known_checksums(branch_id)
+        for offset, raw, record in self._scan(end, branch_id):
+            rows.append((offset, len(raw) + 1, checksum_of(raw)))
+            self.check_known(known, branch_id, record.sequence, *rows[-1])
         return rows
 
     # ----- reading ---------------------------------------------------------------------
@@ -962,19 +1037,20 @@ class SessionStore:
         rows = list(INDEX_ENTRY.iter_unpack(raw))
         if rows[-1][0] + rows[-1][1] > committed:
             return None
+        bad: int | None = None  # offset of the first line whose checksum does not match
         out: list[EventRecord] = []
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             i = 0
             while i < len(rows):
                 # Coalesce lines that sit back to back into one pread.
-                start, total = rows[i]
+                start, total, _ = rows[i]
                 j = i + 1
                 while j < len(rows) and rows[j][0] == start + total and total < CHUNK:
                     total += rows[j][1]
                     j += 1
                 blob = os.pread(fd, total, start)
-                for offset, length in rows[i:j]:
+                for offset, length, crc in rows[i:j]:
                     raw = blob[offset - start : offset - start + length]
                     if not raw.endswith(b"\n"):
                         return None
@@ -986,21 +1062,33 @@ class SessionStore:
                         self.session_id, branch_id, first + len(out)
                     ):
                         return None
+                    if bad is None and checksum(raw) != crc:
+                        bad = offset  # reported once the whole index is known not stale
                     out.append(record)
                 i = j
         finally:
             os.close(fd)
+        if bad is not None:
+            # The entry points at exactly the line of that sequence, and its bytes are not the
+            # ones written: a changed letter, never to be served. (A scan cannot see it.)
+            raise self.corrupt(bad, "checksum mismatch: the line's bytes are not those written "
+                               f"(CRC32C in {self._index_path(branch_id)})")
         return out
 
     def _read_scanned(
         self, branch_id: str, first: int, last: int, committed: int
     ) -> list[EventRecord]:
         out: list[EventRecord] = []
+        # The index may still describe some of these lines (a short one, or one left stale):
+        # where it does, its checksums hold on this path too.
+        known = self.known_checksums(branch_id)
         for offset, raw, pos in self._scan(committed, branch_id):
             if pos.sequence < first:
                 continue
             if pos.sequence > last:
                 break
+            self.check_known(known, branch_id, pos.sequence, offset, len(raw) + 1,
+                              checksum_of(raw))
             try:
                 out.append(decode_line(raw))
             except DECODE_ERRORS as exc:

@@ -32,11 +32,13 @@ from journal.cli import argtypes
 from journal.cli.lifecycle import COMMANDS as LIFECYCLE_COMMANDS
 from journal.errors import (
     CorruptLine,
+    HistoryTruncated,
     InvalidInput,
     JournalError,
     RedisServerNotFound,
     RedisUnavailable,
     SequenceConflict,
+    SessionDeleted,
 )
 from journal.settings import redact_url
 
@@ -47,6 +49,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_REMOVED",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
     "main",
@@ -58,6 +61,7 @@ EXIT_USAGE = 2  # bad arguments, bad JSON, invalid id or record (nothing was wri
 EXIT_CONFLICT = 3  # SequenceConflict: the sequence is not head + 1
 EXIT_UNAVAILABLE = 4  # Redis cannot be reached or started
 EXIT_CORRUPT = 5  # `verify` found errors, or a corrupt line stopped a read or rebuild
+EXIT_REMOVED = 6  # removed on purpose: SessionDeleted, or HistoryTruncated (read from .first)
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); SIGTERM gives 143
 EXIT_BROKEN_PIPE = 141  # stdout closed early, e.g. `journal read s | head` (128 + SIGPIPE)
 
@@ -652,6 +656,8 @@ def _exit_code(exc: BaseException) -> int:
         return EXIT_UNAVAILABLE
     if isinstance(exc, CorruptLine):
         return EXIT_CORRUPT
+    if isinstance(exc, SessionDeleted | HistoryTruncated):
+        return EXIT_REMOVED
     return EXIT_ERROR
 
 

@@ -15,14 +15,16 @@ counted but otherwise ignored, as docs/format.md allows):
 
 and then the files under ``<root>/index/<sid>/``:
 
-* every entry of ``<branch>.idx`` (entry *n* holds the offset and length of sequence *n*)
-  points at exactly the line that holds that sequence;
+* every entry of ``<branch>.idx2`` (entry *n* holds the offset, length and CRC32C of
+  sequence *n*) points at exactly the line that holds that sequence, and the line's bytes
+  still have that checksum (a mismatch is reported at the line: ``file:line``);
 * ``committed`` (the committed-length hint) is not beyond the end of the file, and falls on
   a line boundary.
 
 Findings have a severity. An *error* is damage or a violation of the format. A *note* is a
 state the journal repairs by itself and that loses nothing: a missing or short index (readers
-fall back to a scan, the next writer or ``journal rebuild`` rewrites it) or index entries past
+fall back to a scan, the next writer or ``journal rebuild`` rewrites it; an index in the
+previous layout, ``<branch>.idx`` without checksums, counts as missing) or index entries past
 the branch's last line (left by a writer that died; the next append cuts them). Every finding
 is reported; verification never stops at the first.
 """
@@ -40,7 +42,14 @@ import msgspec
 
 from journal._model.ids import validate_id
 from journal._model.records import EventRecord
-from journal._storage.session_file import HINT, INDEX_ENTRY, iter_lines
+from journal._storage.session_file import (
+    HINT,
+    INDEX_ENTRY,
+    INDEX_SUFFIX,
+    OLD_INDEX_SUFFIX,
+    checksum_of,
+    iter_lines,
+)
 from journal.cli.lifecycle import verify_hook, verify_sessions
 from journal.errors import InvalidId, InvalidRecord, JournalError
 from journal.kinds import validate_kind
@@ -49,7 +58,8 @@ __all__ = ["Finding", "Report", "verify", "verify_report"]
 
 Severity = Literal["error", "note"]
 
-# The index layout is filestore.py's: (offset u64, length u32) per sequence, and the hint.
+# The index layout is session_file.py's: (offset u64, length u32, crc32c u32) per sequence,
+# and the hint.
 _ENTRY = INDEX_ENTRY
 _HINT = HINT
 _MAX_SHOWN = 120  # characters of a decoder message kept in a finding
@@ -97,10 +107,18 @@ class _Branch:
     offsets: array[int] = field(default_factory=lambda: array("Q"))
     lengths: array[int] = field(default_factory=lambda: array("Q"))
     lines: array[int] = field(default_factory=lambda: array("Q"))
+    checksums: array[int] = field(default_factory=lambda: array("Q"))
 
     @property
     def head(self) -> int:
         return len(self.offsets)
+
+    def skip(self) -> None:
+        """A sequence with no line (a gap, or below a truncation point)."""
+        self.offsets.append(0)
+        self.lengths.append(0)
+        self.lines.append(0)
+        self.checksums.append(0)
 
 
 def _short(exc: BaseException) -> str:
@@ -182,7 +200,7 @@ class _SessionCheck:
                 continue
             record = self._decode(lineno, offset, raw)
             if record is not None:
-                self._check_record(lineno, offset, len(raw) + 1, record)
+                self._check_record(lineno, offset, raw, record)
 
     def _decode(self, lineno: int, offset: int, raw: bytes) -> EventRecord | None:
         where = self._committed_note(offset)
@@ -207,7 +225,7 @@ class _SessionCheck:
             self.add(self.shown, lineno, f"{_short(exc)}{where}")
         return record
 
-    def _check_record(self, lineno: int, offset: int, length: int, record: EventRecord) -> None:
+    def _check_record(self, lineno: int, offset: int, raw: bytes, record: EventRecord) -> None:
         for value, what in ((record.session_id, "session_id"), (record.branch_id, "branch_id")):
             try:
                 validate_id(value, what)
@@ -263,13 +281,12 @@ class _SessionCheck:
             # Go on from here so that one gap is one finding, not one per following line.
             # The skipped sequences have no line: index entries for them are not checked.
             while branch.head + 1 < record.sequence:
-                branch.offsets.append(0)
-                branch.lengths.append(0)
-                branch.lines.append(0)
+                branch.skip()
         self.event_lines.setdefault(record.event_id, lineno)
         branch.offsets.append(offset)
-        branch.lengths.append(length)
+        branch.lengths.append(len(raw) + 1)
         branch.lines.append(lineno)
+        branch.checksums.append(checksum_of(raw))
 
     # ----- the committed hint ---------------------------------------------------------------
 
@@ -306,16 +323,23 @@ class _SessionCheck:
 
     def _check_indexes(self) -> None:
         indexed: set[str] = set()
+        old: set[str] = set()
         if self.index_dir.is_dir():
-            for idx in sorted(self.index_dir.glob("*.idx")):
-                indexed.add(idx.stem)
-                self._check_index(idx, self.branches.get(idx.stem))
+            for idx in sorted(self.index_dir.glob(f"*{INDEX_SUFFIX}")):
+                branch_id = idx.name.removesuffix(INDEX_SUFFIX)
+                indexed.add(branch_id)
+                self._check_index(idx, self.branches.get(branch_id))
+            old = {p.name.removesuffix(OLD_INDEX_SUFFIX)
+                   for p in self.index_dir.glob(f"*{OLD_INDEX_SUFFIX}")}
         for branch_id in sorted(set(self.branches) - indexed):
+            layout = (f" (only {branch_id}{OLD_INDEX_SUFFIX}, the previous layout without "
+                      "checksums)" if branch_id in old else "")
             self.add(
-                self.index_dir / f"{branch_id}.idx",
+                self.index_dir / f"{branch_id}{INDEX_SUFFIX}",
                 0,
-                f"no index for branch {branch_id} ({self.branches[branch_id].head} events); "
-                "reads scan the file until the next append or `journal rebuild` writes it",
+                f"no index for branch {branch_id} ({self.branches[branch_id].head} events)"
+                f"{layout}; reads scan the file until the next append or `journal rebuild` "
+                "writes it",
                 "note",
             )
 
@@ -336,8 +360,8 @@ class _SessionCheck:
                 f"partial entry ({rest} bytes) at the end of the index",
                 "note",
             )
-        for number, (offset, length) in enumerate(_ENTRY.iter_unpack(raw[: whole * _ENTRY.size]),
-                                                  start=1):
+        entries = _ENTRY.iter_unpack(raw[: whole * _ENTRY.size])
+        for number, (offset, length, crc) in enumerate(entries, start=1):
             if number > branch.head:
                 self.add(
                     idx,
@@ -357,6 +381,17 @@ class _SessionCheck:
                     f"entry for sequence {number} points at offset {offset} length {length}, "
                     f"but that sequence is line {branch.lines[number - 1]} at offset "
                     f"{want_offset} length {want_length}",
+                )
+            elif crc != branch.checksums[number - 1]:
+                # The entry describes exactly this line, and the bytes changed since they were
+                # written (a flipped letter that still decodes): the reader refuses this line.
+                self.add(
+                    self.shown,
+                    branch.lines[number - 1],
+                    f"checksum mismatch: branch {idx.name.removesuffix(INDEX_SUFFIX)} sequence "
+                    f"{number}: the line's bytes are not those written (CRC32C "
+                    f"{branch.checksums[number - 1]:08x}, {idx.name} entry {number} holds "
+                    f"{crc:08x})" + self._committed_note(want_offset),
                 )
         if whole < branch.head:
             self.add(
