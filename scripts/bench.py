@@ -1286,7 +1286,10 @@ def figure_11(bench: Bench) -> None:
     per = 100 if bench.cfg.quick else 400
     total = GROUP_SESSIONS * per
     tag = uuid.uuid4().hex[:6]
-    j = bench.journal(durability="none")
+    # A root of its own: the group (start="earliest") must see only this figure's sessions,
+    # not those the other figures left in the bench's root.
+    group_root = bench.root / f"groups-{tag}"
+    j = Journal(group_root, bench.server.url, durability="none").open()
     lines: list[bytes] = []
     for s in range(GROUP_SESSIONS):
         recs = [record(f"grp-{tag}-{s}", i) for i in range(1, per + 1)]
@@ -1300,7 +1303,7 @@ def figure_11(bench: Bench) -> None:
         if k % 1000 == 999:
             pipe.execute()
     pipe.execute()
-    url, root = bench.server.url, str(bench.root)
+    url, root = bench.server.url, str(group_root)
 
     def run(kind: str, group: str) -> tuple[int, float]:
         q = bench.mp.Queue()
@@ -1349,16 +1352,16 @@ def figure_11(bench: Bench) -> None:
     r.delete("bench:{streams}")
     r.close()
     j.close()
-    _rebalance(bench, tag, f"bench{GROUP_ROUNDS - 1}")
+    _rebalance(bench, group_root, tag, f"bench{GROUP_ROUNDS - 1}")
 
 
-def _rebalance(bench: Bench, tag: str, group: str) -> None:
+def _rebalance(bench: Bench, group_root: Path, tag: str, group: str) -> None:
     """A worker joins one that holds every session, then dies (SIGKILL), while events keep
     coming: the time until the joiner's first delivery, and until the dead worker's
     sessions are delivered by the survivor (claim_ms = 2000)."""
     claim_ms = 2000
-    url, root = bench.server.url, str(bench.root)
-    j = bench.journal(durability="none")
+    url, root = bench.server.url, str(group_root)
+    j = Journal(group_root, url, durability="none").open()
     sids = [f"grp-{tag}-{s}" for s in range(GROUP_SESSIONS)]
     heads = {s: j.head(s) for s in sids}
     q = bench.mp.Queue()
