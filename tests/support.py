@@ -113,28 +113,26 @@ class Procs:
 # ----- writer processes (tests/workers.py) ---------------------------------------------------
 
 
-class Fleet:
-    """Worker processes that are always killed and reaped, whatever the test does."""
+class Writers:
+    """Writer processes (tests/workers.py) that are always killed and reaped, whatever the
+    test does, with the ids each one had acknowledged."""
 
-    def __init__(self, backend: Backend, session: str = "race") -> None:
-        self.backend = backend
-        self.session = session
+    def __init__(self, acks_dir: Path) -> None:
+        self.acks_dir = acks_dir
         self.procs: list[subprocess.Popen[bytes]] = []
         self.acks: list[Path] = []
-        self.spawned = 0
 
-    def spawn(self, count: int, faults: str = "", **opts: object) -> subprocess.Popen[bytes]:
-        self.spawned += 1
-        name = f"w{self.spawned}"
-        ack = self.backend.root.parent / f"{name}.acks"
+    def start(self, root: Path, url: str, session: str, count: int, name: str,
+              faults: str = "", **opts: object) -> subprocess.Popen[bytes]:
+        ack = self.acks_dir / f"{name}.acks"
         self.acks.append(ack)
         env = dict(os.environ)
         env.pop("JOURNAL_FAULTS", None)
         if faults:
             env["JOURNAL_FAULTS"] = faults
-        args = [sys.executable, str(WORKER), "--root", str(self.backend.root),
-                "--url", self.backend.url or "", "--session", self.session,
-                "--count", str(count), "--acks", str(ack), "--name", name]
+        args = [sys.executable, str(WORKER), "--root", str(root), "--url", url,
+                "--session", session, "--count", str(count), "--acks", str(ack),
+                "--name", name]
         for key, value in opts.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
         proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE)
@@ -151,6 +149,21 @@ class Fleet:
             p.wait(timeout=10)
             if p.stderr:
                 p.stderr.close()
+
+
+class Fleet(Writers):
+    """Writers of one session on one backend."""
+
+    def __init__(self, backend: Backend, session: str = "race") -> None:
+        super().__init__(backend.root.parent)
+        self.backend = backend
+        self.session = session
+        self.spawned = 0
+
+    def spawn(self, count: int, faults: str = "", **opts: object) -> subprocess.Popen[bytes]:
+        self.spawned += 1
+        return self.start(self.backend.root, self.backend.url or "", self.session, count,
+                          f"w{self.spawned}", faults, **opts)
 
 
 def check_history(backend: Backend, session: str, acked: list[str], branch: str = "main") -> int:

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,7 +24,7 @@ from journal import EventRecord, Journal, StorageError
 from journal.testing import RedisServer
 from tests import gluster
 from tests.backends import Backend
-from tests.support import WORKER, check_history, wait_all
+from tests.support import Writers, check_history, wait_all
 
 LONG = os.environ.get("JOURNAL_MULTIHOST_LONG") == "1"
 SCALE = 4 if LONG else 1
@@ -48,16 +47,16 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[gluster.GlusterRig
         yield r
 
 
-class Hosts:
-    """One journal root on the shared volume, seen through each host's mount, and a Redis."""
+class Hosts(Writers):
+    """One journal root on the shared volume, seen through each host's mount, and a Redis.
+    The writers' acks stay local: they are the test's own record."""
 
     def __init__(self, rig: gluster.GlusterRig, server: RedisServer, tmp: Path) -> None:
+        super().__init__(tmp)
         self.rig = rig
         self.server = server
         self.tmp = tmp
         self.dir = f"t-{uuid.uuid4().hex[:10]}"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.acks: list[Path] = []
 
     def root(self, host: str) -> Path:
         return self.rig.hosts[host] / self.dir
@@ -71,32 +70,8 @@ class Hosts:
 
     def spawn(self, host: str, count: int, faults: str = "", session: str = "race",
               **opts: object) -> subprocess.Popen[bytes]:
-        name = f"{host}{len(self.procs) + 1}"
-        ack = self.tmp / f"{name}.acks"  # acks stay local: they are the test's own record
-        self.acks.append(ack)
-        env = dict(os.environ)
-        env.pop("JOURNAL_FAULTS", None)
-        if faults:
-            env["JOURNAL_FAULTS"] = faults
-        args = [sys.executable, str(WORKER), "--root", str(self.root(host)),
-                "--url", self.server.url, "--session", session, "--count", str(count),
-                "--acks", str(ack), "--name", name]
-        for key, value in opts.items():
-            args += [f"--{key.replace('_', '-')}", str(value)]
-        proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE)
-        self.procs.append(proc)
-        return proc
-
-    def acked(self) -> list[str]:
-        return [line for a in self.acks if a.exists() for line in a.read_text().split()]
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
-            if p.stderr:
-                p.stderr.close()
+        return self.start(self.root(host), self.server.url, session, count,
+                          f"{host}{len(self.procs) + 1}", faults, **opts)
 
 
 @pytest.fixture
