@@ -642,6 +642,23 @@ def writer_child(
         out_q.put((idx, phase, mode, result[0], result[1], error))
 
 
+def phase_rate(out_q: Any, writers: int, phase: int, timeout: float,
+               errors: list[str]) -> float:
+    """The aggregate rate of one phase: each writer's (idx, phase, mode, count, elapsed,
+    error) summed as count / elapsed; errors are collected, a writer of another phase is a
+    bug of the bench."""
+    total = 0.0
+    for _ in range(writers):
+        idx, got, got_mode, count, elapsed, error = out_q.get(timeout=timeout)
+        if got != phase:
+            raise RuntimeError(f"writer {idx} answered phase {got} in {phase}")
+        if error:
+            errors.append(f"{got_mode}[{idx}]: {error}")
+        elif elapsed > 0:
+            total += count / elapsed
+    return float(total)
+
+
 def figure_5(bench: Bench) -> None:
     cfg = bench.cfg
     nproc = 4
@@ -657,17 +674,8 @@ def figure_5(bench: Bench) -> None:
         for phase, mode in enumerate(modes):
             log(f"figure 5: phase {phase + 1}/{len(modes)}: 4 processes, {mode}")
             barrier.wait(timeout=120)
-            total = 0.0
-            for _ in range(nproc):
-                idx, got_phase, got_mode, count, elapsed, error = out_q.get(
-                    timeout=cfg.multi_s + 120)
-                if got_phase != phase:
-                    raise RuntimeError(f"writer {idx} answered phase {got_phase} in {phase}")
-                if error:
-                    errors.append(f"{got_mode}[{idx}]: {error}")
-                elif elapsed > 0:
-                    total += count / elapsed
-            rates[mode].append(total)
+            rates[mode].append(
+                phase_rate(out_q, nproc, phase, cfg.multi_s + 120, errors))
     finally:
         with contextlib.suppress(Exception):
             barrier.abort()
@@ -1839,17 +1847,8 @@ def figure_15(bench: Bench) -> None:
                     log(f"figure 15: {writers} writers x {sessions} sessions, phase "
                         f"{phase + 1}/{len(modes)}: {mode}")
                     barrier.wait(timeout=180)
-                    total = 0.0
-                    for _ in range(writers):
-                        idx, got, got_mode, count, elapsed, error = out_q.get(
-                            timeout=seconds + 180)
-                        if got != phase:
-                            raise RuntimeError(f"writer {idx} answered phase {got} in {phase}")
-                        if error:
-                            errors.append(f"{got_mode}[{idx}]: {error}")
-                        elif elapsed > 0:
-                            total += count / elapsed
-                    rates[mode].append(total)
+                    rates[mode].append(
+                        phase_rate(out_q, writers, phase, seconds + 180, errors))
             finally:
                 with contextlib.suppress(Exception):
                     barrier.abort()
