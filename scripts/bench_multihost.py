@@ -7,7 +7,8 @@
 Starts the rig (one volume, two FUSE mounts as hosts a and b) and a private redis-server, then:
 
 1. raw ``write`` + ``fdatasync`` of a 250-byte line on an O_APPEND descriptor on mount a
-   (the filesystem's own floor, ``F_fs``);
+   (the filesystem's own floor, ``F_fs``), and the same from one process on each mount at
+   once (how the filesystem itself scales to two hosts);
 2. the journal, 1 writer process on host a (``durability=fsync``);
 3. 2 writer processes, one per host, each on its own session (aggregate);
 4. 4 writer processes on one session, 2 per host, head + 1 and retry on conflict (aggregate);
@@ -94,6 +95,21 @@ def raw_rate(directory: Path, seconds: float) -> float:
     os.close(fd)
     path.unlink()
     return n / elapsed
+
+
+def raw_hosts(directories: list[Path], seconds: float) -> float:
+    """Raw write + fdatasync from one process per directory (host), all at once: the
+    aggregate rate, how the filesystem itself scales to several hosts."""
+    procs = [subprocess.Popen([sys.executable, __file__, "--raw-worker", "--root", str(d),
+                               "--seconds", str(seconds)], stdout=subprocess.PIPE, text=True)
+             for d in directories]
+    total = 0.0
+    for p in procs:
+        out, _ = p.communicate(timeout=seconds + 120)
+        if p.returncode != 0:
+            raise SystemExit(f"a raw writer failed (exit {p.returncode})")
+        total += float(out.strip().splitlines()[-1])
+    return total
 
 
 def writers(specs: list[tuple[Path, str]], url: str, seconds: float,
@@ -183,12 +199,16 @@ def main() -> None:
     ap.add_argument("--mount-options", default=None,
                     help="the FUSE mounts' options instead of the coherent ones")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--raw-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path)
     ap.add_argument("--url")
     ap.add_argument("--session")
     args = ap.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.raw_worker:
+        print(raw_rate(args.root, args.seconds))
         return
     reason = gluster.skip_reason()
     if reason:
@@ -211,28 +231,38 @@ def main() -> None:
                 rows.append((name, value))
                 print(f"{name:<58} {value}", flush=True)
 
-            figures: dict[str, list[float]] = {"raw": [], "one": [], "two": [], "four": []}
+            raw_dirs = [rig.hosts["a"] / "raw-a", rig.hosts["b"] / "raw-b"]  # a file per host
+            for d in raw_dirs:
+                d.mkdir()
+            figures: dict[str, list[float]] = {"raw": [], "raw2": [], "one": [], "two": [],
+                                               "four": []}
             for n in range(args.rounds):
                 # Fresh sessions each round: the rate must not depend on the file's length.
                 figures["raw"].append(raw_rate(a, s))
+                figures["raw2"].append(raw_hosts(raw_dirs, s))
                 figures["one"].append(writers([(a, f"one{n}")], srv.url, s))
                 figures["two"].append(writers([(a, f"own-a{n}"), (b, f"own-b{n}")], srv.url, s))
                 figures["four"].append(writers([(a, f"shared{n}"), (b, f"shared{n}"),
                                                 (a, f"shared{n}"), (b, f"shared{n}")],
                                                srv.url, s))
                 if args.rounds > 1:
-                    r, o, t, f = (figures[k][-1] for k in ("raw", "one", "two", "four"))
-                    print(f"round {n + 1}: raw {r:.0f}/s, 1 writer {o:.0f}/s ({o / r:.2f} x "
-                          f"raw), 2 hosts {t:.0f}/s ({t / o:.2f} x 1 writer), 4 on one "
-                          f"{f:.0f}/s", flush=True)
-            raw, one, two, four = (statistics.median(figures[k])
-                                   for k in ("raw", "one", "two", "four"))
+                    r, r2, o, t, f = (figures[k][-1]
+                                      for k in ("raw", "raw2", "one", "two", "four"))
+                    print(f"round {n + 1}: raw {r:.0f}/s, raw 2 hosts {r2:.0f}/s, 1 writer "
+                          f"{o:.0f}/s ({o / r:.2f} x raw), 2 hosts {t:.0f}/s ({t / o:.2f} x 1 "
+                          f"writer), 4 on one {f:.0f}/s", flush=True)
+            raw, raw2, one, two, four = (statistics.median(figures[k])
+                                         for k in ("raw", "raw2", "one", "two", "four"))
             ratio = statistics.median(o / r for o, r in zip(figures["one"], figures["raw"],
                                                              strict=True))
             scale = statistics.median(t / o for t, o in zip(figures["two"], figures["one"],
                                                             strict=True))
+            raw_scale = statistics.median(t / o for t, o in zip(figures["raw2"], figures["raw"],
+                                                                strict=True))
             med = " (median)" if args.rounds > 1 else ""
             row(f"raw write+fdatasync on mount a{med}", f"{raw:8.0f}/s")
+            row(f"raw write+fdatasync, one process on each mount (sum){med}",
+                f"{raw2:8.0f}/s  ({raw_scale:.2f} x one)")
             row(f"journal, 1 writer on host a{med}", f"{one:8.0f}/s  ({ratio:.2f} x raw)")
             row(f"journal, 2 writers on 2 hosts, own sessions (sum){med}",
                 f"{two:8.0f}/s  ({scale:.2f} x 1 writer)")

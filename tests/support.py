@@ -15,19 +15,17 @@ import time
 from pathlib import Path
 
 from journal import EventRecord, SequenceConflict
+from journal.cli.verify import verify_report
 from tests.backends import Backend
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 LOCAL_FIXTURES = Path(__file__).resolve().parent / "fixtures"
 HELPER = Path(__file__).resolve().parent / "sub_helpers.py"
 WORKER = Path(__file__).resolve().parent / "workers.py"
 
 
 def sample_path() -> Path:
-    """The aiOS sample lines: the shared copy when present, else the vendored copy (the
-    shared folder sits beside the repository on developer machines and in CI)."""
-    shared = FIXTURES / "aios-sample.jsonl"
-    return shared if shared.exists() else LOCAL_FIXTURES / "aios-sample.jsonl"
+    """The aiOS sample lines, as aiOS writes them (docs/format.md)."""
+    return LOCAL_FIXTURES / "aios-sample.jsonl"
 
 
 # ----- helper processes (tests/sub_helpers.py) -----------------------------------------------
@@ -194,6 +192,8 @@ def check_history(backend: Backend, session: str, acked: list[str], branch: str 
     assert [r.event_id for r in via_api] == ids
     assert j.head(session, branch) == len(ours)
     j.close()
+    # The caches (index, hint) may lag, never lie.
+    assert not verify_report(backend.root, [session]).errors
     return len(ours) - 1
 
 

@@ -179,7 +179,7 @@ def test_a_short_write_says_no_space_left_on_device(
     monkeypatch.setattr("journal._storage.session_file.os.write",
                         lambda fd, data: os.pwrite(fd, data[:3], 0))
     with pytest.raises(OSError) as info:
-        store.append(b'{"x":1}\n', sync=False)
+        store.append(b'{"x":1}\n', sync=False, committed=0)
     assert info.value.errno == errno.ENOSPC
     assert "No space left on device" in str(info.value)
 

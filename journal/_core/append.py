@@ -20,7 +20,7 @@ from journal._core.state import Core, Held, LeaseClock, LeaseLost
 from journal._model.announcement import encode_announcement
 from journal._model.records import EventRecord
 from journal._storage import gate
-from journal._storage.session_file import SessionStore, line_rows
+from journal._storage.session_file import SessionStore
 from journal.errors import (
     AppendOutcomeUnknown,
     HistoryTruncated,
@@ -126,6 +126,8 @@ def release_held(core: Core) -> Steps[None]:
     while core.held:
         session_id, held = core.held.popitem()
         if (yield from confirm(held, session_id)):
+            if held.clock.valid():  # the deferred caches are written under the lease only
+                yield Blocking(core.store(session_id).flush)
             yield from release(core.keys(session_id), held.token)
 
 
@@ -204,13 +206,11 @@ def _write(
     store: SessionStore, clock: LeaseClock, now: Callable[[], float], data: bytes, sync: bool,
     committed: int, branch: str, head_now: int,
 ) -> tuple[int, int, float]:
-    """The file work of an append, in one blocking step: the write intent, the write and
+    """The file work of an append, in one blocking step: the write (after its intent) and
     its sync, then the hint and index caches. Returns (start, end, synced at)."""
     clock.guard()
-    # The intent: if this write does not finish, recovery cuts all of it.
-    store.write_hint(committed, committed + len(data))
     try:
-        start, end = store.append(data, sync)
+        start, end = store.append(data, sync, committed)
     except OSError:
         _take_back(store, committed, clock)
         raise
@@ -218,12 +218,10 @@ def _write(
     if start == committed:
         # Our synced lines sit right at the committed length and continue their branch:
         # any recovery rolls them forward, so they are committed from here on, and the
-        # hint may say so. A rebuild then never truncates below it.
-        with contextlib.suppress(OSError):  # a cache: only a bound for rebuilds
-            store.write_hint(end)
-        # The index is a cache: readers fall back to a scan, the next writer repairs it.
+        # hint may say so. The index is a cache: readers scan past it, the next writer
+        # repairs it.
         with contextlib.suppress(OSError, JournalError):
-            store.index_append(branch, head_now, line_rows(data, start), committed)
+            store.landed(branch, head_now, data, start, end)
     return start, end, synced_at
 
 

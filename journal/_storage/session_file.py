@@ -63,6 +63,12 @@ VIEW_CATCH_UP_S = 2.0
 # A writer that keeps appending on the fast path still checks its cached descriptors against
 # the paths this often (a file replaced, an index deleted by hand), at 1-3 stat calls a time.
 REVALIDATE_S = 1.0
+# On the held-lease fast path the caches (index entries and the committed hint) of single
+# lines are written together, every DEFER_LINES lines or DEFER_S, and when the lease is given
+# back: one append then costs no cache write at all (on a network filesystem each is a round
+# trip). The caches so lag the file by at most that much; readers scan past the index.
+DEFER_LINES = 64
+DEFER_S = 0.25
 
 
 def checksum(line: bytes) -> int:
@@ -85,6 +91,19 @@ def line_rows(data: bytes, start: int) -> list[tuple[int, int, int]]:
         rows.append((offset, len(line) + 1, checksum_of(line)))
         offset += len(line) + 1
     return rows
+
+
+def _pread_exact(path: str, length: int, offset: int) -> bytes | None:
+    """``length`` bytes of a file at ``offset``, or None when it does not hold them."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        data = os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+    return data if len(data) == length else None
 
 
 def _identity(path: str) -> tuple[int, int]:
@@ -266,8 +285,8 @@ def _after_fork_in_child() -> None:
     _open_stores.clear()
     for store in list(_LIVE):
         store._lock = threading.RLock()
-        store._intent = None
-        store._lazy_hint = False
+        store._lazy = store._deferring = False
+        store._deferred.clear()
         store._fds.close()
 
 
@@ -280,8 +299,8 @@ class SessionStore:
 
     **Cached descriptors.** The writer of a session keeps the session file (``O_APPEND``), the
     committed hint and the index files of its branches open, so a steady append costs no
-    ``open``, ``close`` or ``stat``: one ``pwrite`` of the intent, the ``write``, an ``lseek``
-    (where did it land), the ``fdatasync`` and one ``pwrite`` of the index entry. The
+    ``open``, ``close`` or ``stat``: the ``write``, an ``lseek`` (where did it land) and the
+    ``fdatasync``; its index entry and the hint are deferred (see :meth:`landed`). The
     descriptors belong to the store and are used under its lock, so any number of threads may
     share a store (the async journal runs file work in worker threads); readers open their
     own. What the writer knows about the files (their size, the index lengths) is trusted only
@@ -305,10 +324,16 @@ class SessionStore:
         self.floors: dict[str, int] = {}
         self._lock = threading.RLock()
         self._fds = _Descriptors()
-        self._intent: tuple[int, int] | None = None  # the intent of the write in flight
-        # This append came through the trusted fast path: if it is one line, its confirmed
-        # length need not be written (see write_hint).
-        self._lazy_hint = False
+        # This append came through the trusted fast path: if it is one line, it needs no
+        # write intent, and its caches may be deferred (see landed).
+        self._lazy = False
+        # The deferred caches: branch -> [head before the rows, rows], the committed length
+        # they reach, when the first was deferred, and how many lines wait.
+        self._deferred: dict[str, list[Any]] = {}
+        self._deferred_end = 0
+        self._deferred_since = 0.0
+        self._deferred_lines = 0
+        self._deferring = False  # the write in flight defers its caches
         _LIVE.add(self)
         # Close the descriptors when the store is dropped (Core keeps a bounded cache).
         self._finalizer = weakref.finalize(self, _close_dropped, self._fds, id(self))
@@ -451,9 +476,13 @@ class SessionStore:
             fds = self._fds
             if (trusted and fds.end is not None
                     and time.monotonic() - fds.checked_at < REVALIDATE_S):
-                self._lazy_hint = True
+                self._lazy = True
                 return fds.end
-            self._lazy_hint = False
+            self._lazy = False
+            # Someone may have written since they were deferred: they are dropped, and the
+            # next index write catches up by scanning (a few lines).
+            self._deferred.clear()
+            self._deferred_lines = 0
             self.forget()
             fds.checked_at = time.monotonic()
             if fds.hint_fd is not None and _identity(self._hint) != fds.hint_id:
@@ -493,25 +522,34 @@ class SessionStore:
         fds.append_fd, fds.append_id = fd, (st.st_dev, st.st_ino)
         return fd
 
-    def append(self, data: bytes, sync: bool) -> tuple[int, int]:
+    def append(self, data: bytes, sync: bool, committed: int) -> tuple[int, int]:
         """One write on an O_APPEND descriptor, then fdatasync when ``sync``.
 
         Returns ``(start, end)``: where the bytes landed. With O_APPEND the descriptor's
         offset is the end of our own write, even when other processes append concurrently.
-        The intent given to :meth:`write_hint` just before is written first.
+
+        The write intent ``(committed, committed + len(data))`` goes to the hint file first:
+        if this write does not finish, recovery cuts all of it, so a batch is all or
+        nothing. A single line on the held-lease fast path needs none (a torn line is cut by
+        itself, a complete one continues its branch), and its caches are deferred.
         """
         with self._lock:
             _touch(self)
-            intent, self._intent = self._intent, None
             fds = self._fds
-            batch = data.count(b"\n") > 1
-            if batch and fds.hint_fd is not None and _identity(self._hint) != fds.hint_id:
-                # A batch's intent must reach the hint file itself, not one deleted by hand
-                # since we opened it: it is what makes a torn batch all or nothing.
-                os.close(fds.hint_fd)
-                fds.hint_fd = None
-            if intent is not None:
-                self._pwrite_hint(*intent)
+            lazy, self._lazy = self._lazy and data.find(b"\n") == len(data) - 1, False
+            if lazy:
+                self._deferring = True
+            else:
+                self._deferring = False
+                if self._deferred:
+                    self._flush_deferred(hint=False)  # the intent below carries the hint
+                if fds.hint_fd is not None and data.count(b"\n") > 1 and (
+                        _identity(self._hint) != fds.hint_id):
+                    # A batch's intent must reach the hint file itself, not one deleted by
+                    # hand since we opened it: it is what makes a torn batch all or nothing.
+                    os.close(fds.hint_fd)
+                    fds.hint_fd = None
+                self._pwrite_hint(committed, committed + len(data))
             fds.end = None
             fd = self._append_fd()
             try:
@@ -539,11 +577,54 @@ class SessionStore:
                 os.close(fd)
                 raise
             start = end - len(data)
-            if intent is not None and start == intent[0]:
+            if start == committed:
                 fds.end = end  # our bytes sit at the committed length: the next size
-            if batch:
-                self._lazy_hint = False  # a batch: write its confirmation (write_hint)
             return start, end
+
+    def landed(self, branch_id: str, head_before: int, data: bytes, start: int,
+               end: int) -> None:
+        """The caches of a synced write that landed at the committed length ``start`` (its
+        lines are committed from now on by the roll-forward rule): their index entries, and
+        ``end`` as the hint, so a rebuild never truncates below it. Both are best effort.
+
+        A single line on the held-lease fast path defers both, and they are written together
+        every ``DEFER_LINES`` lines or ``DEFER_S``, before any other write of ours, and when
+        the lease is given back (:meth:`flush`). Until then they lag: the hint is only a
+        lower bound, and readers and the next writer scan past the index's end (a few
+        lines). Index entries first, then the hint, so the hint never outruns the index."""
+        rows = line_rows(data, start)
+        with self._lock:
+            if not self._deferring:
+                self.index_append(branch_id, head_before, rows, start)
+                self._pwrite_hint(end, 0)
+                return
+            waiting = self._deferred.get(branch_id)
+            if waiting is None:
+                self._deferred[branch_id] = [head_before, rows]
+            else:
+                waiting[1] += rows
+            if not self._deferred_lines:
+                self._deferred_since = time.monotonic()
+            self._deferred_end = end
+            self._deferred_lines += len(rows)
+            if (self._deferred_lines >= DEFER_LINES
+                    or time.monotonic() - self._deferred_since >= DEFER_S):
+                self._flush_deferred(hint=True)
+
+    def flush(self) -> None:
+        """Write the deferred caches now (the caller still holds the lease)."""
+        with self._lock:
+            if self._deferred:
+                with contextlib.suppress(OSError, JournalError):  # caches, as in landed
+                    self._flush_deferred(hint=True)
+
+    def _flush_deferred(self, hint: bool) -> None:
+        deferred, self._deferred, self._deferred_lines = self._deferred, {}, 0
+        committed = self._deferred_end
+        for branch_id, (head_before, rows) in deferred.items():
+            self.index_append(branch_id, head_before, rows, rows[0][0])
+        if hint:
+            self._pwrite_hint(committed, 0)
 
     def truncate(self, length: int, guard: Callable[[], None]) -> None:
         """Cut junk beyond the committed length. ``guard`` raises if our lease may be gone:
@@ -630,27 +711,11 @@ class SessionStore:
     def read_hint(self) -> int:
         return self.read_intent()[0]
 
-    def write_hint(self, committed: int, pending: int = 0) -> None:
-        """Persist a lower bound of the committed length, and the end of the write about to
-        happen. Not synced: a stale hint is only a smaller bound, and a missing intent falls
-        back to the per-line rule.
-
-        The intent ``(committed, end)`` is written by :meth:`append`, just before its write.
-        The confirmation after it (``write_hint(end)``, once the synced bytes landed at the
-        committed length) is skipped for a single line appended on the held-lease fast path,
-        the steady state of a busy writer: one ``pwrite`` per append instead of two. The
-        intent already says it: its line is complete, so a recovery rolls it forward, and the
-        next write's intent records ``end`` as its committed length. The hint so lags by at
-        most that one line, which a rebuild then checks instead of trusting it. Batches and
-        appends after a ``begin`` still write their confirmation.
-        """
+    def write_hint(self, committed: int) -> None:
+        """Persist a lower bound of the committed length (no write in flight). Not synced: a
+        stale hint is only a smaller bound. The intent of a write is written by
+        :meth:`append`, the hint after it by :meth:`landed`."""
         with self._lock:
-            if pending:
-                self._intent = (committed, pending)
-                return
-            if self._lazy_hint and self._fds.end is not None and committed == self._fds.end:
-                self._lazy_hint = False
-                return  # the confirmation of our own single line, as above
             self._pwrite_hint(committed, 0)
 
     def _pwrite_hint(self, committed: int, pending: int) -> None:
@@ -935,13 +1000,20 @@ class SessionStore:
                     entry[2] = -1
                     size = os.fstat(fd).st_size
                     if size < want:
-                        # The index lags (lines written by another tool such as aiOS, an
-                        # index lost or in the previous layout): rebuild it, checksums too.
-                        old = [(0, 0, 0)] * (self.floors.get(branch_id, 1) - 1)  # truncated
-                        old += self._scan_branch_offsets(branch_id, committed)
-                        if len(old) != head_before:
+                        # The index lags: a writer's deferred entries that never came (it
+                        # died or lost its lease), lines written by another tool such as
+                        # aiOS, an index lost or in the previous layout. Catch up from its
+                        # last entry, or rebuild it; checksums too.
+                        have = size // INDEX_ENTRY.size
+                        missing = self._rows_after_index(fd, branch_id, have, committed)
+                        if missing is None:
+                            have = 0
+                            missing = [(0, 0, 0)] * (self.floors.get(branch_id, 1) - 1)
+                            missing += self._scan_branch_offsets(branch_id, committed)
+                        if have + len(missing) != head_before:
                             return  # the file disagrees with Redis: leave it, readers fall back
-                        os.pwrite(fd, b"".join(INDEX_ENTRY.pack(*row) for row in old), 0)
+                        os.pwrite(fd, b"".join(INDEX_ENTRY.pack(*row) for row in missing),
+                                  have * INDEX_ENTRY.size)
                         with contextlib.suppress(OSError):
                             os.unlink(f"{self.index_dir}/{branch_id}{OLD_INDEX_SUFFIX}")
                     elif size > want:
@@ -952,6 +1024,43 @@ class SessionStore:
                 del self._fds.index[branch_id]
                 os.close(fd)
                 raise
+
+    def _last_indexed(self, fd: int, branch_id: str, have: int) -> int | None:
+        """Where the line after the index's last entry may start: the end of that entry's
+        line, once the line proves to be that branch's sequence ``have`` with the checksum
+        recorded. None when it does not (a stale index, a truncated branch's placeholder)."""
+        if have < 1:
+            return None
+        raw = os.pread(fd, INDEX_ENTRY.size, (have - 1) * INDEX_ENTRY.size)
+        if len(raw) != INDEX_ENTRY.size:
+            return None
+        offset, length, crc = INDEX_ENTRY.unpack(raw)
+        if not length:
+            return None
+        line = _pread_exact(self._path, length, offset)
+        if line is None or not line.endswith(b"\n") or checksum(line) != crc:
+            return None
+        try:
+            pos = _position_decoder.decode(line)
+        except DECODE_ERRORS:
+            return None
+        if (pos.session_id, pos.branch_id, pos.sequence) != (self.session_id, branch_id, have):
+            return None
+        end: int = offset + length
+        return end
+
+    def _rows_after_index(self, fd: int, branch_id: str, have: int,
+                          committed: int) -> list[tuple[int, int, int]] | None:
+        """The rows of the branch's lines after the index's last entry, up to ``committed``:
+        a scan of only the lines the index lags by. None when the index cannot anchor it."""
+        start = self._last_indexed(fd, branch_id, have)
+        if start is None:
+            return None
+        try:
+            return [(offset, len(raw) + 1, checksum_of(raw))
+                    for offset, raw, _pos in self._scan(committed, branch_id, start, have + 1)]
+        except CorruptLine:
+            return None  # the index does not describe this file: rebuild it from a full scan
 
     def _index_lines(self, lines: list[Line], heads_after: dict[str, int], committed: int) -> None:
         per_branch: dict[str, list[tuple[int, int, int]]] = {}
@@ -972,38 +1081,44 @@ class SessionStore:
 
     # ----- reading ---------------------------------------------------------------------
 
-    def _scan(self, end: int, branch_id: str) -> Iterator[tuple[int, bytes, _Position]]:
-        """Every committed line of a branch, by a full scan (the fallback path)."""
+    def _scan(self, end: int, branch_id: str, start: int = 0,
+              expected: int | None = None) -> Iterator[tuple[int, bytes, _Position]]:
+        """Every committed line of a branch in ``[start, end)``, by a scan (the fallback
+        path; from the index's end, the lines it lags by). ``expected``: the sequence of the
+        branch's first line there (default: its first stored one)."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return
         try:
+            # Line numbers are counted only for a scan from the start (errors elsewhere
+            # count them then).
             lineno = 0
-            expected = floor = self.floors.get(branch_id, 1)
-            for offset, raw, complete in iter_lines(fd, 0, end):
+            floor = self.floors.get(branch_id, 1) if expected is None else expected
+            expected = floor
+
+            def bad(offset: int, problem: str) -> CorruptLine:
+                return (CorruptLine(str(self.path), lineno, problem) if start == 0
+                        else self.corrupt(offset, problem))
+
+            for offset, raw, complete in iter_lines(fd, start, end):
                 lineno += 1
                 if not raw.strip():
                     continue
                 if not complete:
-                    raise CorruptLine(
-                        str(self.path), lineno, "torn line inside the committed region"
-                    )
+                    raise bad(offset, "torn line inside the committed region")
                 try:
                     pos = _position_decoder.decode(raw)
                 except DECODE_ERRORS as exc:
-                    raise CorruptLine(str(self.path), lineno, f"invalid record: {exc}") from None
+                    raise bad(offset, f"invalid record: {exc}") from None
                 if pos.session_id != self.session_id:
-                    raise CorruptLine(str(self.path), lineno,
-                                      f"session_id {pos.session_id!r} in this session's file")
+                    raise bad(offset, f"session_id {pos.session_id!r} in this session's file")
                 if pos.branch_id == branch_id and pos.sequence >= floor:
                     # The committed region holds every sequence of a branch once, in order:
                     # anything else means a damaged line (maybe an earlier one).
                     if pos.sequence != expected:
-                        raise CorruptLine(
-                            str(self.path), lineno,
-                            f"branch {branch_id} sequence {pos.sequence}, expected {expected}",
-                        )
+                        raise bad(offset, f"branch {branch_id} sequence {pos.sequence}, "
+                                          f"expected {expected}")
                     expected += 1
                     yield offset, raw, pos
         finally:
@@ -1030,11 +1145,18 @@ class SessionStore:
             with open(self._index_path(branch_id), "rb") as idx:
                 idx.seek((first - 1) * INDEX_ENTRY.size)
                 raw = idx.read(count * INDEX_ENTRY.size)
+                if len(raw) < INDEX_ENTRY.size:
+                    # The index ends before ``first`` (its writer defers entries, or died):
+                    # scan on from its last entry, a few lines.
+                    have = os.fstat(idx.fileno()).st_size // INDEX_ENTRY.size
+                    after = self._last_indexed(idx.fileno(), branch_id, have)
+                    if after is None:
+                        return None
+                    return self._read_past_index(branch_id, after, have + 1, first, last,
+                                                 committed)
         except FileNotFoundError:
             return None
-        if len(raw) < count * INDEX_ENTRY.size:
-            return None
-        rows = list(INDEX_ENTRY.iter_unpack(raw))
+        rows = list(INDEX_ENTRY.iter_unpack(raw[: len(raw) - len(raw) % INDEX_ENTRY.size]))
         if rows[-1][0] + rows[-1][1] > committed:
             return None
         bad: int | None = None  # offset of the first line whose checksum does not match
@@ -1073,6 +1195,33 @@ class SessionStore:
             # ones written: a changed letter, never to be served. (A scan cannot see it.)
             raise self.corrupt(bad, "checksum mismatch: the line's bytes are not those written "
                                f"(CRC32C in {self._index_path(branch_id)})")
+        if len(out) < count:  # the index ends inside the range: scan on past its end
+            after = rows[-1][0] + rows[-1][1]
+            rest = self._read_past_index(branch_id, after, first + len(out), first + len(out),
+                                         last, committed)
+            if rest is None:
+                return None
+            out += rest
+        return out
+
+    def _read_past_index(self, branch_id: str, start: int, expected: int, first: int,
+                         last: int, committed: int) -> list[EventRecord] | None:
+        """Events ``first..last`` of the branch from a scan of ``[start, committed)``, where
+        the branch's next line has sequence ``expected``. None when the lines there do not
+        continue the index (a stale index: the full scan then reports what is wrong)."""
+        out: list[EventRecord] = []
+        try:
+            for offset, raw, pos in self._scan(committed, branch_id, start, expected):
+                if pos.sequence < first:
+                    continue
+                if pos.sequence > last:
+                    break
+                try:
+                    out.append(decode_line(raw))
+                except DECODE_ERRORS as exc:
+                    raise self.corrupt(offset, f"invalid record: {exc}") from None
+        except CorruptLine:
+            return None
         return out
 
     def _read_scanned(
