@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,9 @@ def test_the_next_writer_catches_up_the_index_a_killed_writer_left_behind(
     url = server_backend.url
     assert url is not None
     kill_writer_after(root, url, 1, 10)
+    # Its lease (held 300 ms) expires first: a writer that had to wait for it would hold
+    # no lease itself (the adaptive hold) and so defer nothing.
+    time.sleep(0.5)
     kill_writer_after(root, url, 11, 30)
     assert indexed(root) < 40  # what the killed writers deferred is gone
     # The catch-up scans from the index's last entry, never the whole file.
@@ -193,3 +197,27 @@ def test_a_forked_child_forgets_the_parents_deferred_caches(tmp_path: Path) -> N
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert store._deferred  # the parent's are its own
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("no_timed_flush")
+def test_the_periodic_revalidation_writes_the_deferred_caches_instead_of_dropping_them(
+    server_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = server_backend.root
+    assert server_backend.url is not None
+    with Journal(root, server_backend.url, lease_hold_ms=HOLD_MS) as j:
+        for seq in range(1, 11):
+            j.append(rec(seq))
+        assert indexed(root) == 1
+        # The next append re-checks the files against their paths; the lease never broke,
+        # so what was deferred is still right and is written, not left to a catch-up scan.
+        monkeypatch.setattr(session_file, "REVALIDATE_S", 0.0)
+
+        def catch_up(*args: object) -> None:
+            raise AssertionError("the deferred entries were dropped and scanned for")
+
+        monkeypatch.setattr(session_file.SessionStore, "_rows_after_index", catch_up)
+        j.append(rec(11))
+        assert indexed(root) == 11
+        assert hint(root) == file_size(root)

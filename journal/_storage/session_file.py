@@ -345,8 +345,11 @@ class SessionStore:
         _untrack(id(self))
 
     def forget(self) -> None:
-        """Trust nothing cached about the files any more (another writer may have written)."""
+        """Trust nothing cached about the files any more (another writer may have written).
+        Deferred caches are dropped too: the next index write catches up by a scan."""
         with self._lock:
+            self._deferred.clear()
+            self._deferred_lines = 0
             self._fds.end = None
             for entry in self._fds.index.values():
                 entry[2] = -1
@@ -474,15 +477,12 @@ class SessionStore:
         """
         with self._lock:
             fds = self._fds
-            if (trusted and fds.end is not None
-                    and time.monotonic() - fds.checked_at < REVALIDATE_S):
-                self._lazy = True
-                return fds.end
+            if trusted and fds.end is not None:
+                if time.monotonic() - fds.checked_at < REVALIDATE_S:
+                    self._lazy = True
+                    return fds.end
+                self.flush()  # still under the lease that wrote them: they are right
             self._lazy = False
-            # Someone may have written since they were deferred: they are dropped, and the
-            # next index write catches up by scanning (a few lines).
-            self._deferred.clear()
-            self._deferred_lines = 0
             self.forget()
             fds.checked_at = time.monotonic()
             if fds.hint_fd is not None and _identity(self._hint) != fds.hint_id:
