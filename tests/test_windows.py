@@ -74,7 +74,7 @@ def test_a_round_is_begin_write_commit_and_keeps_the_lease(core: Core, clock: Fa
     d = FakeDriver(clock, [begun(), ("commit", 1)])
     stored = append(core, d, 1)
     assert [r.sequence for r in stored] == [1]
-    assert d.seen == ["begin", "file:size_for_append", "file:_write", "commit"]
+    assert d.seen == ["begin", "file:_write_if_committed", "commit"]
     assert lines(core.root) == [1]
     assert core.held["s1"].token == "tok-1" and core.held["s1"].heads == {"main": 1}
 
@@ -85,10 +85,10 @@ def test_lease_expired_by_the_clock_before_the_write_writes_nothing_and_begins_a
     """Our clock passes the lease's safe deadline between begin and write: the write's
     guard refuses, nothing of ours reaches the file, and the append starts over."""
     d = FakeDriver(clock, [begun(), begun(), ("commit", 1)],
-                   before_file={"_write": lambda: clock.advance(2.0)})
+                   before_file={"_write_if_committed": lambda: clock.advance(2.0)})
     assert [r.sequence for r in append(core, d, 1)] == [1]
-    assert d.seen == ["begin", "file:size_for_append", "file:_write",  # refused: nothing written
-                      "begin", "file:size_for_append", "file:_write", "commit"]
+    assert d.seen == ["begin", "file:_write_if_committed",  # refused: nothing written
+                      "begin", "file:_write_if_committed", "commit"]
     assert lines(core.root) == [1]
 
 
@@ -123,12 +123,12 @@ def test_lease_lost_before_commit_under_a_held_lease(core: Core, clock: FakeCloc
     # Fast path: no begin; the commit is pipelined (sent, reply read later).
     d.expect(("send:commit", None))
     append(core, d, 2)
-    assert d.seen[-3:] == ["file:size_for_append", "file:_write", "send:commit"]
+    assert d.seen[-2:] == ["file:_write_if_committed", "send:commit"]
     assert core.held["s1"].pending
     # The reply says the lease is gone (2: handed to a waiter), so: begin again.
     d.expect(("collect", 2), begun(size(core), 2), ("commit", 1))
     append(core, d, 3)
-    assert d.seen[-5:] == ["collect", "begin", "file:size_for_append", "file:_write", "commit"]
+    assert d.seen[-4:] == ["collect", "begin", "file:_write_if_committed", "commit"]
     assert lines(core.root) == [1, 2, 3]
 
 
@@ -141,7 +141,7 @@ def test_lost_reply_of_a_pipelined_commit(core: Core, clock: FakeClock) -> None:
     assert [r.sequence for r in append(core, d, 2)] == [2]
     d.expect(("collect", 0), begun(size(core), 2), ("commit", 1))
     append(core, d, 3)
-    assert d.seen[-5:] == ["collect", "begin", "file:size_for_append", "file:_write", "commit"]
+    assert d.seen[-4:] == ["collect", "begin", "file:_write_if_committed", "commit"]
     assert lines(core.root) == [1, 2, 3]
 
 
@@ -151,7 +151,7 @@ def test_a_held_lease_expired_by_the_clock_is_not_used(core: Core, clock: FakeCl
     clock.advance(HOLD_S)  # past the held lease's safe deadline
     d.expect(begun(size(core), 1), ("commit", 1))
     append(core, d, 2)
-    assert d.seen[4:] == ["begin", "file:size_for_append", "file:_write", "commit"]
+    assert d.seen[3:] == ["begin", "file:_write_if_committed", "commit"]
 
 
 def test_read_your_writes_settles_the_pipelined_commit_first(
@@ -190,9 +190,9 @@ def test_a_lost_state_is_rebuilt_from_the_file_first(core: Core, clock: FakeCloc
     d.expect(("begin", [b"rebuild"]), ("acquire_rebuild", [b"ok"]), ("commit", 1),
              begun(size(core), 1), ("commit", 1))
     append(core, d, 2)
-    assert d.seen[4:] == ["begin", "acquire_rebuild", "file:size", "sleep:0.1",
-                          "file:rebuild", "commit", "begin", "file:size_for_append",
-                          "file:_write", "commit"]
+    assert d.seen[3:] == ["begin", "acquire_rebuild", "file:size", "sleep:0.1",
+                          "file:rebuild", "commit", "begin", "file:_write_if_committed",
+                          "commit"]
     assert lines(core.root) == [1, 2]
 
 

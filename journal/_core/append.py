@@ -138,23 +138,30 @@ def _under_lease(
     first, last = records[0], records[-1]
     branch = first.branch_id
     store = core.store(first.session_id)
-    size = yield Blocking(partial(store.size_for_append, fast))
-    if size < committed:
-        # Another host's committed bytes may not be visible here yet (a shared mount's
-        # cache): wait for them, bounded. An archived session reopens; anything else is
-        # refused. Never write, recover or truncate on a short view; the lease clock guards
-        # whatever follows the wait.
-        size = yield Blocking(partial(gate.short_file, store, size, committed, clock.guard))
-    if size > committed:
-        # A writer died after or during its write: roll its tail forward or cut it first.
-        committed, heads, _ = yield from recover(core, keys, token, clock, store, committed)
-        head_now = heads.get(branch, 0)
-        if head_now + 1 != first.sequence:
-            yield from release(keys, token)
-            return (yield from _resolve_conflict(core, records, head_now)), None
     sync = core.settings.durability != "none"
-    start, end, synced_at = yield Blocking(partial(
-        _write, store, clock, core.env.now, data, sync, committed, branch, head_now))
+    # The common case is one blocking step (one thread hop in the async shell): the file
+    # holds exactly the committed length, so the write follows the size check at once.
+    outcome = yield Blocking(partial(
+        _write_if_committed, store, fast, clock, core.env.now, data, sync, committed, branch,
+        head_now))
+    if isinstance(outcome, int):
+        size = outcome
+        if size < committed:
+            # Another host's committed bytes may not be visible here yet (a shared mount's
+            # cache): wait for them, bounded. An archived session reopens; anything else is
+            # refused. Never write, recover or truncate on a short view; the lease clock
+            # guards whatever follows the wait.
+            size = yield Blocking(partial(gate.short_file, store, size, committed, clock.guard))
+        if size > committed:
+            # A writer died after or during its write: roll its tail forward or cut it first.
+            committed, heads, _ = yield from recover(core, keys, token, clock, store, committed)
+            head_now = heads.get(branch, 0)
+            if head_now + 1 != first.sequence:
+                yield from release(keys, token)
+                return (yield from _resolve_conflict(core, records, head_now)), None
+        outcome = yield Blocking(partial(
+            _write, store, clock, core.env.now, data, sync, committed, branch, head_now))
+    start, end, synced_at = outcome
     if start != committed:
         # A stale writer's bytes landed before ours. Recover everything past the committed
         # length: our lines are kept if they still continue their branch, or cut.
@@ -200,6 +207,18 @@ def _under_lease(
         core.contended(first.session_id)
     kept = Held(token, hold_clock, end, {branch: last.sequence}) if ok == 1 and hold_ms else None
     return records, kept
+
+
+def _write_if_committed(
+    store: SessionStore, trusted: bool, clock: LeaseClock, now: Callable[[], float], data: bytes,
+    sync: bool, committed: int, branch: str, head_now: int,
+) -> tuple[int, int, float] | int:
+    """:func:`_write` if the file's size is the committed length; otherwise the size, and
+    nothing is written (the protocol deals with a short or long file first)."""
+    size = store.size_for_append(trusted)
+    if size != committed:
+        return size
+    return _write(store, clock, now, data, sync, committed, branch, head_now)
 
 
 def _write(
