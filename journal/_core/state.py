@@ -108,6 +108,8 @@ class Core:
     # wait out its hold, so a contended session is not held at all for a while.
     contended_until: dict[str, float] = field(default_factory=dict, init=False)
     _stores: dict[str, SessionStore] = field(default_factory=dict, init=False, repr=False)
+    # Every append needs its session's key names: made once, not per append.
+    _keys: dict[str, SessionKeys] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.settings.root)
@@ -134,7 +136,12 @@ class Core:
         return Backoff(self.env, self.settings.lease_wait_s)
 
     def keys(self, session_id: str) -> SessionKeys:
-        return session_keys(self.settings.key_prefix, session_id)
+        keys = self._keys.get(session_id)
+        if keys is None:
+            if len(self._keys) >= 4096:
+                self._keys.clear()  # a plain bound, as for the stores
+            keys = self._keys[session_id] = session_keys(self.settings.key_prefix, session_id)
+        return keys
 
     def store(self, session_id: str) -> SessionStore:
         store = self._stores.get(session_id)
