@@ -101,8 +101,15 @@ def packed(op: Lua, sha: str, heads: dict[tuple[Any, ...], bytes] | None = None)
                 heads.clear()  # a plain bound; a head is cheap to pack again
             heads[cache_key] = head
     out = [head]
-    for arg in args:  # _bulk(_raw(arg)), inlined: two calls per argument cost a µs
-        raw = arg.encode() if type(arg) is str else _raw(arg)
+    for arg in args:  # _bulk(_raw(arg)), inlined for the usual types: calls cost here
+        if isinstance(arg, bytes):
+            raw = arg
+        elif type(arg) is str:
+            raw = arg.encode()
+        elif type(arg) is int:  # (not a bool: str(True) is "True")
+            raw = b"%d" % arg
+        else:
+            raw = _raw(arg)
         out.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
     return b"".join(out)
 
