@@ -146,7 +146,7 @@ class Pipeline:
         self.results[session_id] = yield from self._run_now(lua)
 
     def collect(self, session_id: str) -> WireSteps[Any]:
-        while self.pending(session_id):
+        while self.waiting and self.pending(session_id):
             sid, lua = self.waiting.popleft()
             try:
                 reply = yield ReadReply(self.conn)

@@ -43,6 +43,8 @@ class LeaseClock:
     """Our own, conservative view of the lease: it starts before the begin call was sent,
     and we stop trusting it a safety margin before it expires."""
 
+    __slots__ = ("_now", "deadline")  # one or two per append
+
     def __init__(self, env: Env, lease_ms: int) -> None:
         # 80 % of the lease, less a margin for the clock and the trip to Redis: 20 ms, or a
         # fifth of the lease for the short holds (lease_hold_ms) of a busy writer.
@@ -75,6 +77,8 @@ class Held:
 
 class Backoff:
     """Bounded exponential backoff with jitter while another writer holds the lease."""
+
+    __slots__ = ("_env", "deadline", "delay")  # one per append, mostly unused
 
     def __init__(self, env: Env, timeout_s: float) -> None:
         self._env = env
