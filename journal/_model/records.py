@@ -101,7 +101,7 @@ _TIMESTAMP = re.compile(
 # The last timestamp found valid and already canonical. An append checks the same
 # timestamp three times (making the record, copying it with its checked kind, decoding the
 # line it writes); this makes the second and third a comparison.
-_last_canonical = ""
+_last_canonical: str | None = None
 
 
 def normalize_timestamp(value: str) -> str:
