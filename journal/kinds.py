@@ -847,10 +847,19 @@ KNOWN_KINDS: dict[str, type[KindBase]] = {_tag_of(cls): cls for cls in _ALL_KIND
 MAX_JSON_DEPTH = 256
 
 
+# Types that need no check at all (exact types: a subclass takes the full path). Floats
+# are left out: they need the finiteness check.
+_PLAIN = frozenset({str, int, bool, type(None)})
+_STR_ONLY = frozenset({str})
+
+
 def check_json_value(value: Any, where: str) -> None:
     """Refuse what JSON cannot hold faithfully: NaN and infinities (msgspec would write
     them as ``null``), non-string object keys, and nesting deeper than ``MAX_JSON_DEPTH``.
     Iterative, so a hostile depth cannot blow the stack here either."""
+    if (type(value) is dict and _STR_ONLY.issuperset(map(type, value))
+            and _PLAIN.issuperset(map(type, value.values()))):
+        return  # the common kind: a flat object of strings, ints, booleans and nulls
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -880,7 +889,7 @@ def validate_kind(kind: Mapping[str, Any]) -> dict[str, Any]:
         InvalidRecord: ``kind`` is not a mapping, has no string ``"type"``, or is a known
             kind with missing or mistyped fields.
     """
-    if not isinstance(kind, Mapping):
+    if type(kind) is not dict and not isinstance(kind, Mapping):  # (dict: skip the ABC check)
         raise InvalidRecord(f"kind must be a JSON object (a mapping), got {type(kind).__name__}")
     # Shallow copy: a plain dict in the caller's key order; values are not touched.
     result = dict(kind)
@@ -921,7 +930,7 @@ def kind_to_dict(kind: KindBase | Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(built, dict):  # pragma: no cover - a Struct always gives a dict
             raise InvalidRecord(f"{type(kind).__name__} did not encode to a JSON object")
         return validate_kind(built)
-    if isinstance(kind, Mapping):
+    if type(kind) is dict or isinstance(kind, Mapping):
         return validate_kind(kind)
     raise InvalidRecord(
         f'kind must be a typed kind or a mapping with a "type" key, got {type(kind).__name__}'

@@ -74,6 +74,39 @@ def test_bad_timestamps_are_refused(bad: str) -> None:
         normalize_timestamp(bad)
 
 
+def test_a_remembered_timestamp_never_lets_a_bad_one_through() -> None:
+    # normalize_timestamp remembers the last canonical timestamp; an empty or bad one is
+    # refused whether or not one was remembered, and a remembered one still passes.
+    for bad in ["", "2026-02-21T10:15:30"]:
+        with pytest.raises(InvalidRecord):
+            normalize_timestamp(bad)
+        assert normalize_timestamp("2026-02-21T10:15:30Z") == "2026-02-21T10:15:30Z"
+        with pytest.raises(InvalidRecord):
+            normalize_timestamp(bad)
+    record = _rec(1)
+    record.timestamp = ""  # changed after it was made (and checked)
+    with pytest.raises(InvalidRecord):
+        prepare_for_write([record])
+
+
+def test_an_id_found_valid_is_still_held_to_each_length_limit() -> None:
+    prepare_for_write([_rec(1, session="s" * 20)])  # valid, and remembered as valid
+    with pytest.raises(InvalidId, match="1 to 10 characters"):
+        prepare_for_write([_rec(1, session="s" * 20)], max_id_length=10)
+    prepare_for_write([_rec(1, session="s" * 20)], max_id_length=20)
+
+
+def test_a_kind_changed_after_the_record_was_made_is_checked_again() -> None:
+    record = _rec(1)
+    prepare_for_write([record])
+    record.kind["content"] = float("nan")  # a flat kind, but no longer plain
+    with pytest.raises(InvalidRecord, match="not a JSON number"):
+        prepare_for_write([record])
+    record.kind = {"type": "UserMessage", 1: "x"}  # type: ignore[dict-item]
+    with pytest.raises(InvalidRecord, match="keys must be strings"):
+        prepare_for_write([record])
+
+
 def test_decode_accepts_offsets_and_fills_defaults() -> None:
     line = (b'{"event_id":"e","session_id":"s","branch_id":"main","sequence":1,'
             b'"timestamp":"2026-02-21T12:00:00+02:00","kind":{"type":"X"}}')

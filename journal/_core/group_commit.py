@@ -23,7 +23,7 @@ from journal._core.state import Core
 from journal._model.records import EventRecord
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Pending:
     records: list[EventRecord]
     data: bytes
@@ -75,6 +75,8 @@ class GroupQueue:
             if not self._queue:
                 self._leading = False
                 return None
+            if len(self._queue) == 1:
+                return [self._queue.pop()]  # the common case (one writer): nothing to chain
             # Start at the lowest queued sequence of the oldest request's branch: callers
             # that raced to the queue out of order still chain.
             branch = self._queue[0].branch
@@ -93,6 +95,8 @@ class GroupQueue:
 
 
 def merge(chain: list[Pending]) -> tuple[list[EventRecord], bytes]:
+    if len(chain) == 1:
+        return chain[0].records, chain[0].data
     records = [r for p in chain for r in p.records]
     return records, b"".join(p.data for p in chain)
 

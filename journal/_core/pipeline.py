@@ -72,15 +72,46 @@ class WireFailed(Exception):
     """The connection failed; what happened to the command is unknown."""
 
 
-def packed(op: Lua, sha: str) -> bytes:
+def _bulk(raw: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(raw), raw)
+
+
+def _raw(arg: str | int | bytes) -> bytes:
+    """An argument's bytes, as redis-py would send it."""
+    if type(arg) is str:
+        return arg.encode()
+    return arg if isinstance(arg, bytes) else str(arg).encode()
+
+
+def packed(op: Lua, sha: str, heads: dict[tuple[Any, ...], bytes] | None = None) -> bytes:
     """EVALSHA in RESP, packed by hand: redis-py's general packer costs more than the rest
-    of the pipelined send on this hot path."""
-    args = ("EVALSHA", sha, len(op.keys), *op.keys, *op.args)
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        raw = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts += (b"$%d\r\n" % len(raw), raw, b"\r\n")
-    return b"".join(parts)
+    of the pipelined send on this hot path.
+
+    ``heads`` caches everything up to the arguments (the count, the sha, the keys): a
+    session's commits differ only in their arguments, so their heads are packed once."""
+    keys, args = op.keys, op.args
+    cache_key = (sha, len(args), *keys)
+    head = heads.get(cache_key) if heads is not None else None
+    if head is None:
+        count = (b"*%d\r\n" % (3 + len(keys) + len(args))
+                 + _bulk(b"EVALSHA") + _bulk(sha.encode()) + _bulk(b"%d" % len(keys)))
+        head = count + b"".join(_bulk(_raw(key)) for key in keys)
+        if heads is not None:
+            if len(heads) >= 4096:
+                heads.clear()  # a plain bound; a head is cheap to pack again
+            heads[cache_key] = head
+    out = [head]
+    for arg in args:  # _bulk(_raw(arg)), inlined for the usual types: calls cost here
+        if isinstance(arg, bytes):
+            raw = arg
+        elif type(arg) is str:
+            raw = arg.encode()
+        elif type(arg) is int:  # (not a bool: str(True) is "True")
+            raw = b"%d" % arg
+        else:
+            raw = _raw(arg)
+        out.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
+    return b"".join(out)
 
 
 @dataclass
@@ -96,6 +127,7 @@ class Pipeline:
     waiting: deque[tuple[str, Lua]] = field(default_factory=deque)
     results: dict[str, Any] = field(default_factory=dict)
     conn: Any = None  # the dedicated connection, opened by the first pipelined send
+    heads: dict[tuple[Any, ...], bytes] = field(default_factory=dict)  # see packed()
 
     def pending(self, session_id: str) -> bool:
         return any(sid == session_id for sid, _ in self.waiting)
@@ -105,7 +137,7 @@ class Pipeline:
             try:
                 if self.conn is None:
                     self.conn = yield Connect()
-                yield Write(self.conn, packed(lua, self.shas[lua.script]))
+                yield Write(self.conn, packed(lua, self.shas[lua.script], self.heads))
                 self.waiting.append((session_id, lua))
                 return
             except WireFailed:
@@ -114,7 +146,7 @@ class Pipeline:
         self.results[session_id] = yield from self._run_now(lua)
 
     def collect(self, session_id: str) -> WireSteps[Any]:
-        while self.pending(session_id):
+        while self.waiting and self.pending(session_id):
             sid, lua = self.waiting.popleft()
             try:
                 reply = yield ReadReply(self.conn)

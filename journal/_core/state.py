@@ -43,6 +43,8 @@ class LeaseClock:
     """Our own, conservative view of the lease: it starts before the begin call was sent,
     and we stop trusting it a safety margin before it expires."""
 
+    __slots__ = ("_now", "deadline")  # one or two per append
+
     def __init__(self, env: Env, lease_ms: int) -> None:
         # 80 % of the lease, less a margin for the clock and the trip to Redis: 20 ms, or a
         # fifth of the lease for the short holds (lease_hold_ms) of a busy writer.
@@ -76,6 +78,8 @@ class Held:
 class Backoff:
     """Bounded exponential backoff with jitter while another writer holds the lease."""
 
+    __slots__ = ("_env", "deadline", "delay")  # one per append, mostly unused
+
     def __init__(self, env: Env, timeout_s: float) -> None:
         self._env = env
         self.deadline = env.now() + timeout_s
@@ -108,6 +112,8 @@ class Core:
     # wait out its hold, so a contended session is not held at all for a while.
     contended_until: dict[str, float] = field(default_factory=dict, init=False)
     _stores: dict[str, SessionStore] = field(default_factory=dict, init=False, repr=False)
+    # Every append needs its session's key names: made once, not per append.
+    _keys: dict[str, SessionKeys] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.settings.root)
@@ -134,7 +140,12 @@ class Core:
         return Backoff(self.env, self.settings.lease_wait_s)
 
     def keys(self, session_id: str) -> SessionKeys:
-        return session_keys(self.settings.key_prefix, session_id)
+        keys = self._keys.get(session_id)
+        if keys is None:
+            if len(self._keys) >= 4096:
+                self._keys.clear()  # a plain bound, as for the stores
+            keys = self._keys[session_id] = session_keys(self.settings.key_prefix, session_id)
+        return keys
 
     def store(self, session_id: str) -> SessionStore:
         store = self._stores.get(session_id)

@@ -166,8 +166,10 @@ class _Base(Generic[Client]):
         )
         pending = Pending(checked, data, notify=notify)
         session_id = checked[0].session_id
-        with self._groups_lock:
-            queue = self._groups.setdefault(session_id, GroupQueue())
+        queue = self._groups.get(session_id)
+        if queue is None:
+            with self._groups_lock:
+                queue = self._groups.setdefault(session_id, GroupQueue())
         if not queue.join(pending):
             return pending, None
         # "batch" is group commit: queued appends that chain share one round and one sync.
@@ -323,7 +325,7 @@ class AsyncJournal(_Base[connect.AsyncClient]):
         await self.close()
 
     async def _run(self, steps: protocol.Steps[T]) -> T:
-        if isinstance(steps, _Known):
+        if type(steps) is _Known:  # (not isinstance: _Known is an ABC, slow to check)
             known: T = steps.value
             return known
         driver = self._driver or await self._connect()
@@ -459,7 +461,7 @@ class Journal(_Base[connect.SyncClient]):
         self.close()
 
     def _run(self, steps: protocol.Steps[T]) -> T:
-        if isinstance(steps, _Known):
+        if type(steps) is _Known:  # (not isinstance: _Known is an ABC, slow to check)
             known: T = steps.value
             return known
         driver = self._driver or self._connect()
@@ -532,11 +534,14 @@ class Journal(_Base[connect.SyncClient]):
         return bool(self._run(self._archive(session_id)))
 
     def append_batch(self, records: Iterable[EventRecord]) -> list[EventRecord]:
-        done = threading.Event()
-        pending, leader = self._enqueue(records, done.set)
+        # A one-shot event: released once, by whoever settles the request (often this very
+        # call, leading its own round). A lock costs a fraction of a threading.Event.
+        done = threading.Lock()
+        done.acquire()
+        pending, leader = self._enqueue(records, done.release)
         if leader is not None:
             self._run(leader)
-        done.wait()
+        done.acquire()
         return pending.outcome()
 
     def read(

@@ -98,12 +98,21 @@ _TIMESTAMP = re.compile(
 )
 
 
+# The last timestamp found valid and already canonical. An append checks the same
+# timestamp three times (making the record, copying it with its checked kind, decoding the
+# line it writes); this makes the second and third a comparison.
+_last_canonical: str | None = None
+
+
 def normalize_timestamp(value: str) -> str:
     """Validate an RFC 3339 timestamp and convert it to UTC with ``Z``.
 
     The fraction digits are kept as text: Python's datetime stops at microseconds, aiOS
     writes nanoseconds, and we must not lose them.
     """
+    global _last_canonical
+    if type(value) is str and value == _last_canonical:
+        return value
     m = _TIMESTAMP.fullmatch(value)
     if m is None:
         raise InvalidRecord(f"timestamp {value!r} is not RFC 3339 (e.g. 2026-02-21T10:15:30Z)")
@@ -115,6 +124,8 @@ def normalize_timestamp(value: str) -> str:
     fraction = fraction or ""
     if offset in ("Z", "z"):
         if value[10] == "T" and offset == "Z":
+            if type(value) is str:
+                _last_canonical = value
             return value
     else:
         sign = 1 if offset[0] == "+" else -1
