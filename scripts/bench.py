@@ -47,6 +47,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import importlib.util
 import multiprocessing
 import os
 import platform
@@ -160,6 +161,10 @@ def proc_status_kib(field_name: str, pid: int | str = "self") -> int:
     raise KeyError(field_name)
 
 
+def _has_hiredis() -> bool:
+    return importlib.util.find_spec("hiredis") is not None
+
+
 def machine_info(data_dir: Path, server: RedisServer | None) -> list[tuple[str, str]]:
     cpu = "unknown"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
@@ -195,6 +200,8 @@ def machine_info(data_dir: Path, server: RedisServer | None) -> list[tuple[str, 
         ("python", sys.version.split()[0]),
         ("journal tree", tree),
         ("redis-server", f"{redis_version} ({binary})"),
+        ("redis-py reply parser", "hiredis (the `fast` extra)" if _has_hiredis()
+         else "pure Python (install the `fast` extra for hiredis)"),
         ("load average at start", " ".join(f"{x:.2f}" for x in load)),
     ]
 
