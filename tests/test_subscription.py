@@ -447,14 +447,73 @@ def test_machine_overflow_drops_the_buffer_and_reads_the_file() -> None:
     for r in recs:
         f.on_pubsub("message", _message([r]), 0.0)
     assert f.stats.overflows == 2 and f.stats.buffer_peak == 3
-    # 1..6 were dropped with the buffer (their heads were kept); 7 and 8 are still held.
-    assert f.next_action(0.0) == Read("s1", "main", 1, 6)
-    f.on_read(Read("s1", "main", 1, 6), recs[:6], 0.0)
-    assert f.next_action(0.0) == Emit(recs[:6])
+    # 1 went straight through (nothing else waited); 2..7 were dropped with the buffer
+    # (their heads were kept); 8 is still held.
+    assert f.next_action(0.0) == Emit(recs[:1])
     f.next_action(0.0)
-    assert f.next_action(0.0) == Emit(recs[6:7])
+    assert f.next_action(0.0) == Read("s1", "main", 2, 6)
+    f.on_read(Read("s1", "main", 2, 6), recs[1:7], 0.0)
+    assert f.next_action(0.0) == Emit(recs[1:7])
     f.next_action(0.0)
     assert f.next_action(0.0) == Emit(recs[7:8])
+    f.next_action(0.0)
+    f.on_drained(False)
+    assert isinstance(f.next_action(0.0), Listen)  # nothing left to do
+
+
+@pytest.mark.timeout(5)
+def test_machine_live_message_goes_straight_through_only_when_nothing_waits() -> None:
+    """The live path skips the buffer when the message continues its stream and nothing
+    else waits; behind anything not yet handed out (an emit, a file read to come) it is
+    buffered, so the order never changes."""
+    f = Follower(SubscribeOptions(page_size=10), session_id="s1")
+    recs = [ev(i) for i in range(1, 8)]
+    _listening(f)
+    assert f.next_action(0.0) == Check("s1", "main")
+    f.on_heads("s1", {"main": 0}, 0.0)
+    f.on_pubsub("message", _message(recs[0:1]), 0.0)
+    assert f.stats.live_events == 1 and f.stats.buffer_peak == 0  # not buffered
+    f.on_pubsub("message", _message(recs[1:2]), 0.0)  # behind an emit not handed out yet
+    assert f.stats.buffer_peak == 1
+    f.on_drained(False)
+    assert f.next_action(0.0) == Emit(recs[0:1])
+    assert f.next_action(0.0) == Listen(0.0, 1000)  # work waits: a drain first
+    f.on_drained(False)
+    assert f.next_action(0.0) == Emit(recs[1:2])
+    assert f.next_action(0.0) == Listen(0.0, 1000)
+    f.on_drained(False)
+    wait = f.next_action(0.0)  # nothing left: wait for the next message
+    assert isinstance(wait, Listen) and wait.timeout > 0
+    # A head check finds 3..4 that no message announced: 5 must wait behind their read.
+    f.on_heads("s1", {"main": 4}, 0.0)
+    f.on_pubsub("message", _message(recs[4:5]), 0.0)
+    assert f.next_action(0.0) == Read("s1", "main", 3, 2)
+    f.on_read(Read("s1", "main", 3, 2), recs[2:4], 0.0)
+    assert f.next_action(0.0) == Emit(recs[2:4])
+    f.next_action(0.0)
+    assert f.next_action(0.0) == Emit(recs[4:5])
+    f.next_action(0.0)
+    f.on_drained(False)
+    assert isinstance(f.next_action(0.0), Listen)
+    # A message that overlaps what was yielded goes through with only what is new; a
+    # stale one is dropped. With nothing else due, no empty drain comes before the wait
+    # (the wait drains anyway).
+    f.on_pubsub("message", _message(recs[4:6]), 0.0)
+    f.on_pubsub("message", _message(recs[5:6]), 0.0)
+    f.on_drained(False)
+    assert f.next_action(0.0) == Emit(recs[5:6])
+    wait = f.next_action(0.0)
+    assert isinstance(wait, Listen) and wait.timeout > 0
+    # Back after idle_s (a slow consumer): the drain comes before the head check, so a
+    # connection Redis cut meanwhile is noticed first.
+    f.on_pubsub("message", _message(recs[6:7]), 0.0)
+    f.on_drained(False)
+    assert f.next_action(0.0) == Emit(recs[6:7])
+    assert f.next_action(5.0) == Listen(0.0, 1000)
+    f.on_drained(False)
+    assert f.next_action(5.0) == Check("s1", "main")
+    assert f.stats.stale_messages == 1
+    assert (f.stats.live_events, f.stats.file_events) == (5, 2)
 
 
 @pytest.mark.timeout(5)
