@@ -221,3 +221,61 @@ def test_the_periodic_revalidation_writes_the_deferred_caches_instead_of_droppin
         j.append(rec(11))
         assert indexed(root) == 11
         assert hint(root) == file_size(root)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("no_timed_flush")
+def test_a_writer_that_idles_past_its_hold_still_writes_its_caches_on_close(
+    server_backend: Backend,
+) -> None:
+    """The lease lapsed while the writer idled: close takes it back (nobody wrote since)
+    and writes what was deferred, so a clean shutdown leaves a complete index."""
+    root = server_backend.root
+    assert server_backend.url is not None
+    with Journal(root, server_backend.url, lease_hold_ms=200) as j:
+        for seq in range(1, 11):
+            j.append(rec(seq))
+        assert indexed(root) == 1
+        time.sleep(0.4)  # past the hold: the lease is gone in Redis too
+    assert indexed(root) == 10
+    assert hint(root) == file_size(root)
+    assert verify_report(root, ["s"]).findings == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("no_timed_flush")
+def test_close_leaves_the_caches_alone_when_another_writer_wrote_since(
+    server_backend: Backend,
+) -> None:
+    root = server_backend.root
+    url = server_backend.url
+    assert url is not None
+    with Journal(root, url, lease_hold_ms=200) as first:
+        for seq in range(1, 11):
+            first.append(rec(seq))
+        time.sleep(0.4)
+        with Journal(root, url, lease_hold_ms=200) as second:
+            second.append(rec(11))  # catches the index up from the file, then writes its own
+    assert indexed(root) == 11
+    assert verify_report(root, ["s"]).findings == []
+    with Journal(root, url) as j:
+        assert [r.sequence for r in j.read("s", "main", 1, 100)] == list(range(1, 12))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("no_timed_flush")
+def test_a_new_branch_written_by_the_same_writer_keeps_the_deferred_caches(
+    server_backend: Backend,
+) -> None:
+    """A new branch goes through `begin` (its head is not known locally), under the lease
+    this writer kept: nobody wrote since, so what was deferred is written, not dropped."""
+    root = server_backend.root
+    assert server_backend.url is not None
+    with Journal(root, server_backend.url, lease_hold_ms=HOLD_MS) as j:
+        for seq in range(1, 6):
+            j.append(rec(seq))
+        assert indexed(root) == 1
+        j.append(rec(1, branch="alt"))
+        assert indexed(root) == 5
+        assert indexed(root, "alt") == 1
+    assert verify_report(root, ["s"]).findings == []

@@ -171,3 +171,35 @@ def test_scripts_on_a_real_server_after_restart(redis_server: Any) -> None:
         assert s["release"](keys=[K.lease], args=["t"]) == 0
     finally:
         client.close()
+
+
+def reclaim(client: redis.Redis, token: str, lease: int = 1000) -> list[Any]:
+    return scripts(client)["reclaim"](  # type: ignore[no-any-return]
+        keys=[K.state, K.lease], args=[token, lease]
+    )
+
+
+def test_reclaim_without_state_asks_for_rebuild(r: redis.Redis) -> None:
+    assert reclaim(r, "t1") == [b"rebuild"]
+    assert r.get(K.lease) is None
+
+
+def test_reclaim_renews_our_own_lease_and_returns_len(r: redis.Redis) -> None:
+    r.hset(K.state, mapping={"len": 120, "h:main": 4})
+    r.set(K.lease, "t1", px=50)
+    assert reclaim(r, "t1", lease=5000) == [b"ok", 120]
+    assert r.get(K.lease) == b"t1" and r.pttl(K.lease) > 1000
+
+
+def test_reclaim_takes_a_free_lease(r: redis.Redis) -> None:
+    r.hset(K.state, mapping={"len": 7})
+    assert reclaim(r, "t1") == [b"ok", 7]
+    assert r.get(K.lease) == b"t1"
+
+
+def test_reclaim_of_a_busy_lease_neither_takes_it_nor_waits_in_line(r: redis.Redis) -> None:
+    r.hset(K.state, mapping={"len": 7})
+    r.set(K.lease, "other", px=5000)
+    assert reclaim(r, "t1") == [b"busy"]
+    assert r.get(K.lease) == b"other"
+    assert r.get(K.want) is None  # closing never makes the holder hand its lease over

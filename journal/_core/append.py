@@ -125,10 +125,26 @@ def release_held(core: Core) -> Steps[None]:
     for them to expire."""
     while core.held:
         session_id, held = core.held.popitem()
-        if (yield from confirm(held, session_id)):
-            if held.clock.valid():  # the deferred caches are written under the lease only
-                yield Blocking(core.store(session_id).flush)
-            yield from release(core.keys(session_id), held.token)
+        if not (yield from confirm(held, session_id)):
+            continue
+        keys, store = core.keys(session_id), core.store(session_id)
+        # The deferred caches are written under the lease only: the held one while our
+        # clock trusts it, else the lease taken back, if nobody wrote since our commit.
+        if not held.clock.valid() and store.deferred():
+            clock = core.lease_clock(core.settings.lease_ms)
+            reply = yield Lua("reclaim", [keys.state, keys.lease],
+                              [held.token, core.settings.lease_ms])
+            if text(reply[0]) != "ok":
+                continue  # another writer holds it (or Redis lost the state): its business
+            if int(reply[1]) != held.committed:
+                # Someone wrote since our commit: our entries may not describe the file any
+                # more. The next writer catches the index up from the file itself.
+                yield from release(keys, held.token)
+                continue
+            held.clock = clock
+        if store.deferred():
+            yield Blocking(partial(store.flush, held.clock.guard))
+        yield from release(keys, held.token)
 
 
 def _under_lease(
@@ -215,7 +231,7 @@ def _write_if_committed(
 ) -> tuple[int, int, float] | int:
     """:func:`_write` if the file's size is the committed length; otherwise the size, and
     nothing is written (the protocol deals with a short or long file first)."""
-    size = store.size_for_append(trusted)
+    size = store.size_for_append(trusted, committed)
     if size != committed:
         return size
     return _write(store, clock, now, data, sync, committed, branch, head_now)

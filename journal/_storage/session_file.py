@@ -463,8 +463,9 @@ class SessionStore:
 
     # ----- appending (under the lease) -----------------------------------------------------
 
-    def size_for_append(self, trusted: bool) -> int:
-        """The file's size before an append under the lease.
+    def size_for_append(self, trusted: bool, committed: int) -> int:
+        """The file's size before an append under the lease (``committed``: the committed
+        length Redis gave with it).
 
         ``trusted``: this writer held the lease without a break since its last append (the
         held-lease fast path), so nobody else may have written and the end of its own last
@@ -474,6 +475,11 @@ class SessionStore:
         ``REVALIDATE_S``, the cached descriptors are checked against the paths (one ``stat``
         each): a file replaced or removed behind our back is reopened, and what we knew about
         the files is forgotten.
+
+        Deferred caches are written first when they are still right: on the fast path, and
+        after a ``begin`` when nobody wrote since they were deferred (the same file, whose
+        size and Redis's committed length are both where our last write ended; a new
+        branch in a session we keep writing takes that path). Otherwise they are dropped.
         """
         with self._lock:
             fds = self._fds
@@ -482,6 +488,13 @@ class SessionStore:
                     self._lazy = True
                     return fds.end
                 self.flush()  # still under the lease that wrote them: they are right
+            try:
+                st: os.stat_result | None = os.stat(self._path)
+            except FileNotFoundError:
+                st = None
+            if (self._deferred and st is not None and committed == self._deferred_end
+                    and st.st_size == committed and (st.st_dev, st.st_ino) == fds.append_id):
+                self.flush()
             self._lazy = False
             self.forget()
             fds.checked_at = time.monotonic()
@@ -492,10 +505,6 @@ class SessionStore:
                 if _identity(f"{self.index_dir}/{branch_id}{INDEX_SUFFIX}") != entry[1]:
                     del fds.index[branch_id]
                     os.close(entry[0])
-            try:
-                st = os.stat(self._path)
-            except FileNotFoundError:
-                st = None
             if fds.append_fd is not None and (
                 st is None or (st.st_dev, st.st_ino) != fds.append_id
             ):
@@ -611,12 +620,23 @@ class SessionStore:
                     or time.monotonic() - self._deferred_since >= DEFER_S):
                 self._flush_deferred(hint=True)
 
-    def flush(self) -> None:
-        """Write the deferred caches now (the caller still holds the lease)."""
+    def deferred(self) -> bool:
+        """Whether caches wait to be written (see :meth:`landed`)."""
+        return bool(self._deferred)
+
+    def flush(self, guard: Callable[[], None] | None = None) -> None:
+        """Write the deferred caches now (the caller holds the lease; ``guard`` raises if
+        it may be gone, and they are then left to the next writer's catch-up)."""
         with self._lock:
-            if self._deferred:
-                with contextlib.suppress(OSError, JournalError):  # caches, as in landed
-                    self._flush_deferred(hint=True)
+            if not self._deferred:
+                return
+            try:
+                if guard is not None:
+                    guard()
+                self._flush_deferred(hint=True)
+            except (OSError, JournalError):  # JournalError: LeaseLost from guard too
+                self._deferred.clear()  # caches, as in landed
+                self._deferred_lines = 0
 
     def _flush_deferred(self, hint: bool) -> None:
         deferred, self._deferred, self._deferred_lines = self._deferred, {}, 0
