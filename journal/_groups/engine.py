@@ -331,7 +331,12 @@ class Worker:
             yield from self._release(sid)
 
     def _release(self, sid: str) -> Steps:
-        """Commit, write the checkpoint down, and give the claim back."""
+        """Commit, write the checkpoint down, and give the claim back (a deleted session's
+        is only given back: see :meth:`_drop_deleted`)."""
+        if (yield Blocking(partial(_deleted, self.root, sid))):
+            # Deleted: it is no longer listed, so the balance gives it back first.
+            yield from self._drop_deleted(sid)
+            return
         h = self.held[sid]
         if h.pending and (yield from self._commit(sid, h)) is None:
             return  # the claim was gone: lost, not released
@@ -359,6 +364,11 @@ class Worker:
         if h is None:
             return
         self.order.remove(sid)
+        if (yield Blocking(partial(_deleted, self.root, sid))):
+            # The session was deleted meanwhile (a delete can outlast the claim): there is
+            # nothing to resume, and no checkpoint file may bring its folder back.
+            self.stats["deleted"] += 1
+            return
         self.stats["lost"] += 1
         if h.dirty:
             yield from self._write_checkpoint(sid, h)
