@@ -1808,7 +1808,28 @@ def _fleet_journal(root: str, url: str, sids: list[str], seconds: float,
         return count, time.perf_counter() - start
 
 
-def fleet_child(idx: int, root: str, url: str, peer_url: str, sids: list[str],
+def _fleet_raw(scratch: str, sids: list[str], seconds: float, gate: _Gate) -> tuple[int, float]:
+    """The disk's own floor for the same fleet: one O_APPEND file per session, the same
+    line, write + fdatasync, round robin."""
+    line = encode_line(cost_record(sids[0], 1))
+    fds = [_open_append_fd(Path(scratch) / f"fleet-raw-{sid}.dat") for sid in sids]
+    try:
+        gate()
+        count = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            fd = fds[count % len(fds)]
+            os.write(fd, line)
+            os.fdatasync(fd)
+            count += 1
+        return count, time.perf_counter() - start
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def fleet_child(idx: int, root: str, scratch: str, url: str, peer_url: str, sids: list[str],
                 modes: list[str], seconds: float, barrier: Any, out_q: Any) -> None:
     """Runs in a spawned process: one phase per mode, each started by the shared barrier."""
     for phase, mode in enumerate(modes):
@@ -1818,6 +1839,8 @@ def fleet_child(idx: int, root: str, url: str, peer_url: str, sids: list[str],
         try:
             if mode == "peer":
                 result = _fleet_peer(peer_url, [f"{s}-{phase}" for s in sids], seconds, gate)
+            elif mode == "raw":
+                result = _fleet_raw(scratch, sids, seconds, gate)
             else:
                 result = _fleet_journal(root, url, sids, seconds, gate)
         except Exception as exc:
@@ -1838,16 +1861,17 @@ def figure_15(bench: Bench) -> None:
     with RedisServer(dir=peer_dir, extra_args=["--appendonly", "yes",
                                                "--appendfsync", "always"]) as peer:
         for writers, sessions in FLEETS:
-            modes = ["peer", "journal"] * rounds
+            modes = ["peer", "journal", "raw"] * rounds
             barrier = bench.mp.Barrier(writers + 1)
             out_q = bench.mp.Queue()
             tag = uuid.uuid4().hex[:6]
             per = sessions // writers
-            procs = [bench.start(fleet_child, i, str(bench.root), bench.server.url, peer.url,
+            procs = [bench.start(fleet_child, i, str(bench.root), str(bench.scratch),
+                                 bench.server.url, peer.url,
                                  [f"fleet-{tag}-{i * per + k}" for k in range(per)], modes,
                                  seconds, barrier, out_q)
                      for i in range(writers)]
-            rates: dict[str, list[float]] = {"peer": [], "journal": []}
+            rates: dict[str, list[float]] = {"peer": [], "journal": [], "raw": []}
             errors: list[str] = []
             try:
                 for phase, mode in enumerate(modes):
@@ -1881,6 +1905,10 @@ def figure_15(bench: Bench) -> None:
             if made.ratio is not None and writers > 1:
                 made.met = made.ratio >= 1.0
             bench.rows.append(made)
+            bench.rows.append(Row(15, f"raw write+fdatasync, one file per session, {name}",
+                                  statistics.median(rates["raw"]), "events/s",
+                                  note="the disk's floor for this fleet; rounds: "
+                                       + ", ".join(fmt(v) for v in rates["raw"])))
 
 
 # ----- figure 16: the cost of the per-line checksums -----------------------------------------
