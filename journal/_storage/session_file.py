@@ -1229,35 +1229,34 @@ class SessionStore:
         """Events ``first..last`` of the branch from a scan of ``[start, committed)``, where
         the branch's next line has sequence ``expected``. None when the lines there do not
         continue the index (a stale index: the full scan then reports what is wrong)."""
-        out: list[EventRecord] = []
         try:
-            for offset, raw, pos in self._scan(committed, branch_id, start, expected):
-                if pos.sequence < first:
-                    continue
-                if pos.sequence > last:
-                    break
-                try:
-                    out.append(decode_line(raw))
-                except DECODE_ERRORS as exc:
-                    raise self.corrupt(offset, f"invalid record: {exc}") from None
+            return self._collect(self._scan(committed, branch_id, start, expected), branch_id,
+                                 first, last)
         except CorruptLine:
             return None
-        return out
 
     def _read_scanned(
         self, branch_id: str, first: int, last: int, committed: int
     ) -> list[EventRecord]:
-        out: list[EventRecord] = []
         # The index may still describe some of these lines (a short one, or one left stale):
         # where it does, its checksums hold on this path too.
-        known = self.known_checksums(branch_id)
-        for offset, raw, pos in self._scan(committed, branch_id):
+        return self._collect(self._scan(committed, branch_id), branch_id, first, last,
+                             self.known_checksums(branch_id))
+
+    def _collect(self, lines: Iterator[tuple[int, bytes, _Position]], branch_id: str,
+                 first: int, last: int, known: dict[str, bytes] | None = None,
+                 ) -> list[EventRecord]:
+        """The events ``first..last`` among a scan's lines of one branch (decoded whole),
+        each checked against the index entries ``known`` when given."""
+        out: list[EventRecord] = []
+        for offset, raw, pos in lines:
             if pos.sequence < first:
                 continue
             if pos.sequence > last:
                 break
-            self.check_known(known, branch_id, pos.sequence, offset, len(raw) + 1,
-                              checksum_of(raw))
+            if known is not None:
+                self.check_known(known, branch_id, pos.sequence, offset, len(raw) + 1,
+                                  checksum_of(raw))
             try:
                 out.append(decode_line(raw))
             except DECODE_ERRORS as exc:
