@@ -143,6 +143,18 @@ def test_commit_can_keep_the_lease_and_replace_state(r: redis.Redis) -> None:
     assert r.get(K.lease) == b"t1" and r.pttl(K.lease) > 1000
 
 
+def test_commit_replaces_a_state_with_thousands_of_branches(r: redis.Redis) -> None:
+    """A rebuild commits every head at once: more fields than one unpack() can take."""
+    commit = scripts(r)["commit"]
+    r.set(K.lease, "t1", px=3000)
+    heads: list[str | int] = []
+    for i in range(5000):
+        heads += [f"b{i}", i + 1]
+    assert commit(keys=K.all, args=["t1", "0", 777, "replace", "", "", *heads]) == 1
+    state = r.hgetall(K.state)
+    assert len(state) == 5001 and state[b"len"] == b"777" and state[b"h:b4999"] == b"5000"
+
+
 def test_release_only_our_own(r: redis.Redis) -> None:
     release = scripts(r)["release"]
     r.set(K.lease, "other")

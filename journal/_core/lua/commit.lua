@@ -16,9 +16,19 @@ end
 if ARGV[4] == 'replace' then
   redis.call('DEL', KEYS[1])
 end
-redis.call('HSET', KEYS[1], 'len', ARGV[3])
+-- One HSET for the length and the heads (each redis.call costs more than its work here), in
+-- chunks: unpack() is bounded by Lua's stack, and a rebuild passes every branch.
+local fields = {'len', ARGV[3]}
 for i = 7, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], 'h:' .. ARGV[i], ARGV[i + 1])
+  fields[#fields + 1] = 'h:' .. ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+  if #fields >= 1000 then
+    redis.call('HSET', KEYS[1], unpack(fields))
+    fields = {}
+  end
+end
+if #fields > 0 then
+  redis.call('HSET', KEYS[1], unpack(fields))
 end
 local reply = 1
 if ARGV[2] ~= '0' and redis.call('EXISTS', KEYS[4]) == 1 then
