@@ -620,9 +620,10 @@ class Run:
             except SessionDeleted:
                 pass  # deleted meanwhile: nothing left to do
             except InvalidInput as exc:
-                if "no session" in str(exc):
-                    # Drawn before any writer reached this session: nothing to act on (the
-                    # one-line refusal an operator gets).
+                if "no session" in str(exc) or (op == "truncate" and "is archived" in str(exc)):
+                    # Drawn before any writer reached this session, or archived (by an archive
+                    # queued for a retry, say) and not reopened by an append yet: nothing to
+                    # act on (the one-line refusal an operator gets).
                     self.notes.append(f"lifecycle {op} {session}: {exc}")
                 else:
                     self.crashes.append(f"lifecycle {op} {session} refused: {exc}")
