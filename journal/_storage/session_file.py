@@ -286,7 +286,7 @@ def _after_fork_in_child() -> None:
     for store in list(_LIVE):
         store._lock = threading.RLock()
         store._lazy = store._deferring = False
-        store._deferred.clear()
+        store._take_deferred()
         store._fds.close()
 
 
@@ -348,8 +348,7 @@ class SessionStore:
         """Trust nothing cached about the files any more (another writer may have written).
         Deferred caches are dropped too: the next index write catches up by a scan."""
         with self._lock:
-            self._deferred.clear()
-            self._deferred_lines = 0
+            self._take_deferred()
             self._fds.end = None
             for entry in self._fds.index.values():
                 entry[2] = -1
@@ -633,14 +632,20 @@ class SessionStore:
             try:
                 if guard is not None:
                     guard()
+            except JournalError:  # LeaseLost: the next writer catches the index up
+                self._take_deferred()
+                return
+            with contextlib.suppress(OSError, JournalError):  # caches, as in landed
                 self._flush_deferred(hint=True)
-            except (OSError, JournalError):  # JournalError: LeaseLost from guard too
-                self._deferred.clear()  # caches, as in landed
-                self._deferred_lines = 0
+
+    def _take_deferred(self) -> dict[str, list[Any]]:
+        """The deferred caches, no longer held here (written by the caller, or dropped)."""
+        deferred, self._deferred, self._deferred_lines = self._deferred, {}, 0
+        return deferred
 
     def _flush_deferred(self, hint: bool) -> None:
-        deferred, self._deferred, self._deferred_lines = self._deferred, {}, 0
         committed = self._deferred_end
+        deferred = self._take_deferred()
         for branch_id, (head_before, rows) in deferred.items():
             self.index_append(branch_id, head_before, rows, rows[0][0])
         if hint:
