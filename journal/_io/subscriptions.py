@@ -625,10 +625,6 @@ class Follower:
         records = ann.records
         if records is None or len(records) != ann.last - ann.first + 1:
             return False
-        if len(records) == 1:  # the usual commit: one event
-            r = records[0]
-            return (r.sequence == ann.first and r.session_id == ann.session_id
-                    and r.branch_id == ann.branch_id)
         sequence = ann.first
         for r in records:
             if (r.sequence != sequence or r.session_id != ann.session_id
