@@ -1758,6 +1758,19 @@ return {1, head + 1}
 FLEETS = ((1, 1), (4, 4), (16, 64))  # (writer processes, sessions), one owner per session
 
 
+def _round_robin(sids: list[str], one: Callable[[str], None],
+                 seconds: float) -> tuple[int, float]:
+    """One write per call of ``one``, to the sessions in turn, for ``seconds``: (count,
+    elapsed). The three writers of a fleet share it, so they pay the same loop."""
+    count = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline:
+        one(sids[count % len(sids)])
+        count += 1
+    return count, time.perf_counter() - start
+
+
 def _fleet_peer(url: str, sids: list[str], seconds: float, gate: _Gate) -> tuple[int, float]:
     client = redis.Redis.from_url(url)
     try:
@@ -1769,18 +1782,15 @@ def _fleet_peer(url: str, sids: list[str], seconds: float, gate: _Gate) -> tuple
             script(keys=[f"peer:{{{sid}}}:head", f"peer:{{{sid}}}:stream"],
                    args=[heads[sid], payload])
         gate()
-        count = 0
-        start = time.perf_counter()
-        deadline = start + seconds
-        while time.perf_counter() < deadline:
-            sid = sids[count % len(sids)]
+
+        def one(sid: str) -> None:
             heads[sid] += 1
             ok = script(keys=[f"peer:{{{sid}}}:head", f"peer:{{{sid}}}:stream"],
                         args=[heads[sid], payload])
             if not ok[0]:
                 raise RuntimeError(f"peer CAS refused {sid} #{heads[sid]}")
-            count += 1
-        return count, time.perf_counter() - start
+
+        return _round_robin(sids, one, seconds)
     finally:
         client.close()
 
@@ -1793,39 +1803,33 @@ def _fleet_journal(root: str, url: str, sids: list[str], seconds: float,
             heads[sid] += 1
             j.append(cost_record(sid, heads[sid]))
         gate()
-        count = 0
-        start = time.perf_counter()
-        deadline = start + seconds
-        while time.perf_counter() < deadline:
-            sid = sids[count % len(sids)]
+
+        def one(sid: str) -> None:
             heads[sid] += 1
-            one = cost_record(sid, heads[sid])
+            record = cost_record(sid, heads[sid])
             try:
-                j.append(one)
+                j.append(record)
             except AppendOutcomeUnknown:  # a stall past the lease: retrying resolves it
-                j.append(one)
-            count += 1
-        return count, time.perf_counter() - start
+                j.append(record)
+
+        return _round_robin(sids, one, seconds)
 
 
 def _fleet_raw(scratch: str, sids: list[str], seconds: float, gate: _Gate) -> tuple[int, float]:
     """The disk's own floor for the same fleet: one O_APPEND file per session, the same
     line, write + fdatasync, round robin."""
     line = encode_line(cost_record(sids[0], 1))
-    fds = [_open_append_fd(Path(scratch) / f"fleet-raw-{sid}.dat") for sid in sids]
+    fds = {sid: _open_append_fd(Path(scratch) / f"fleet-raw-{sid}.dat") for sid in sids}
     try:
         gate()
-        count = 0
-        start = time.perf_counter()
-        deadline = start + seconds
-        while time.perf_counter() < deadline:
-            fd = fds[count % len(fds)]
-            os.write(fd, line)
-            os.fdatasync(fd)
-            count += 1
-        return count, time.perf_counter() - start
+
+        def one(sid: str) -> None:
+            os.write(fds[sid], line)
+            os.fdatasync(fds[sid])
+
+        return _round_robin(sids, one, seconds)
     finally:
-        for fd in fds:
+        for fd in fds.values():
             os.close(fd)
 
 
