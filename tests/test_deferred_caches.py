@@ -46,6 +46,22 @@ def file_size(root: Path) -> int:
 
 
 @pytest.fixture
+def root(server_backend: Backend) -> Path:
+    return server_backend.root
+
+
+@pytest.fixture
+def url(server_backend: Backend) -> str:
+    assert server_backend.url is not None
+    return server_backend.url
+
+
+def fill(j: Journal, first: int, last: int) -> None:
+    for seq in range(first, last + 1):
+        j.append(rec(seq))
+
+
+@pytest.fixture
 def no_timed_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(session_file, "DEFER_S", 3600.0)
 
@@ -53,14 +69,10 @@ def no_timed_flush(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("no_timed_flush")
 def test_steady_appends_defer_their_caches_and_readers_scan_past_the_index(
-    server_backend: Backend,
+    root: Path, url: str
 ) -> None:
-    root = server_backend.root
-    url = server_backend.url
-    assert url is not None
     with Journal(root, url, durability="fsync", lease_hold_ms=HOLD_MS) as j:
-        for seq in range(1, 21):
-            j.append(rec(seq))
+        fill(j, 1, 20)
         # Only the first append (after `begin`) wrote its caches at once.
         assert indexed(root) == 1
         assert hint(root) < file_size(root)
@@ -81,13 +93,10 @@ def test_steady_appends_defer_their_caches_and_readers_scan_past_the_index(
 
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("no_timed_flush")
-def test_deferred_caches_are_written_every_defer_lines(server_backend: Backend) -> None:
-    root = server_backend.root
-    assert server_backend.url is not None
+def test_deferred_caches_are_written_every_defer_lines(root: Path, url: str) -> None:
     total = 1 + 2 * session_file.DEFER_LINES + 5
-    with Journal(root, server_backend.url, lease_hold_ms=HOLD_MS) as j:
-        for seq in range(1, total + 1):
-            j.append(rec(seq))
+    with Journal(root, url, lease_hold_ms=HOLD_MS) as j:
+        fill(j, 1, total)
         assert indexed(root) == 1 + 2 * session_file.DEFER_LINES
         assert hint(root) < file_size(root)
     assert indexed(root) == total and hint(root) == file_size(root)
@@ -95,12 +104,10 @@ def test_deferred_caches_are_written_every_defer_lines(server_backend: Backend) 
 
 @pytest.mark.timeout(60)
 def test_deferred_caches_are_written_after_defer_s(
-    server_backend: Backend, monkeypatch: pytest.MonkeyPatch
+    root: Path, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = server_backend.root
-    assert server_backend.url is not None
     monkeypatch.setattr(session_file, "DEFER_S", 0.0)  # every append is already late
-    with Journal(root, server_backend.url, lease_hold_ms=HOLD_MS) as j:
+    with Journal(root, url, lease_hold_ms=HOLD_MS) as j:
         for seq in range(1, 11):
             j.append(rec(seq))
             assert indexed(root) == seq
@@ -128,11 +135,8 @@ def kill_writer_after(root: Path, url: str, first: int, count: int) -> None:
 
 @pytest.mark.timeout(90)
 def test_the_next_writer_catches_up_the_index_a_killed_writer_left_behind(
-    server_backend: Backend, monkeypatch: pytest.MonkeyPatch
+    root: Path, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = server_backend.root
-    url = server_backend.url
-    assert url is not None
     kill_writer_after(root, url, 1, 10)
     # Its lease (held 300 ms) expires first: a writer that had to wait for it would hold
     # no lease itself (the adaptive hold) and so defer nothing.
@@ -153,12 +157,11 @@ def test_the_next_writer_catches_up_the_index_a_killed_writer_left_behind(
 
 
 @pytest.mark.timeout(90)
-def test_redis_lost_after_a_writer_died_with_deferred_caches(server_backend: Backend) -> None:
+def test_redis_lost_after_a_writer_died_with_deferred_caches(
+    server_backend: Backend, root: Path, url: str
+) -> None:
     """The hint and the index lag together, so a rebuild takes the indexed prefix and
     recovers the lines past it: every head is exact."""
-    root = server_backend.root
-    url = server_backend.url
-    assert url is not None
     kill_writer_after(root, url, 1, 25)
     server_backend.flush()
     with Journal(root, url) as j:
@@ -172,13 +175,10 @@ def test_redis_lost_after_a_writer_died_with_deferred_caches(server_backend: Bac
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("no_timed_flush")
 def test_a_batch_on_the_fast_path_writes_the_deferred_entries_and_its_intent(
-    server_backend: Backend,
+    root: Path, url: str
 ) -> None:
-    root = server_backend.root
-    assert server_backend.url is not None
-    with Journal(root, server_backend.url, lease_hold_ms=HOLD_MS) as j:
-        for seq in range(1, 6):
-            j.append(rec(seq))
+    with Journal(root, url, lease_hold_ms=HOLD_MS) as j:
+        fill(j, 1, 5)
         assert indexed(root) == 1
         j.append_batch([rec(seq) for seq in range(6, 9)])
         # The batch's own write intent went first (all or nothing), and its index entries
@@ -202,13 +202,10 @@ def test_a_forked_child_forgets_the_parents_deferred_caches(tmp_path: Path) -> N
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("no_timed_flush")
 def test_the_periodic_revalidation_writes_the_deferred_caches_instead_of_dropping_them(
-    server_backend: Backend, monkeypatch: pytest.MonkeyPatch
+    root: Path, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = server_backend.root
-    assert server_backend.url is not None
-    with Journal(root, server_backend.url, lease_hold_ms=HOLD_MS) as j:
-        for seq in range(1, 11):
-            j.append(rec(seq))
+    with Journal(root, url, lease_hold_ms=HOLD_MS) as j:
+        fill(j, 1, 10)
         assert indexed(root) == 1
         # The next append re-checks the files against their paths; the lease never broke,
         # so what was deferred is still right and is written, not left to a catch-up scan.
@@ -226,15 +223,12 @@ def test_the_periodic_revalidation_writes_the_deferred_caches_instead_of_droppin
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("no_timed_flush")
 def test_a_writer_that_idles_past_its_hold_still_writes_its_caches_on_close(
-    server_backend: Backend,
+    root: Path, url: str
 ) -> None:
     """The lease lapsed while the writer idled: close takes it back (nobody wrote since)
     and writes what was deferred, so a clean shutdown leaves a complete index."""
-    root = server_backend.root
-    assert server_backend.url is not None
-    with Journal(root, server_backend.url, lease_hold_ms=200) as j:
-        for seq in range(1, 11):
-            j.append(rec(seq))
+    with Journal(root, url, lease_hold_ms=200) as j:
+        fill(j, 1, 10)
         assert indexed(root) == 1
         time.sleep(0.4)  # past the hold: the lease is gone in Redis too
     assert indexed(root) == 10
@@ -245,14 +239,10 @@ def test_a_writer_that_idles_past_its_hold_still_writes_its_caches_on_close(
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("no_timed_flush")
 def test_close_leaves_the_caches_alone_when_another_writer_wrote_since(
-    server_backend: Backend,
+    root: Path, url: str
 ) -> None:
-    root = server_backend.root
-    url = server_backend.url
-    assert url is not None
     with Journal(root, url, lease_hold_ms=200) as first:
-        for seq in range(1, 11):
-            first.append(rec(seq))
+        fill(first, 1, 10)
         time.sleep(0.4)
         with Journal(root, url, lease_hold_ms=200) as second:
             second.append(rec(11))  # catches the index up from the file, then writes its own
@@ -265,15 +255,12 @@ def test_close_leaves_the_caches_alone_when_another_writer_wrote_since(
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("no_timed_flush")
 def test_a_new_branch_written_by_the_same_writer_keeps_the_deferred_caches(
-    server_backend: Backend,
+    root: Path, url: str
 ) -> None:
     """A new branch goes through `begin` (its head is not known locally), under the lease
     this writer kept: nobody wrote since, so what was deferred is written, not dropped."""
-    root = server_backend.root
-    assert server_backend.url is not None
-    with Journal(root, server_backend.url, lease_hold_ms=HOLD_MS) as j:
-        for seq in range(1, 6):
-            j.append(rec(seq))
+    with Journal(root, url, lease_hold_ms=HOLD_MS) as j:
+        fill(j, 1, 5)
         assert indexed(root) == 1
         j.append(rec(1, branch="alt"))
         assert indexed(root) == 5
