@@ -893,23 +893,29 @@ def validate_kind(kind: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidRecord(f"kind must be a JSON object (a mapping), got {type(kind).__name__}")
     # Shallow copy: a plain dict in the caller's key order; values are not touched.
     result = dict(kind)
-    if "type" not in result:
+    check_kind(result)
+    return result
+
+
+def check_kind(kind: dict[str, Any]) -> None:
+    """:func:`validate_kind` of a plain dict, in place (no copy): for a kind that is about
+    to be encoded and dropped, as on the append path."""
+    if "type" not in kind:
         raise InvalidRecord('kind has no "type" key: it must be tagged by "type"')
-    tag = result["type"]
+    tag = kind["type"]
     if not isinstance(tag, str):
         raise InvalidRecord(f'kind "type" must be a string, got {type(tag).__name__}')
-    check_json_value(result, f"{tag} kind")
+    check_json_value(kind, f"{tag} kind")
     struct_type = KNOWN_KINDS.get(tag)
     if struct_type is None:
-        return result
+        return
     try:
         # strict=True (the default) is what the JSON wire allows: int is accepted for a
         # float field, but a string, float or bool is refused for an int. Unknown fields are
-        # ignored by the struct (forbid_unknown_fields=False) and stay in `result`.
-        msgspec.convert(result, struct_type)
+        # ignored by the struct (forbid_unknown_fields=False) and stay in the kind.
+        msgspec.convert(kind, struct_type)
     except msgspec.ValidationError as exc:
         raise InvalidRecord(f"invalid {tag} kind: {exc}") from exc
-    return result
 
 
 def kind_to_dict(kind: KindBase | Mapping[str, Any]) -> dict[str, Any]:

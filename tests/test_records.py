@@ -89,6 +89,24 @@ def test_a_remembered_timestamp_never_lets_a_bad_one_through() -> None:
         prepare_for_write([record])
 
 
+@pytest.mark.parametrize("rest", ["Z", ".5Z", ".123456789Z", ".Z", ".1234567890Z", ".12a4Z",
+                                  ".5z", ".5", "Zjunk", "+00:00", "-01:30", ".\u0663Z", " Z", ""])
+def test_the_remembered_second_decides_as_the_full_check_does(rest: str) -> None:
+    # The check remembers the second of the last canonical timestamp and then looks only at
+    # the rest; whatever that rest is, the outcome must be the one of the full check.
+    def outcome(value: str) -> str:
+        try:
+            return normalize_timestamp(value)
+        except InvalidRecord:
+            return "refused"
+
+    value = "2026-02-21T10:15:30" + rest
+    normalize_timestamp("1999-01-01T00:00:00Z")  # another second remembered: full check
+    full = outcome(value)
+    normalize_timestamp("2026-02-21T10:15:30Z")  # this second remembered
+    assert outcome(value) == full
+
+
 def test_an_id_found_valid_is_still_held_to_each_length_limit() -> None:
     prepare_for_write([_rec(1, session="s" * 20)])  # valid, and remembered as valid
     with pytest.raises(InvalidId, match="1 to 10 characters"):
@@ -162,6 +180,18 @@ def test_record_size_limit() -> None:
     with pytest.raises(RecordTooLarge, match="over the limit of 1000"):
         prepare_for_write([big], max_record_bytes=1000)
     prepare_for_write([big], max_record_bytes=4000)
+
+
+def test_prepare_names_the_record_over_the_limit_and_normalizes_each_timestamp() -> None:
+    batch = [_rec(1), _rec(2), _rec(3)]
+    batch[1] = EventRecord.new("s1", "main", 2, {"type": "UserMessage", "content": "x" * 2000})
+    with pytest.raises(RecordTooLarge, match="record 2 encodes to"):
+        prepare_for_write(batch, max_record_bytes=1000)
+    batch = [_rec(1), _rec(2), _rec(3)]
+    batch[2].timestamp = "2026-02-21T12:15:30.5+02:00"  # set after it was made
+    checked, data = prepare_for_write(batch)
+    assert checked[2].timestamp == "2026-02-21T10:15:30.5Z"
+    assert [decode_line(line) for line in data.splitlines()] == checked
 
 
 def test_garbage_lines_fail_to_decode() -> None:

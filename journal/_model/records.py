@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -19,7 +19,7 @@ import msgspec
 
 from journal._model.ids import DEFAULT_MAX_ID_LENGTH, validate_id
 from journal.errors import InvalidRecord, RecordTooLarge
-from journal.kinds import KindBase, kind_to_dict
+from journal.kinds import KindBase, check_kind, kind_to_dict
 
 __all__ = [
     "MAX_SEQUENCE",
@@ -56,38 +56,39 @@ def _default_actor() -> Actor:
 
 
 class _UuidSource:
-    """Random (version 4) UUIDs from the OS's random source, read in blocks.
+    """Random (version 4) UUIDs from the OS's random source, made in blocks.
 
     ``uuid.uuid4()`` asks the kernel for 16 bytes each time (a ``getrandom`` syscall, and a
-    record takes two ids); reading 4 KiB at once makes that one syscall per 256 ids. The
-    bytes are the same quality as uuid4's. A forked child drops the inherited block, so a
-    parent and its children never hand out the same bytes (``os.register_at_fork``).
+    record takes two ids); reading 4 KiB at once makes that one syscall per 256 ids, and
+    formatting them all at once is cheaper than one at a time. The bytes are the same
+    quality as uuid4's. A forked child drops the inherited block, so a parent and its
+    children never hand out the same ids (``os.register_at_fork``).
     """
 
     BLOCK = 4096
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._block = b""
-        self._pos = 0
+        self._ids: Iterator[str] = iter(())
         os.register_at_fork(after_in_child=self._forget)
 
     def _forget(self) -> None:
-        self._lock = threading.Lock()  # a lock held at fork time would stay held
-        self._block = b""
-        self._pos = 0
+        self._ids = iter(())
 
     def __call__(self) -> str:
-        with self._lock:
-            pos = self._pos
-            if pos + 16 > len(self._block):
-                self._block, pos = os.urandom(self.BLOCK), 0
-            self._pos = pos + 16
-            n = int.from_bytes(self._block[pos : pos + 16])
-        # RFC 9562: version 4 in bits 48-51, variant 0b10 in bits 64-65.
-        n = (n & ~(0xF000 << 64) & ~(0xC000 << 48)) | (0x4000 << 64) | (0x8000 << 48)
-        h = f"{n:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        # No lock: next() on a list iterator is atomic under the GIL, and two threads that
+        # find the block used up both make fresh ones from fresh bytes.
+        for made in self._ids:
+            return made
+        ids = self._make_block()
+        self._ids = iter(ids[1:])
+        return ids[0]
+
+    def _make_block(self) -> list[str]:
+        h = os.urandom(self.BLOCK).hex()
+        # RFC 9562: version 4 in the 13th hex digit, variant 0b10 in the top bits of the 17th.
+        return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-"
+                f"{'89ab'[int(h[i + 16], 16) & 3]}{h[i + 17:i + 20]}-{h[i + 20:i + 32]}"
+                for i in range(0, len(h), 32)]
 
 
 _new_uuid = _UuidSource()
@@ -98,10 +99,11 @@ _TIMESTAMP = re.compile(
 )
 
 
-# The last timestamp found valid and already canonical. An append checks the same
-# timestamp three times (making the record, copying it with its checked kind, decoding the
-# line it writes); this makes the second and third a comparison.
-_last_canonical: str | None = None
+# The date and time (to the second) of the last timestamp found valid and canonical. An
+# append checks each timestamp three times (making the record, decoding the lines it
+# writes, the announcement), and a writer's timestamps share their second: for those, only
+# the fraction and the "Z" are left to check.
+_last_second: str | None = None
 
 
 def normalize_timestamp(value: str) -> str:
@@ -110,9 +112,12 @@ def normalize_timestamp(value: str) -> str:
     The fraction digits are kept as text: Python's datetime stops at microseconds, aiOS
     writes nanoseconds, and we must not lose them.
     """
-    global _last_canonical
-    if type(value) is str and value == _last_canonical:
-        return value
+    global _last_second
+    if type(value) is str and value[:19] == _last_second:
+        rest = value[19:]  # canonical: "Z" or ".<1 to 9 digits>Z", as the pattern says
+        if rest == "Z" or (3 <= len(rest) <= 11 and rest[0] == "." and rest[-1] == "Z"
+                           and rest[1:-1].isdecimal()):  # (isdecimal: what \d matches)
+            return value
     m = _TIMESTAMP.fullmatch(value)
     if m is None:
         raise InvalidRecord(f"timestamp {value!r} is not RFC 3339 (e.g. 2026-02-21T10:15:30Z)")
@@ -125,7 +130,7 @@ def normalize_timestamp(value: str) -> str:
     if offset in ("Z", "z"):
         if value[10] == "T" and offset == "Z":
             if type(value) is str:
-                _last_canonical = value
+                _last_second = value[:19]
             return value
     else:
         sign = 1 if offset[0] == "+" else -1
@@ -134,13 +139,19 @@ def normalize_timestamp(value: str) -> str:
     return whole.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
 
 
+# The formatted second of the last _now_timestamp: formatting a datetime costs more than
+# the rest of making a record, and a busy writer makes many records per second.
+_now_second: tuple[int, str] = (-1, "")
+
+
 def _now_timestamp() -> str:
     # Nanosecond digits, as aiOS writes them; time_ns keeps them exact.
-    import time
-
-    ns = time.time_ns()
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    whole = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    global _now_second
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    cached, whole = _now_second
+    if seconds != cached:
+        whole = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _now_second = (seconds, whole)
     return f"{whole}.{nanos:09d}Z"
 
 
@@ -261,9 +272,9 @@ def prepare_for_write(
     contiguity, unique event ids and the line size. Returns the records (with ``kind`` as a
     plain mapping) and the bytes to append.
 
-    Types are checked by decoding the very line we will write with the typed decoder
-    (msgspec does not check types in ``__init__``): one encode and one decode, both in C,
-    and what is checked is exactly what lands on disk.
+    Types are checked by decoding the very lines we will write with the typed decoder
+    (msgspec does not check types in ``__init__``): one encode and one decode of the whole
+    batch, both in C, and what is checked is exactly what lands on disk.
     """
     batch = list(records)
     if not batch:
@@ -271,40 +282,46 @@ def prepare_for_write(
     first = batch[0]
     if not isinstance(first, EventRecord):
         raise InvalidRecord(f"expected an EventRecord, got {type(first).__name__}")
-    validate_id(first.session_id, "session_id", max_id_length)
-    validate_id(first.branch_id, "branch_id", max_id_length)
-    out: list[EventRecord] = []
-    lines: list[bytes] = []
-    seen_ids: set[str] = set()
+    session_id, branch_id = first.session_id, first.branch_id
+    validate_id(session_id, "session_id", max_id_length)
+    validate_id(branch_id, "branch_id", max_id_length)
     for i, record in enumerate(batch):
-        if not isinstance(record, EventRecord):
+        if type(record) is not EventRecord and not isinstance(record, EventRecord):
             raise InvalidRecord(f"expected an EventRecord, got {type(record).__name__}")
-        if record.session_id != first.session_id or record.branch_id != first.branch_id:
+        if record.session_id != session_id or record.branch_id != branch_id:
             raise InvalidRecord("a batch must hold one session and one branch")
-        kind = kind_to_dict(record.kind)
-        if kind is not record.kind:
-            record = msgspec.structs.replace(record, kind=kind)
-        try:
-            line = encode_line(record)
-            checked = _decoder.decode(line)
-        except _WRITE_ERRORS as exc:
-            # (a lone surrogate cannot be encoded as UTF-8; a wrong type fails the decode)
-            raise InvalidRecord(f"invalid record: {exc}") from None
-        if checked.timestamp != record.timestamp:
-            line = encode_line(checked)  # an offset was normalized to UTC
-        if checked.sequence != first.sequence + i:
+        kind = record.kind
+        if type(kind) is dict:
+            check_kind(kind)  # encoded from here and dropped: no copy needed
+        else:
+            batch[i] = msgspec.structs.replace(record, kind=kind_to_dict(kind))
+    try:
+        data = _encoder.encode_lines(batch)
+        out = _decoder.decode_lines(data)
+    except _WRITE_ERRORS as exc:
+        # (a lone surrogate cannot be encoded as UTF-8; a wrong type fails the decode)
+        raise InvalidRecord(f"invalid record: {exc}") from None
+    if any(c.timestamp != r.timestamp for c, r in zip(out, batch, strict=True)):
+        data = _encoder.encode_lines(out)  # an offset was normalized to UTC
+    seen_ids: set[str] = set()
+    sequence = start = out[0].sequence
+    for record in out:
+        if record.sequence != sequence:
             raise InvalidRecord(
-                f"a batch must be contiguous: record {i} has sequence {checked.sequence}, "
-                f"expected {first.sequence + i}"
+                f"a batch must be contiguous: record {sequence - start} has sequence "
+                f"{record.sequence}, expected {sequence}"
             )
-        if checked.event_id in seen_ids:
-            raise InvalidRecord(f"event_id {checked.event_id!r} appears twice in one batch")
-        seen_ids.add(checked.event_id)
-        if len(line) > max_record_bytes:
-            raise RecordTooLarge(
-                f"record {checked.sequence} encodes to {len(line)} bytes, "
-                f"over the limit of {max_record_bytes}"
-            )
-        out.append(checked)
-        lines.append(line)
-    return out, b"".join(lines)
+        sequence += 1
+        if record.event_id in seen_ids:
+            raise InvalidRecord(f"event_id {record.event_id!r} appears twice in one batch")
+        seen_ids.add(record.event_id)
+    if len(data) > max_record_bytes:
+        # Some line may be over the limit. JSON escapes a newline inside a string, so the
+        # lines are exactly the pieces between newlines.
+        for record, line in zip(out, data.split(b"\n"), strict=False):
+            if len(line) + 1 > max_record_bytes:
+                raise RecordTooLarge(
+                    f"record {record.sequence} encodes to {len(line) + 1} bytes, "
+                    f"over the limit of {max_record_bytes}"
+                )
+    return out, data
