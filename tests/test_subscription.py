@@ -38,7 +38,7 @@ from journal._io.subscriptions import (
     SubscribeOptions,
     SyncSubscription,
 )
-from journal._model.announcement import encode_announcement
+from journal._model.announcement import decode_announcement, encode_announcement
 from journal._model.records import encode_line
 from journal.errors import RedisUnavailable
 from tests.backends import Backend
@@ -652,3 +652,21 @@ def test_machine_treats_an_unexpected_unsubscribe_as_a_lost_connection() -> None
     f.on_pubsub("unsubscribe", 0, 0.0)
     assert f.stats.disconnects == 1
     assert isinstance(f.next_action(0.0), Disconnect)
+
+
+@pytest.mark.parametrize("lines", [None, b"", "two"])
+def test_an_announcement_is_the_json_its_decoder_reads(lines: bytes | str | None) -> None:
+    # The head is formatted by hand (ids need no escaping): every character an id may hold
+    # must come back, and the records spliced in must decode as records.
+    records = [EventRecord.new("a.b:c-d_E9", "br.1:x-y_Z", seq, {"type": "UserMessage",
+                                                                "content": f"m{seq}"})
+               for seq in (7, 8)]
+    data = b"".join(encode_line(r) for r in records) if lines == "two" else lines
+    assert not isinstance(data, str)
+    raw = encode_announcement("a.b:c-d_E9", "br.1:x-y_Z", 7, 8, 123, 4567,
+                              data if data else None)
+    decoded = decode_announcement(raw)
+    assert (decoded.session_id, decoded.branch_id, decoded.first, decoded.last,
+            decoded.offset, decoded.committed) == ("a.b:c-d_E9", "br.1:x-y_Z", 7, 8, 123, 4567)
+    assert json.loads(raw)["n"] == 4567
+    assert decoded.records == (records if data else None)

@@ -51,13 +51,15 @@ def encode_announcement(
     committed: int,
     lines: bytes | None,
 ) -> bytes:
-    head = msgspec.json.encode(
-        {"s": session_id, "b": branch_id, "f": first, "l": last, "o": offset, "n": committed}
-    )
+    """The announcement's JSON. The ids are checked ids (letters, digits and ``._:-``): they
+    need no escaping, so the head is formatted directly (one per commit: this is cheaper
+    than a general encoder)."""
+    head = b'{"s":"%b","b":"%b","f":%d,"l":%d,"o":%d,"n":%d' % (
+        session_id.encode(), branch_id.encode(), first, last, offset, committed)
     if lines is None:
-        return head
+        return head + b"}"
     body = lines.rstrip(b"\n").replace(b"\n", b",")
-    return head[:-1] + b',"e":[' + body + b"]}"
+    return head + b',"e":[' + body + b"]}"
 
 
 def decode_announcement(data: bytes) -> Announcement:
