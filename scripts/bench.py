@@ -1747,7 +1747,8 @@ def figure_14(bench: Bench) -> None:
 
 # The peer: what a team would build on Redis alone. A Lua compare-and-set on the stream's
 # head, then XADD of the event, on a server with appendfsync always (the AOF is fsynced
-# before the reply), so an acknowledged event is as durable as the journal's.
+# before the reply), so an acknowledged event is as durable as the journal's. Its writers
+# make and encode the same record per event as the journal's (see _fleet_peer).
 PEER_CAS_XADD = """
 local head = tonumber(redis.call('GET', KEYS[1]) or '0')
 if head + 1 ~= tonumber(ARGV[1]) then return {0, head} end
@@ -1772,24 +1773,23 @@ def _round_robin(sids: list[str], one: Callable[[str], None],
 
 
 def _fleet_peer(url: str, sids: list[str], seconds: float, gate: _Gate) -> tuple[int, float]:
+    """Each event is the record the journal's writers make (fresh ids, its own sequence),
+    encoded as the line the journal would write: the per-event work of any real writer."""
     client = redis.Redis.from_url(url)
     try:
         script = client.register_script(PEER_CAS_XADD)
         heads = dict.fromkeys(sids, 0)
-        payload = encode_line(cost_record(sids[0], 1))
-        for sid in sids:
-            heads[sid] += 1
-            script(keys=[f"peer:{{{sid}}}:head", f"peer:{{{sid}}}:stream"],
-                   args=[heads[sid], payload])
-        gate()
 
         def one(sid: str) -> None:
             heads[sid] += 1
             ok = script(keys=[f"peer:{{{sid}}}:head", f"peer:{{{sid}}}:stream"],
-                        args=[heads[sid], payload])
+                        args=[heads[sid], encode_line(cost_record(sid, heads[sid]))])
             if not ok[0]:
                 raise RuntimeError(f"peer CAS refused {sid} #{heads[sid]}")
 
+        for sid in sids:
+            one(sid)
+        gate()
         return _round_robin(sids, one, seconds)
     finally:
         client.close()
