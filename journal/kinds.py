@@ -837,6 +837,11 @@ def _tag_of(cls: type[KindBase]) -> str:
 
 KNOWN_KINDS: dict[str, type[KindBase]] = {_tag_of(cls): cls for cls in _ALL_KINDS}
 """Every tag of docs/format.md ("The 87 kinds") mapped to its struct."""
+# Each struct's list type, for checking many kinds of one tag in one conversion. msgspec
+# works the list type out on every call (it caches only classes), so a few kinds are
+# converted one by one instead.
+_GROUP_MIN = 8
+_LIST_OF: dict[str, Any] = {tag: list[cls] for tag, cls in KNOWN_KINDS.items()}  # type: ignore[valid-type]
 
 
 # ─── Validation and conversion ────────────────────────────────────────────────
@@ -900,20 +905,57 @@ def validate_kind(kind: Mapping[str, Any]) -> dict[str, Any]:
 def check_kind(kind: dict[str, Any]) -> None:
     """:func:`validate_kind` of a plain dict, in place (no copy): for a kind that is about
     to be encoded and dropped, as on the append path."""
+    tag = _checked_tag(kind)
+    if tag in KNOWN_KINDS:
+        _convert(kind, tag)
+
+
+def check_kinds(kinds: list[dict[str, Any]]) -> None:
+    """:func:`check_kind` of each, with one conversion per known tag for the whole list
+    (a batch's kinds mostly share a few tags: one call into msgspec instead of one each)."""
+    if len(kinds) < _GROUP_MIN:  # too few to gain; the common single append lands here
+        for kind in kinds:
+            check_kind(kind)
+        return
+    known: dict[str, list[dict[str, Any]]] = {}
+    for kind in kinds:
+        tag = _checked_tag(kind)
+        if tag in KNOWN_KINDS:
+            group = known.get(tag)
+            if group is None:
+                known[tag] = [kind]
+            else:
+                group.append(kind)
+    for tag, group in known.items():
+        if len(group) < _GROUP_MIN:
+            for kind in group:
+                _convert(kind, tag)
+            continue
+        try:
+            msgspec.convert(group, _LIST_OF[tag])  # as _convert does, for the whole group
+        except msgspec.ValidationError:
+            for kind in group:  # the one at fault, with msgspec's words for it
+                _convert(kind, tag)
+            raise  # pragma: no cover - the list failed, so one of its kinds does
+
+
+def _checked_tag(kind: dict[str, Any]) -> str:
+    """The kind's tag, once the kind passed every check but its struct's."""
     if "type" not in kind:
         raise InvalidRecord('kind has no "type" key: it must be tagged by "type"')
     tag = kind["type"]
     if not isinstance(tag, str):
         raise InvalidRecord(f'kind "type" must be a string, got {type(tag).__name__}')
     check_json_value(kind, f"{tag} kind")
-    struct_type = KNOWN_KINDS.get(tag)
-    if struct_type is None:
-        return
+    return tag
+
+
+def _convert(kind: dict[str, Any], tag: str) -> None:
+    # strict=True (the default) is what the JSON wire allows: int is accepted for a float
+    # field, but a string, float or bool is refused for an int. Unknown fields are ignored
+    # by the struct (forbid_unknown_fields=False) and stay in the kind.
     try:
-        # strict=True (the default) is what the JSON wire allows: int is accepted for a
-        # float field, but a string, float or bool is refused for an int. Unknown fields are
-        # ignored by the struct (forbid_unknown_fields=False) and stay in the kind.
-        msgspec.convert(kind, struct_type)
+        msgspec.convert(kind, KNOWN_KINDS[tag])
     except msgspec.ValidationError as exc:
         raise InvalidRecord(f"invalid {tag} kind: {exc}") from exc
 

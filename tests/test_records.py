@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import msgspec
 import pytest
@@ -198,3 +199,28 @@ def test_garbage_lines_fail_to_decode() -> None:
     for bad in [b"{", b"[]", b'{"event_id":1}', b"\xff\xfe"]:
         with pytest.raises((msgspec.DecodeError, msgspec.ValidationError)):
             decode_line(bad)
+
+
+def test_a_large_batch_checks_every_kind_in_its_group() -> None:
+    # A batch's kinds of one tag are converted together; the one at fault still raises with
+    # msgspec's words for it, wherever it sits, and other and unknown tags are checked too.
+    def batch() -> list[EventRecord]:
+        out = []
+        for seq in range(1, 21):
+            kind: dict[str, Any] = {"type": "UserMessage", "content": f"m{seq}"}
+            if seq % 5 == 0:
+                kind = {"type": "SomethingNew", "x": [1, 2.5, None]}
+            out.append(EventRecord.new("s1", "main", seq, kind))
+        return out
+
+    checked, _ = prepare_for_write(batch())
+    assert [r.kind["type"] for r in checked].count("SomethingNew") == 4
+    for at in (1, 11, 20):
+        records = batch()
+        records[at - 1].kind = {"type": "UserMessage", "content": 7}  # set after it was made
+        with pytest.raises(InvalidRecord, match="invalid UserMessage kind: Expected `str`"):
+            prepare_for_write(records)
+        records = batch()
+        records[at - 1].kind = {"type": "SomethingNew", "x": float("nan")}
+        with pytest.raises(InvalidRecord, match="not a JSON number"):
+            prepare_for_write(records)

@@ -19,7 +19,7 @@ import msgspec
 
 from journal._model.ids import DEFAULT_MAX_ID_LENGTH, validate_id
 from journal.errors import InvalidRecord, RecordTooLarge
-from journal.kinds import KindBase, check_kind, kind_to_dict
+from journal.kinds import KindBase, check_kinds, kind_to_dict
 
 __all__ = [
     "MAX_SEQUENCE",
@@ -285,6 +285,7 @@ def prepare_for_write(
     session_id, branch_id = first.session_id, first.branch_id
     validate_id(session_id, "session_id", max_id_length)
     validate_id(branch_id, "branch_id", max_id_length)
+    plain: list[dict[str, Any]] = []  # kinds encoded from here and dropped: no copy needed
     for i, record in enumerate(batch):
         if type(record) is not EventRecord and not isinstance(record, EventRecord):
             raise InvalidRecord(f"expected an EventRecord, got {type(record).__name__}")
@@ -292,9 +293,10 @@ def prepare_for_write(
             raise InvalidRecord("a batch must hold one session and one branch")
         kind = record.kind
         if type(kind) is dict:
-            check_kind(kind)  # encoded from here and dropped: no copy needed
+            plain.append(kind)
         else:
             batch[i] = msgspec.structs.replace(record, kind=kind_to_dict(kind))
+    check_kinds(plain)
     try:
         data = _encoder.encode_lines(batch)
         out = _decoder.decode_lines(data)
