@@ -29,7 +29,8 @@ numbers say little, ratios a lot. The figures (see ``--only``):
     (getrusage), redis-server CPU (/proc/<pid>/stat), syscalls (``strace -c -f``, when strace
     is installed).
 15. The fleet against a durable peer: Redis Lua CAS + XADD on a private redis-server with
-    ``appendfsync always``, 4 writers x 4 sessions and 16 writers x 64 sessions.
+    ``appendfsync always``, 4 writers x 4 sessions and 16 writers x 64 sessions; both make
+    and encode the same record per event; the raw write + fdatasync of the same fleet.
 16. The cost of the per-line CRC32C (issue 14), with against without, side by side in
     alternating rounds on the same code path (without: the checksum function replaced by one
     that returns a constant, the comparison kept): the storage read of 100 events, the index
