@@ -933,10 +933,12 @@ def check_kinds(kinds: list[dict[str, Any]]) -> None:
             continue
         try:
             msgspec.convert(group, _LIST_OF[tag])  # as _convert does, for the whole group
-        except msgspec.ValidationError:
+        except msgspec.ValidationError as exc:
             for kind in group:  # the one at fault, with msgspec's words for it
                 _convert(kind, tag)
-            raise  # pragma: no cover - the list failed, so one of its kinds does
+            # pragma: no cover - the list failed, so one of its kinds does; should msgspec
+            # ever disagree with itself, the caller still gets the journal's error.
+            raise InvalidRecord(f"invalid {tag} kind: {exc}") from exc
 
 
 def _checked_tag(kind: dict[str, Any]) -> str:

@@ -100,9 +100,9 @@ _TIMESTAMP = re.compile(
 
 
 # The date and time (to the second) of the last timestamp found valid and canonical. An
-# append checks each timestamp three times (making the record, decoding the lines it
-# writes, the announcement), and a writer's timestamps share their second: for those, only
-# the fraction and the "Z" are left to check.
+# append checks each timestamp twice (making the record, decoding the lines it writes), a
+# subscriber once more (decoding the announcement), and a writer's timestamps share their
+# second: for those, only the fraction and the "Z" are left to check.
 _last_second: str | None = None
 
 
