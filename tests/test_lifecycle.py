@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from journal import (
     Journal,
     SessionDeleted,
     StorageError,
+    _fault_hook,
 )
 from journal._storage import archive as archives
 from journal.errors import SequenceConflict
@@ -130,6 +132,56 @@ def test_archive_reads_through_and_an_append_reopens(real_backend: Backend) -> N
     assert [r.sequence for r in j2.read("s1", "main", 19)] == [19, 20, 21]
     j.close()
     j2.close()
+
+
+class _OnceAt:
+    """A fault hook that runs ``action`` the first time the code passes ``point``."""
+
+    def __init__(self, point: str, action: Callable[[], object]) -> None:
+        self.point, self.action, self.fired = point, action, False
+
+    def wants(self, point: str) -> bool:
+        return point == self.point
+
+    def hit(self, point: str) -> None:
+        if point == self.point and not self.fired:
+            self.fired = True
+            self.action()
+
+
+@pytest.mark.parametrize("api", ["read", "subscribe"])
+def test_a_read_that_races_an_archive_reads_the_archive(real_backend: Backend,
+                                                        api: str) -> None:
+    # Found by the chaos run: a subscriber read the marks (not archived yet), an archive
+    # saved its marks and removed the file, and the read reported the file missing
+    # ("shorter than the committed length Redis holds") instead of reading the archive.
+    j, other = real_backend.journal(), real_backend.journal()
+    _fill(j, "s1", 12)
+    hook = _OnceAt("read:after_marks", lambda: other.archive("s1"))
+    _fault_hook.installed = hook
+    try:
+        if api == "read":
+            got = [r.sequence for r in j.read("s1", "main", 3)]
+        else:
+            sub = j.subscribe("s1", after_sequence=2)
+            got = [next(sub).sequence for _ in range(10)]
+            sub.close()  # type: ignore[attr-defined]
+    finally:
+        _fault_hook.installed = None
+    assert hook.fired
+    assert not (real_backend.root / "events" / "s1.jsonl").exists()  # it did run first
+    assert got == list(range(3, 13))
+    for x in (j, other):
+        x.close()
+
+
+def test_a_file_missing_without_an_archive_is_still_reported(real_backend: Backend) -> None:
+    j = real_backend.journal()
+    _fill(j, "s1", 4)
+    (real_backend.root / "events" / "s1.jsonl").unlink()
+    with pytest.raises(StorageError, match=r"shorter than the committed length Redis holds \(0 <"):
+        j.read("s1")
+    j.close()
 
 
 def test_a_damaged_archive_is_reported_not_served(real_backend: Backend) -> None:

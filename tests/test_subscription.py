@@ -12,9 +12,11 @@ provoke on a live server (a lost pong, giving up, an exact overflow).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import pytest
 import redis
 
 from journal import EventRecord, Journal, JournalError
+from journal._io import connect
 from journal._io.subscriptions import (
     Check,
     Connect,
@@ -41,6 +44,8 @@ from journal._io.subscriptions import (
 from journal._model.announcement import decode_announcement, encode_announcement
 from journal._model.records import encode_line
 from journal.errors import RedisUnavailable
+from journal.settings import JournalSettings
+from journal.testing import RedisServer
 from tests.backends import Backend
 from tests.contract import OnCluster, OnContainer, OnFakeredis, OnRedisServer, OnSentinel
 from tests.subscription_contract import (
@@ -670,3 +675,82 @@ def test_an_announcement_is_the_json_its_decoder_reads(lines: bytes | str | None
             decoded.offset, decoded.committed) == ("a.b:c-d_E9", "br.1:x-y_Z", 7, 8, 123, 4567)
     assert json.loads(raw)["n"] == 4567
     assert decoded.records == (records if data else None)
+
+
+def _drain(receive: Callable[[float], dict[str, Any] | None], count: int,
+           timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < count and time.monotonic() < deadline:
+        message = receive(0.5)
+        if message is not None:
+            got.append(message)
+    return got
+
+
+def test_the_lean_receive_reads_what_get_message_reads(redis_server: RedisServer,
+                                                       tmp_path: Path) -> None:
+    # sync_receive reads the socket itself (one poll, one read) instead of redis-py's
+    # get_message: the messages must be the same, confirmations, pongs, patterns and a
+    # message far larger than one read included, and get_message must not be what ran.
+    settings = JournalSettings(root=tmp_path, redis_url=redis_server.url)
+    client = connect.sync_client(settings)
+    lean, plain = client.pubsub(), client.pubsub()  # type: ignore[no-untyped-call]
+    try:
+        for pubsub in (lean, plain):
+            pubsub.subscribe("ch")
+            pubsub.psubscribe("p*")
+        confirmations = _drain(lambda t: plain.get_message(timeout=t), 2)
+        assert _drain(lambda t: connect.sync_receive(lean, t), 2) == confirmations
+        assert [m["type"] for m in confirmations] == ["subscribe", "psubscribe"]
+
+        def not_this(*args: Any, **kwargs: Any) -> None:
+            raise AssertionError("get_message ran: the lean receive did not apply")
+
+        lean.get_message = not_this  # type: ignore[method-assign]
+        payloads = [b"small", b"x" * 300_000, b"", b"\r\n$5\r\nfake\r\n"]
+        for data in payloads:
+            client.publish("ch", data)
+            client.publish("pattern-1", data)
+        lean.ping("token-1")
+        plain.ping("token-1")
+        want = _drain(lambda t: plain.get_message(timeout=t), 2 * len(payloads) + 1)
+        assert [m["data"] for m in want if m["type"] == "pmessage"] == payloads
+        got = _drain(lambda t: connect.sync_receive(lean, t), 2 * len(payloads) + 1)
+        assert len(want) == 2 * len(payloads) + 1
+        assert got == want
+        started = time.monotonic()
+        assert connect.sync_receive(lean, 0.2) is None  # nothing more: None after the wait
+        assert 0.15 <= time.monotonic() - started < 5
+        # An error reply (a command not allowed while subscribed) raises from both.
+        for pubsub, receive in ((plain, lambda t: plain.get_message(timeout=t)),
+                                (lean, lambda t: connect.sync_receive(lean, t))):
+            pubsub.execute_command("GET", "x")
+            with pytest.raises(redis.exceptions.ResponseError, match="allowed in this context"):
+                _drain(receive, 1)
+    finally:
+        for pubsub in (lean, plain):
+            with contextlib.suppress(Exception):
+                pubsub.close()
+        client.close()
+
+
+def test_the_lean_receive_reports_a_dead_server(redis_server: RedisServer,
+                                                tmp_path: Path) -> None:
+    # A server that goes away must raise, as get_message does, not look like silence.
+    settings = JournalSettings(root=tmp_path, redis_url=redis_server.url)
+    client = connect.sync_client(settings)
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    try:
+        pubsub.subscribe("ch")
+        assert _drain(lambda t: connect.sync_receive(pubsub, t), 1)
+        redis_server.kill()
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            while time.monotonic() - started < 10:
+                connect.sync_receive(pubsub, 0.5)
+        assert time.monotonic() - started < 5
+    finally:
+        with contextlib.suppress(Exception):
+            pubsub.close()
+        client.close()

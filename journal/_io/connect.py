@@ -37,7 +37,9 @@ migration to the new owner (Redis tells subscribers of a slot it loses with a
 
 from __future__ import annotations
 
+import math
 import re
+import select
 import socket
 import struct
 from collections.abc import Sequence
@@ -391,6 +393,37 @@ def sync_pubsub_on(client: SyncClient, owner: str) -> redis.client.PubSub:
         return pubsub
     plain: redis.client.PubSub = client.pubsub()  # type: ignore[no-untyped-call]
     return plain
+
+
+def sync_receive(pubsub: redis.client.PubSub, timeout: float) -> dict[str, Any] | None:
+    """``pubsub.get_message(timeout=timeout)``, at one ``poll`` and one ``recv`` a message.
+
+    redis-py's ``get_message`` checks readiness with a ``poll``, then tells data from a
+    closed socket with a second ``poll`` and a peek, and sets and restores the socket's
+    timeout around its read (two ``fcntl`` each): about eight syscalls and 40 µs of CPU per
+    live event. Here, when the message is not already buffered, one ``poll`` waits for the
+    socket to be readable (data, end of file or an error), and one read takes what is
+    there; end of file and errors raise as they do from ``get_message``. Anything other
+    than a plain socket with hiredis's reader (TLS, the pure-Python parser, a connection
+    not up) takes ``get_message`` itself."""
+    conn = pubsub.connection
+    parser = getattr(conn, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    sock = getattr(parser, "_sock", None)
+    if (conn is None or type(sock) is not socket.socket or not hasattr(reader, "has_data")
+            or not pubsub.subscribed or conn.should_reconnect()):
+        message: dict[str, Any] | None = pubsub.get_message(timeout=timeout)
+        return message
+    if not reader.has_data():
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        if not poller.poll(math.ceil(max(timeout, 0.0) * 1000)):
+            return None
+    # As get_message reads (an error reply raises, a socket error is a ConnectionError),
+    # without its timeout: the poll above said the socket has something to read.
+    response = conn.read_response(disconnect_on_error=False, push_request=True)
+    handled: dict[str, Any] | None = pubsub.handle_message(response)
+    return handled
 
 
 def sync_pubsub(client: SyncClient, channel: str, *, refresh: bool = False) -> redis.client.PubSub:

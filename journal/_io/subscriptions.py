@@ -1205,7 +1205,7 @@ class SyncSubscription(Iterator[EventRecord]):
 
     def _do(self, io: _Io) -> Any:
         if isinstance(io, _Receive):
-            return self._pubsubs[io.owner].get_message(timeout=io.timeout)
+            return connect.sync_receive(self._pubsubs[io.owner], io.timeout)
         if isinstance(io, _Run):
             return self._journal._run(io.steps)
         if isinstance(io, _List):

@@ -78,17 +78,32 @@ def read(store: SessionStore, branch_id: str, first: int, last: int,
         raise HistoryTruncated(store.session_id, branch_id, first, floor)
     if last < first:
         return []
-    if committed and not os.path.exists(str(store.path)):
-        if found.archived is None:
-            # Redis knows committed bytes of a file that is not there. (A file cut short
-            # is read up to its damage and reported as CorruptLine, as before.)
-            raise mismatch(store, 0, committed)
-        data = archive.read(archive.archive_path(_root(store), store.session_id),
-                            found.archived.sha256)
-        return _read_bytes(store, data, branch_id, first, last, committed)
-    # A length from just before a compaction is fine too: reads are bounded by sequence,
-    # and every line read is verified.
-    return store.read(branch_id, first, last, committed)
+    fault.hit("read:after_marks")
+    # A read may race an archive, which saves its marks and then removes the file, or an
+    # append that reopens an archived session, which puts the file back, clears the mark,
+    # then removes the archive. Whichever it met, a second look at the marks and the files
+    # finds the events; only a file missing on both looks is reported.
+    path = str(store.path)
+    src = archive.archive_path(_root(store), store.session_id)
+    for _look in range(2):
+        if os.path.exists(path):
+            # A length from just before a compaction is fine too: reads are bounded by
+            # sequence, and every line read is verified. The file removed under the read
+            # reads as nothing: look again.
+            records = store.read(branch_id, first, last, committed)
+            if records or os.path.exists(path):
+                return records
+        elif found.archived is not None and src.exists():
+            data = archive.read(src, found.archived.sha256)
+            return _read_bytes(store, data, branch_id, first, last, committed)
+        elif not committed:
+            return []
+        found = marks(store)
+    if found.archived is not None:
+        archive.read(src, found.archived.sha256)  # raises: the archive is missing
+    # Redis knows committed bytes of a file that is not there. (A file cut short is read up
+    # to its damage and reported as CorruptLine, as before.)
+    raise mismatch(store, 0, committed)
 
 
 def _read_bytes(store: SessionStore, data: bytes, branch_id: str, first: int, last: int,
