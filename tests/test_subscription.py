@@ -206,6 +206,42 @@ def test_pubsub_kill_and_an_empty_redis_restart_lose_and_duplicate_nothing(
         assert got["stats"]["connects"] >= 3  # the first, after the kill, after the restart
 
 
+@pytest.mark.timeout(60)
+def test_two_quick_redis_restarts_and_a_kill_leave_no_subscriber_behind(
+    real_backend: Backend, procs: Procs, tmp_path: Path
+) -> None:
+    # Faults in quick succession land while a subscriber is still reconnecting (or has just
+    # subscribed again on a fresh connection): each must still end in a subscription that
+    # hears the rest, not one that waits forever on a dead or half-set-up connection.
+    server = real_backend.server
+    assert server is not None
+    j = real_backend.journal()
+    outs = [tmp_path / "sync.json", tmp_path / "async.json"]
+    subs = [procs.subscriber(real_backend, outs[0], 500),
+            procs.subscriber(real_backend, outs[1], 500, "--async")]
+    wait_listening(real_backend, j, 2, 15)
+    writer = procs.writer(real_backend, 500, "w", "--pace", "0.004")
+
+    def head() -> int:
+        try:
+            return j.head("s1")
+        except JournalError:
+            return 0
+
+    wait_until(lambda: head() >= 100, 20, "100 events")
+    for gap in (0.3, 0.05):
+        server.restart()
+        time.sleep(gap)
+    server.restart()
+    with contextlib.suppress(redis.RedisError):
+        admin(real_backend).client_kill_filter(_type="pubsub")
+    writer.finish(30)
+    for sub in subs:
+        sub.finish(25)
+    for out in outs:
+        assert_matches_file(result(out), j, 500)
+
+
 @pytest.mark.timeout(40)
 def test_a_slow_consumer_cut_off_by_redis_catches_up_from_the_file(
     real_backend: Backend, procs: Procs, tmp_path: Path

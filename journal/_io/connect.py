@@ -398,30 +398,37 @@ def sync_pubsub_on(client: SyncClient, owner: str) -> redis.client.PubSub:
 def sync_receive(pubsub: redis.client.PubSub, timeout: float) -> dict[str, Any] | None:
     """``pubsub.get_message(timeout=timeout)``, at one ``poll`` and one ``recv`` a message.
 
-    redis-py's ``get_message`` checks readiness with a ``poll``, then tells data from a
-    closed socket with a second ``poll`` and a peek, and sets and restores the socket's
-    timeout around its read (two ``fcntl`` each): about eight syscalls and 40 µs of CPU per
-    live event. Here, when the message is not already buffered, one ``poll`` waits for the
-    socket to be readable (data, end of file or an error), and one read takes what is
-    there; end of file and errors raise as they do from ``get_message``. Anything other
-    than a plain socket with hiredis's reader (TLS, the pure-Python parser, a connection
-    not up) takes ``get_message`` itself."""
+    redis-py's ``get_message`` asks whether the socket can be read by setting the socket's
+    timeout, reading, and restoring the timeout (two ``ioctl`` around a ``poll`` and a
+    ``recv``), then reads: about eight syscalls and 40 µs of CPU per live event. This is
+    its ``parse_response`` step for step with only that question changed: a message
+    already buffered is read at once, else one ``poll`` waits up to ``timeout`` for the
+    socket to be readable (data, end of file or an error). Everything else is redis-py's
+    own: the health-check ``PING`` and its reply, and the read wrapped in the pub/sub's
+    ``_execute``, which on a connection error reconnects and subscribes again or raises,
+    exactly as ``get_message`` does. The read itself is bounded by the socket's timeout
+    (``socket_timeout_s``). Anything other than a plain socket with hiredis's reader (TLS,
+    the pure-Python parser, a connection not up, no subscription yet) takes
+    ``get_message`` itself."""
     conn = pubsub.connection
     parser = getattr(conn, "_parser", None)
     reader = getattr(parser, "_reader", None)
     sock = getattr(parser, "_sock", None)
+    execute = getattr(pubsub, "_execute", None)
     if (conn is None or type(sock) is not socket.socket or not hasattr(reader, "has_data")
-            or not pubsub.subscribed or conn.should_reconnect()):
+            or execute is None or not pubsub.subscribed or conn.should_reconnect()):
         message: dict[str, Any] | None = pubsub.get_message(timeout=timeout)
         return message
+    pubsub.check_health()
     if not reader.has_data():
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         if not poller.poll(math.ceil(max(timeout, 0.0) * 1000)):
             return None
-    # As get_message reads (an error reply raises, a socket error is a ConnectionError),
-    # without its timeout: the poll above said the socket has something to read.
-    response = conn.read_response(disconnect_on_error=False, push_request=True)
+    response = execute(conn, conn.read_response, disconnect_on_error=False, push_request=True)
+    if pubsub.is_health_check_response(response):
+        pubsub.health_check_response_counter -= 1
+        return None
     handled: dict[str, Any] | None = pubsub.handle_message(response)
     return handled
 
