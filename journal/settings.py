@@ -33,7 +33,9 @@ class JournalSettings(BaseSettings):
         default=100, ge=0, description="keep the lease this long after a commit (0: release)"
     )
     lease_wait_s: float = Field(default=30.0, gt=0, description="how long to wait on a busy lease")
-    rebuild_lease_ms: int = Field(default=120_000, ge=100, description="lease while rebuilding")
+    rebuild_lease_ms: int = Field(
+        default=120_000, ge=100,
+        description="the longest lease of a rebuild or life-cycle operation (see docs/design.md)")
     key_prefix: str = "journal"
     max_record_bytes: int = Field(default=1024 * 1024, ge=256)
     max_id_length: int = Field(default=128, ge=1, le=1024)

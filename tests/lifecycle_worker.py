@@ -1,8 +1,9 @@
 """Runs one lifecycle operation in a child process (for the kill-at-every-step tests).
 
-Usage: lifecycle_worker.py ROOT URL OP SESSION, OP one of delete, truncate:N (main branch),
-archive, append:N (one event at sequence N, which reopens an archived session).
-``JOURNAL_FAULTS`` picks the step to die at (journal.testing.faults).
+Usage: lifecycle_worker.py ROOT URL OP SESSION [--default-leases], OP one of delete,
+truncate:N (main branch), archive, append:N (one event at sequence N, which reopens an
+archived session), head (which rebuilds a state Redis lost). ``JOURNAL_FAULTS`` picks the step
+to die at (journal.testing.faults). Leases are short (600 ms) unless ``--default-leases``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from journal.testing import faults
 def main() -> None:
     root, url, op, session = sys.argv[1:5]
     faults.configure_from_env()
-    with Journal(root, url, rebuild_lease_ms=600, lease_ms=600) as j:
+    leases = {} if "--default-leases" in sys.argv[5:] else {"rebuild_lease_ms": 600,
+                                                             "lease_ms": 600}
+    with Journal(root, url, **leases) as j:
         name, _, arg = op.partition(":")
         if name == "delete":
             j.delete(session)
@@ -27,6 +30,8 @@ def main() -> None:
             j.truncate_before(session, "main", int(arg))
         elif name == "archive":
             j.archive(session)
+        elif name == "head":
+            j.head(session)
         elif name == "append":
             j.append(EventRecord.new(session, "main", int(arg),
                                      {"type": "UserMessage", "content": "after"}))

@@ -29,10 +29,10 @@ def _fill(j: Journal, sid: str) -> None:
                     for s in ALL])
 
 
-def _kill_at(backend: Backend, op: str, point: str) -> None:
+def _kill_at(backend: Backend, op: str, point: str, *args: str) -> None:
     env = {**os.environ, "JOURNAL_FAULTS": f"{point}=kill"}
     proc = subprocess.Popen([sys.executable, str(WORKER), str(backend.root), backend.url or "",
-                             op, "s"], env=env, stderr=subprocess.PIPE)
+                             op, "s", *args], env=env, stderr=subprocess.PIPE)
     try:
         _, err = proc.communicate(timeout=30)
     finally:
@@ -118,3 +118,25 @@ def test_reopen_killed_at_every_step(real_backend: Backend, point: str) -> None:
     with real_backend.journal(lease_wait_s=10) as j:
         j.append(EventRecord.new("s", "main", 7, {"type": "UserMessage", "content": "x"}))
     _check(real_backend, [[*ALL, 7]], _seqs)
+
+
+@pytest.mark.parametrize(("op", "point"), [("head", "rebuild:after_lease"),
+                                           ("archive", "archive:after_lease"),
+                                           ("truncate:4", "truncate:after_lease")])
+def test_a_holder_killed_with_default_leases_stops_writers_only_briefly(
+        real_backend: Backend, op: str, point: str) -> None:
+    # Found by the chaos run: a writer killed while it rebuilt a state Redis had lost held
+    # the session for rebuild_lease_ms (120 s), and every writer gave up (LeaseTimeout).
+    # The lease a rebuild or a life-cycle operation takes is sized by the file now.
+    with real_backend.journal() as j:
+        _fill(j, "s")
+    if op == "head":
+        real_backend.restart_empty()  # the next access rebuilds
+    _kill_at(real_backend, op, point, "--default-leases")
+    with real_backend.journal(lease_wait_s=30) as j:
+        left_ms = j.redis.pttl("journal:{s}:lease")
+        # The holder died at once: what it left is the file-sized lease, about the default
+        # writer lease (5 s) for this small file, not two minutes.
+        assert 0 < left_ms <= 5000, left_ms
+        j.append(EventRecord.new("s", "main", 7, {"type": "UserMessage", "content": "x"}))
+        assert j.head("s") == 7

@@ -8,6 +8,7 @@ cut by the next holder's recovery, after it acknowledged).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,43 @@ def test_recovery_that_hands_the_lease_over_starts_the_append_again(tmp_path: Pa
             assert stored.sequence == 2
             assert [r.sequence for r in j.read("s1")] == [1, 2]
             assert j.head("s1") == 2
+
+
+class _SlowOnce:
+    """A fault hook: the first rebuild to take its lease stalls past that lease."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.hits = seconds, 0
+
+    def wants(self, point: str) -> bool:
+        return False
+
+    def hit(self, point: str) -> None:
+        if point == "rebuild:after_lease":
+            self.hits += 1
+            if self.hits == 1:
+                time.sleep(self.seconds)
+
+
+@pytest.mark.timeout(30)
+def test_a_rebuild_slower_than_its_file_sized_lease_tries_again_with_the_longest(
+        tmp_path: Path) -> None:
+    # The rebuild lease is sized by the file (2 s here); a rebuild that outlasts it must not
+    # cut the tail without a lease, nor fail the read: it takes rebuild_lease_ms and redoes.
+    with RedisServer(dir=tmp_path / "redis") as server:
+        root = tmp_path / "data"
+        with Journal(root, server.url, lease_ms=300, rebuild_lease_ms=10_000) as j:
+            j.append_batch([_event(s) for s in range(1, 4)])
+        with open(root / "events" / "s1.jsonl", "ab") as f:
+            f.write(encode_line(_event(4))[:40])  # a torn tail: the rebuild must cut it
+        server.restart()  # Redis forgets: the next read rebuilds
+        hook = _SlowOnce(1.8)
+        _fault_hook.installed = hook
+        try:
+            with Journal(root, server.url, lease_ms=300, rebuild_lease_ms=10_000) as j:
+                assert j.head("s1") == 3
+                assert hook.hits == 2  # the first try gave its lease up; the second finished
+                j.append(_event(4))
+                assert [r.sequence for r in j.read("s1")] == [1, 2, 3, 4]
+        finally:
+            _fault_hook.installed = None

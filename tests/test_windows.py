@@ -190,7 +190,7 @@ def test_a_lost_state_is_rebuilt_from_the_file_first(core: Core, clock: FakeCloc
     d.expect(("begin", [b"rebuild"]), ("acquire_rebuild", [b"ok"]), ("commit", 1),
              begun(size(core), 1), ("commit", 1))
     append(core, d, 2)
-    assert d.seen[3:] == ["begin", "acquire_rebuild", "file:size", "sleep:0.1",
+    assert d.seen[3:] == ["begin", "file:size", "acquire_rebuild", "sleep:0.1",
                           "file:rebuild", "commit", "begin", "file:_write_if_committed",
                           "commit"]
     assert lines(core.root) == [1, 2]

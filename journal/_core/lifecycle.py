@@ -2,10 +2,11 @@
 
 Like the append protocol these are generators that yield :class:`~journal._core.ops.Lua`,
 ``Call``, ``Blocking`` and ``Sleep`` and are run by the same drivers. Each one works under the
-session's writer lease (taken with ``lifecycle_acquire.lua``, fair like ``begin.lua``, for
-``rebuild_lease_ms``), and each has one commit point, so a crash at any step leaves the
-session whole in its old form or whole in its new form, and running the operation again
-finishes it. docs/lifecycle.md gives the steps and why each order is safe.
+session's writer lease (taken with ``lifecycle_acquire.lua``, fair like ``begin.lua``, for a
+time sized by the file, at most ``rebuild_lease_ms``), and each has one commit point, so a
+crash at any step leaves the session whole in its old form or whole in its new form, and
+running the operation again finishes it. docs/design.md ("The life of a session") gives
+the steps and why each order is safe.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ class _Lease:
 
 def _acquire(core: Core, session_id: str, waiter: Backoff) -> Steps[_Lease]:
     keys = core.keys(session_id)
-    lease_ms = core.settings.rebuild_lease_ms
+    # Sized by the file (see Core.work_lease_ms): an operation killed on the way stops
+    # the session's writers for about as long as its work would have taken.
+    lease_ms = core.work_lease_ms((yield Blocking(core.store(session_id).size)))
     token = core.env.token()
     # A lease this process still holds after an append would only make us wait for it.
     yield from settle_pending(core, session_id)
@@ -76,7 +79,7 @@ def _guarded(clock: LeaseClock, fn: Callable[[], object]) -> object:
 
 def _file_step(core: Core, session_id: str, lease: _Lease, fn: Callable[[], Any]) -> Steps[Any]:
     """A file step under our lease. If it fails (a full disk, say), the lease goes back at
-    once: left to expire, it would stop every writer of the session for rebuild_lease_ms.
+    once: left to expire, it would stop every writer of the session for the rest of it.
     (Each step leaves the session whole, so whoever comes next may go on from it.)"""
     try:
         return (yield Blocking(fn))

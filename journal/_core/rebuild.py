@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from functools import partial
 
+from journal import _fault_hook as fault
 from journal._core.keys import SessionKeys
 from journal._core.ops import Blocking, Call, Collect, Lua, Sleep, Steps, text
 from journal._core.state import Backoff, Core, Held, LeaseClock, LeaseLost, heads_of, pairs
@@ -41,29 +42,43 @@ def rebuild(core: Core, session_id: str, waiter: Backoff, full: bool = False) ->
     ``full``: check every line (the operator's rebuild), not the index's fast path."""
     keys, store = core.keys(session_id), core.store(session_id)
     token = core.env.token()
-    clock = core.lease_clock(core.settings.rebuild_lease_ms)
-    reply = yield Lua("acquire_rebuild", [keys.state, keys.lease],
-                      [token, core.settings.rebuild_lease_ms])
-    status = text(reply[0])
-    if status == "exists":
+    longest = core.settings.rebuild_lease_ms
+    # A lease sized by the file, so that a rebuilder killed on the way (a writer of a fleet
+    # just after Redis restarted) stops the session only briefly; the longest lease is for
+    # the operator's full rebuild, and for a second try when the file read slower than that.
+    size = yield Blocking(store.size)
+    lease_ms = longest if full else core.work_lease_ms(size)
+    while True:
+        clock = core.lease_clock(lease_ms)
+        reply = yield Lua("acquire_rebuild", [keys.state, keys.lease], [token, lease_ms])
+        status = text(reply[0])
+        if status == "exists":
+            return
+        if status == "busy":
+            yield Sleep(waiter.next(int(reply[1])))
+            return
+        fault.hit("rebuild:after_lease")
+        if core.settings.lease_hold_ms and size:
+            # Redis lost every lease, but a writer in another process may still trust its
+            # own clock and acknowledge a write for up to one hold window: let that window
+            # pass before looking at the tail.
+            yield Sleep(core.settings.lease_hold_ms / 1000)
+        try:
+            # Writers that never sync may leave the hint past the data after a crash.
+            unsynced = core.settings.durability == "none"
+            found = yield Blocking(partial(gate.rebuild, store, clock.guard, full, unsynced))
+        except LeaseLost:
+            yield from release(keys, token)
+            if lease_ms >= longest:
+                raise
+            lease_ms = longest
+            continue
+        except Exception:  # not GeneratorExit: a closed protocol must not yield again
+            yield from release(keys, token)
+            raise
+        yield Lua("commit", keys.all,
+                  [token, "0", found.length, "replace", "", "", *pairs(found.heads)])
         return
-    if status == "busy":
-        yield Sleep(waiter.next(int(reply[1])))
-        return
-    if core.settings.lease_hold_ms and (yield Blocking(store.size)):
-        # Redis lost every lease, but a writer in another process may still trust its own
-        # clock and acknowledge a write for up to one hold window: let that window pass
-        # before looking at the tail.
-        yield Sleep(core.settings.lease_hold_ms / 1000)
-    try:
-        # Writers that never sync may leave the hint past the data after a crash.
-        unsynced = core.settings.durability == "none"
-        found = yield Blocking(partial(gate.rebuild, store, clock.guard, full, unsynced))
-    except Exception:  # not GeneratorExit: a closed protocol must not yield again
-        yield from release(keys, token)
-        raise
-    yield Lua("commit", keys.all,
-              [token, "0", found.length, "replace", "", "", *pairs(found.heads)])
 
 
 def recover(

@@ -1,4 +1,5 @@
-"""Where the read, rebuild and append paths meet a session's life marks (docs/lifecycle.md).
+"""Where the read, rebuild and append paths meet a session's life marks (docs/design.md,
+"The life of a session").
 
 ``protocol.py`` calls these few functions instead of the plain :class:`SessionStore`
 methods, inside the same blocking steps, so honouring tombstones, truncation points and
