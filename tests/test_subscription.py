@@ -755,6 +755,18 @@ def test_the_lean_receive_reads_what_get_message_reads(redis_server: RedisServer
         got = _drain(lambda t: connect.sync_receive(lean, t), 2 * len(payloads) + 1)
         assert len(want) == 2 * len(payloads) + 1
         assert got == want
+        # redis-py's own health check (a PING when the connection was quiet for its
+        # interval) is sent and its reply swallowed, as get_message does.
+        assert lean.connection is not None
+        lean.connection.next_health_check = 0
+        client.publish("ch", b"after the check")
+        got = _drain(lambda t: connect.sync_receive(lean, t), 1)
+        assert [m["data"] for m in got] == [b"after the check"]
+        assert [m["data"] for m in _drain(lambda t: plain.get_message(timeout=t), 1)] == [
+            b"after the check"]
+        assert lean.health_check_response_counter == 1  # its PING went out
+        assert connect.sync_receive(lean, 5.0) is None  # the reply is read, not handed out
+        assert lean.health_check_response_counter == 0
         started = time.monotonic()
         assert connect.sync_receive(lean, 0.2) is None  # nothing more: None after the wait
         assert 0.15 <= time.monotonic() - started < 5

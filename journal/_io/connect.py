@@ -415,8 +415,10 @@ def sync_receive(pubsub: redis.client.PubSub, timeout: float) -> dict[str, Any] 
     reader = getattr(parser, "_reader", None)
     sock = getattr(parser, "_sock", None)
     execute = getattr(pubsub, "_execute", None)
+    health_reply = getattr(pubsub, "is_health_check_response", None)  # not in every redis-py
     if (conn is None or type(sock) is not socket.socket or not hasattr(reader, "has_data")
-            or execute is None or not pubsub.subscribed or conn.should_reconnect()):
+            or execute is None or health_reply is None or not pubsub.subscribed
+            or conn.should_reconnect()):
         message: dict[str, Any] | None = pubsub.get_message(timeout=timeout)
         return message
     pubsub.check_health()
@@ -426,7 +428,7 @@ def sync_receive(pubsub: redis.client.PubSub, timeout: float) -> dict[str, Any] 
         if not poller.poll(math.ceil(max(timeout, 0.0) * 1000)):
             return None
     response = execute(conn, conn.read_response, disconnect_on_error=False, push_request=True)
-    if pubsub.is_health_check_response(response):
+    if health_reply(response):
         pubsub.health_check_response_counter -= 1
         return None
     handled: dict[str, Any] | None = pubsub.handle_message(response)
