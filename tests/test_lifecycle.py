@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from journal import (
@@ -18,6 +19,7 @@ from journal import (
     _fault_hook,
 )
 from journal._storage import archive as archives
+from journal._storage import compaction, gate, tombstone
 from journal.errors import SequenceConflict
 
 from .conftest import Backend
@@ -172,6 +174,43 @@ def test_a_read_that_races_an_archive_reads_the_archive(real_backend: Backend,
     assert not (real_backend.root / "events" / "s1.jsonl").exists()  # it did run first
     assert got == list(range(3, 13))
     for x in (j, other):
+        x.close()
+
+
+def test_a_rebuild_that_races_a_stale_compaction_reads_the_marks_again(
+        real_backend: Backend) -> None:
+    # Found by the chaos run: Redis restarted while a truncate was at work. Its lease was
+    # gone, but its own clock still trusted it, so it went on and installed its compaction
+    # while a reader rebuilt the state: the rebuild had read the marks and the hint from
+    # before, found the file shorter than that hint, and refused with StorageError.
+    j = real_backend.journal()
+    _fill(j, "s1", 20)
+    real_backend.restart_empty()
+    other = real_backend.journal()
+    store = other.core.store("s1")
+
+    def stale_truncate() -> None:  # truncate_before's file steps, as a holder runs them
+        marks = gate.marks(store)
+        committed = store.size()
+        floors = {"main": 11}
+        new_len = compaction.prepare(store, floors, committed, {"main": 20})
+        new = msgspec.structs.replace(marks, floors=floors,
+                                      compaction=tombstone.Compaction(committed, new_len))
+        tombstone.save(real_backend.root, "s1", new)
+        compaction.finish(store, new, lambda: None)
+
+    hook = _OnceAt("rebuild:after_hint", stale_truncate)
+    reader = real_backend.journal(view_catch_up_s=0.2)
+    _fault_hook.installed = hook
+    try:
+        assert reader.head("s1") == 20
+    finally:
+        _fault_hook.installed = None
+    assert hook.fired
+    assert [r.sequence for r in reader.read("s1", "main", 11)] == list(range(11, 21))
+    with pytest.raises(HistoryTruncated):
+        reader.read("s1", "main", 1)
+    for x in (j, other, reader):
         x.close()
 
 

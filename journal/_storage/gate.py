@@ -61,6 +61,20 @@ def rebuild(store: SessionStore, guard: Callable[[], None], full: bool = False,
     """``SessionStore.rebuild`` that knows archives and finishes an interrupted compaction
     (called under the rebuild lease)."""
     found = marks(store)
+    try:
+        return _rebuild(store, found, guard, full, hint_may_outrun)
+    except StorageError:
+        # A life-cycle operation that held the lease when Redis lost it may still have been
+        # at work, trusting its own clock: a compaction it installed after we read the
+        # marks shows as a file shorter than the hint we read before. Its marks tell.
+        again = marks(store)
+        if again == found:
+            raise
+        return _rebuild(store, again, guard, full, hint_may_outrun)
+
+
+def _rebuild(store: SessionStore, found: tombstone.Marks, guard: Callable[[], None], full: bool,
+             hint_may_outrun: bool) -> TailResult:
     if found.archived is not None and not store.path.exists():
         return TailResult(length=found.archived.length, heads=dict(found.archived.heads))
     compaction.finish(store, found, guard)

@@ -789,6 +789,7 @@ class SessionStore:
         """
         self.forget()
         hint = self.read_hint()
+        fault.hit("rebuild:after_hint")
         if hint and self.size_reaching(hint, self.view_catch_up_s) < hint:
             if not (hint_may_outrun or full or self.view_catch_up_s == 0):
                 raise StorageError(self.lagging_hint(self.size(), hint))
