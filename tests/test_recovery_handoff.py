@@ -8,13 +8,15 @@ cut by the next holder's recovery, after it acknowledged).
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
 
-from journal import EventRecord, Journal, _fault_hook
+from journal import EventRecord, Journal, JournalError, _fault_hook
 from journal._core.keys import session_keys
 from journal._model.records import encode_line
 from journal.testing import RedisServer
@@ -101,3 +103,52 @@ def test_a_rebuild_slower_than_its_file_sized_lease_tries_again_with_the_longest
                 assert [r.sequence for r in j.read("s1")] == [1, 2, 3, 4]
         finally:
             _fault_hook.installed = None
+
+
+class _StoppedPastTheLease:
+    """A fault hook: the writer stops after its fsync until its lease has expired, and
+    meanwhile another journal truncates (compacts) the session."""
+
+    def __init__(self, stall_s: float, meanwhile: Callable[[], object]) -> None:
+        self.stall_s, self.meanwhile, self.fired = stall_s, meanwhile, False
+
+    def wants(self, point: str) -> bool:
+        return False
+
+    def hit(self, point: str) -> None:
+        if point == "after_fsync" and not self.fired:
+            self.fired = True
+            time.sleep(self.stall_s)
+            self.meanwhile()
+
+
+@pytest.mark.timeout(30)
+def test_a_writer_stopped_past_its_lease_leaves_the_compacted_files_caches_alone(
+        tmp_path: Path) -> None:
+    # Found by the chaos run (a writer stopped by a hook, then resumed): its deferred
+    # caches, written after a truncate had compacted the file, set the hint to the old
+    # file's length, and the next rebuild refused ("shorter than its committed hint").
+    with RedisServer(dir=tmp_path / "redis") as server:
+        root = tmp_path / "data"
+        settings = {"lease_ms": 400, "lease_hold_ms": 300}
+        with Journal(root, server.url, **settings) as writer, \
+                Journal(root, server.url, lease_wait_s=10) as other:
+            for s in range(1, 21):
+                writer.append(_event(s))  # single lines on a held lease: caches deferred
+            hook = _StoppedPastTheLease(0.6, lambda: other.truncate_before("s1", "main", 15))
+            _fault_hook.installed = hook
+            try:
+                with contextlib.suppress(JournalError):  # its commit finds the lease gone
+                    writer.append(_event(21))
+            finally:
+                _fault_hook.installed = None
+            assert hook.fired
+            # The hint is a lower bound of the committed length: never past the file.
+            hint = int.from_bytes((root / "index" / "s1" / "committed").read_bytes()[:8],
+                                  "little")
+            assert hint <= (root / "events" / "s1.jsonl").stat().st_size
+        server.restart()  # Redis forgets: the next read rebuilds from the file and its hint
+        with Journal(root, server.url, view_catch_up_s=0.2) as reader:
+            top = reader.head("s1")
+            assert top in (20, 21)  # 21: the stopped append started over under a new lease
+            assert [r.sequence for r in reader.read("s1", "main", 15)] == list(range(15, top + 1))

@@ -251,6 +251,12 @@ def _write(
         raise
     synced_at = now()
     if start == committed:
+        if not clock.valid():
+            # We were stopped past our lease: its next holder may have compacted the file
+            # since, and our caches (the hint above all, which the file is checked against)
+            # would describe the old one. They are dropped; the next writer catches up.
+            store.flush(clock.guard)
+            return start, end, synced_at
         # Our synced lines sit right at the committed length and continue their branch:
         # any recovery rolls them forward, so they are committed from here on, and the
         # hint may say so. The index is a cache: readers scan past it, the next writer
