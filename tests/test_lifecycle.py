@@ -179,10 +179,10 @@ def test_a_read_that_races_an_archive_reads_the_archive(real_backend: Backend,
 
 def test_a_rebuild_that_races_a_stale_compaction_reads_the_marks_again(
         real_backend: Backend) -> None:
-    # Found by the chaos run: Redis restarted while a truncate was at work. Its lease was
-    # gone, but its own clock still trusted it, so it went on and installed its compaction
-    # while a reader rebuilt the state: the rebuild had read the marks and the hint from
-    # before, found the file shorter than that hint, and refused with StorageError.
+    # Redis restarts while a truncate is at work. Its lease is gone, but its own clock
+    # still trusts it, so it goes on and installs its compaction while a reader rebuilds
+    # the state: the rebuild had read the marks and the hint from before, found the file
+    # shorter than that hint, and refused with StorageError.
     j = real_backend.journal()
     _fill(j, "s1", 20)
     real_backend.restart_empty()
