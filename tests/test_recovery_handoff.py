@@ -22,14 +22,18 @@ from journal._model.records import encode_line
 from journal.testing import RedisServer
 
 
-class _WaiterArrivesAfterBegin:
+class _Hook:
+    """A fault hook that acts in ``hit`` only (no point asks ``wants``)."""
+
+    def wants(self, point: str) -> bool:
+        return False
+
+
+class _WaiterArrivesAfterBegin(_Hook):
     """A fault hook: right after our ``begin``, another writer registers in ``want``."""
 
     def __init__(self, client: redis.Redis, want_key: str) -> None:
         self.client, self.want_key, self.fired = client, want_key, False
-
-    def wants(self, point: str) -> bool:
-        return False
 
     def hit(self, point: str) -> None:
         if point == "after_begin" and not self.fired:
@@ -65,14 +69,11 @@ def test_recovery_that_hands_the_lease_over_starts_the_append_again(tmp_path: Pa
             assert j.head("s1") == 2
 
 
-class _SlowOnce:
+class _SlowOnce(_Hook):
     """A fault hook: the first rebuild to take its lease stalls past that lease."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds, self.hits = seconds, 0
-
-    def wants(self, point: str) -> bool:
-        return False
 
     def hit(self, point: str) -> None:
         if point == "rebuild:after_lease":
@@ -105,15 +106,12 @@ def test_a_rebuild_slower_than_its_file_sized_lease_tries_again_with_the_longest
             _fault_hook.installed = None
 
 
-class _StoppedPastTheLease:
+class _StoppedPastTheLease(_Hook):
     """A fault hook: the writer stops after its fsync until its lease has expired, and
     meanwhile another journal truncates (compacts) the session."""
 
     def __init__(self, stall_s: float, meanwhile: Callable[[], object]) -> None:
         self.stall_s, self.meanwhile, self.fired = stall_s, meanwhile, False
-
-    def wants(self, point: str) -> bool:
-        return False
 
     def hit(self, point: str) -> None:
         if point == "after_fsync" and not self.fired:

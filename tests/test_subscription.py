@@ -173,36 +173,52 @@ def test_a_late_subscriber_replays_page_by_page_then_goes_live(real_backend: Bac
     assert sub.stats.live_events > 0
 
 
+class _FeedUnderFaults:
+    """A sync and an async subscriber process listening to ``s1``, and a writer process
+    appending ``total`` events to it, paced, while a test breaks Redis."""
+
+    def __init__(self, backend: Backend, procs: Procs, tmp_path: Path, total: int) -> None:
+        self.backend, self.total = backend, total
+        self.j = backend.journal()
+        self.outs = [tmp_path / "sync.json", tmp_path / "async.json"]
+        self.subs = [procs.subscriber(backend, self.outs[0], total),
+                     procs.subscriber(backend, self.outs[1], total, "--async")]
+        wait_listening(backend, self.j, 2, 15)
+        self.writer = procs.writer(backend, total, "w", "--pace", "0.004")
+
+    def head(self) -> int:
+        try:
+            return self.j.head("s1")
+        except JournalError:
+            return 0
+
+    def wait_for(self, events: int) -> None:
+        wait_until(lambda: self.head() >= events, 20, f"{events} events")
+
+    def finish(self, sub_timeout: float) -> list[dict[str, Any]]:
+        """Every process done; each subscriber got exactly what the file holds."""
+        self.writer.finish(30)
+        for sub in self.subs:
+            sub.finish(sub_timeout)
+        results = [result(out) for out in self.outs]
+        for got in results:
+            assert_matches_file(got, self.j, self.total)
+        return results
+
+
 @pytest.mark.timeout(50)
 def test_pubsub_kill_and_an_empty_redis_restart_lose_and_duplicate_nothing(
     real_backend: Backend, procs: Procs, tmp_path: Path
 ) -> None:
     server = real_backend.server
     assert server is not None
-    j = real_backend.journal()
-    outs = [tmp_path / "sync.json", tmp_path / "async.json"]
-    subs = [procs.subscriber(real_backend, outs[0], 400),
-            procs.subscriber(real_backend, outs[1], 400, "--async")]
-    wait_listening(real_backend, j, 2, 15)
-    writer = procs.writer(real_backend, 400, "w", "--pace", "0.004")
-
-    def head() -> int:
-        try:
-            return j.head("s1")
-        except JournalError:
-            return 0
-
-    wait_until(lambda: head() >= 100, 20, "100 events")
+    feed = _FeedUnderFaults(real_backend, procs, tmp_path, 400)
+    feed.wait_for(100)
     killed = admin(real_backend).client_kill_filter(_type="pubsub")
     assert int(killed) >= 2
-    wait_until(lambda: head() >= 200, 20, "200 events")
+    feed.wait_for(200)
     server.restart()  # SIGKILL, then a fresh server on the same port: memory is empty
-    writer.finish(30)
-    for sub in subs:
-        sub.finish(20)
-    for out in outs:
-        got = result(out)
-        assert_matches_file(got, j, 400)
+    for got in feed.finish(20):
         assert got["stats"]["connects"] >= 3  # the first, after the kill, after the restart
 
 
@@ -215,31 +231,15 @@ def test_two_quick_redis_restarts_and_a_kill_leave_no_subscriber_behind(
     # hears the rest, not one that waits forever on a dead or half-set-up connection.
     server = real_backend.server
     assert server is not None
-    j = real_backend.journal()
-    outs = [tmp_path / "sync.json", tmp_path / "async.json"]
-    subs = [procs.subscriber(real_backend, outs[0], 500),
-            procs.subscriber(real_backend, outs[1], 500, "--async")]
-    wait_listening(real_backend, j, 2, 15)
-    writer = procs.writer(real_backend, 500, "w", "--pace", "0.004")
-
-    def head() -> int:
-        try:
-            return j.head("s1")
-        except JournalError:
-            return 0
-
-    wait_until(lambda: head() >= 100, 20, "100 events")
+    feed = _FeedUnderFaults(real_backend, procs, tmp_path, 500)
+    feed.wait_for(100)
     for gap in (0.3, 0.05):
         server.restart()
         time.sleep(gap)
     server.restart()
     with contextlib.suppress(redis.RedisError):
         admin(real_backend).client_kill_filter(_type="pubsub")
-    writer.finish(30)
-    for sub in subs:
-        sub.finish(25)
-    for out in outs:
-        assert_matches_file(result(out), j, 500)
+    feed.finish(25)
 
 
 @pytest.mark.timeout(40)
