@@ -178,7 +178,8 @@ class _FeedUnderFaults:
     appending ``total`` events to it, paced, while a test breaks Redis."""
 
     def __init__(self, backend: Backend, procs: Procs, tmp_path: Path, total: int) -> None:
-        self.backend, self.total = backend, total
+        assert backend.server is not None
+        self.server, self.total = backend.server, total
         self.j = backend.journal()
         self.outs = [tmp_path / "sync.json", tmp_path / "async.json"]
         self.subs = [procs.subscriber(backend, self.outs[0], total),
@@ -210,14 +211,12 @@ class _FeedUnderFaults:
 def test_pubsub_kill_and_an_empty_redis_restart_lose_and_duplicate_nothing(
     real_backend: Backend, procs: Procs, tmp_path: Path
 ) -> None:
-    server = real_backend.server
-    assert server is not None
     feed = _FeedUnderFaults(real_backend, procs, tmp_path, 400)
     feed.wait_for(100)
     killed = admin(real_backend).client_kill_filter(_type="pubsub")
     assert int(killed) >= 2
     feed.wait_for(200)
-    server.restart()  # SIGKILL, then a fresh server on the same port: memory is empty
+    feed.server.restart()  # SIGKILL, then a fresh server on the same port: memory is empty
     for got in feed.finish(20):
         assert got["stats"]["connects"] >= 3  # the first, after the kill, after the restart
 
@@ -229,14 +228,12 @@ def test_two_quick_redis_restarts_and_a_kill_leave_no_subscriber_behind(
     # Faults in quick succession land while a subscriber is still reconnecting (or has just
     # subscribed again on a fresh connection): each must still end in a subscription that
     # hears the rest, not one that waits forever on a dead or half-set-up connection.
-    server = real_backend.server
-    assert server is not None
     feed = _FeedUnderFaults(real_backend, procs, tmp_path, 500)
     feed.wait_for(100)
     for gap in (0.3, 0.05):
-        server.restart()
+        feed.server.restart()
         time.sleep(gap)
-    server.restart()
+    feed.server.restart()
     with contextlib.suppress(redis.RedisError):
         admin(real_backend).client_kill_filter(_type="pubsub")
     feed.finish(25)
