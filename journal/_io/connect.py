@@ -404,8 +404,8 @@ def sync_receive(pubsub: redis.client.PubSub, timeout: float) -> dict[str, Any] 
     its ``parse_response`` step for step with only that question changed: a message
     already buffered is read at once, else one ``poll`` waits up to ``timeout`` for the
     socket to be readable (data, end of file or an error). Everything else is redis-py's
-    own: the health-check ``PING`` and its reply, and the read wrapped in the pub/sub's
-    ``_execute``, which on a connection error reconnects and subscribes again or raises,
+    own: the health-check ``PING`` and its reply, and on a connection error the read again
+    through the pub/sub's ``_execute``, which reconnects and subscribes again or raises,
     exactly as ``get_message`` does. The read itself is bounded by the socket's timeout
     (``socket_timeout_s``). Anything other than a plain socket with hiredis's reader (TLS,
     the pure-Python parser, a connection not up, no subscription yet) takes
@@ -427,7 +427,13 @@ def sync_receive(pubsub: redis.client.PubSub, timeout: float) -> dict[str, Any] 
         poller.register(sock, select.POLLIN)
         if not poller.poll(math.ceil(max(timeout, 0.0) * 1000)):
             return None
-    response = execute(conn, conn.read_response, disconnect_on_error=False, push_request=True)
+    try:
+        response = conn.read_response(disconnect_on_error=False, push_request=True)
+    except (redis.ConnectionError, redis.TimeoutError):
+        # The read failed: read again through redis-py's own retry, which reconnects and
+        # subscribes again (or raises), as get_message would have done.
+        response = execute(conn, conn.read_response, disconnect_on_error=False,
+                           push_request=True)
     if health_reply(response):
         pubsub.health_check_response_counter -= 1
         return None
