@@ -92,16 +92,18 @@ def test_lease_expired_by_the_clock_before_the_write_writes_nothing_and_begins_a
     assert lines(core.root) == [1]
 
 
-def test_lease_lost_in_redis_after_begin_is_an_unknown_outcome(
+def test_lease_lost_in_redis_after_begin_is_resolved_by_another_round(
     core: Core, clock: FakeClock
 ) -> None:
     """Redis dropped the lease after our begin (it expired there, or Redis restarted): the
-    commit refuses (0). Our synced line may still be rolled forward by the next recovery,
-    so the caller hears "unknown", never "stored" or "not stored"."""
-    d = FakeDriver(clock, [begun(), ("commit", 0), ("release", 0)])
-    with pytest.raises(AppendOutcomeUnknown, match="expired before commit"):
-        append(core, d, 1)
-    assert d.seen[-2:] == ["commit", "release"]  # give back whatever is left, then report
+    commit refuses (0). Our line is synced at the committed length, so the roll-forward
+    rule has committed it: another round finds it (here a writer that took the lease since
+    rolled it forward) and the append succeeds, instead of reporting "unknown"."""
+    d = FakeDriver(clock, [begun(), ("commit", 0), ("release", 0), ("begin", [b"conflict", 1]),
+                           ("HMGET", lambda op: [size(core), 1])])
+    stored = append(core, d, 1)
+    assert [r.sequence for r in stored] == [1]
+    assert d.seen[:4] == ["begin", "file:_write_if_committed", "commit", "release"]
     assert lines(core.root) == [1]
     assert "s1" not in core.held
 

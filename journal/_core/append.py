@@ -212,6 +212,12 @@ def _under_lease(
             f"commit of {first.session_id}/{branch} {first.sequence}..{last.sequence} "
             f"did not get an answer ({exc}); retry the same records to resolve it"
         ) from exc
+    if not ok and start == committed:
+        # The lease ran out while we wrote (a slow fsync past a short hold), but our lines
+        # are synced at the committed length: by the roll-forward rule they are committed
+        # already. Another round finds them (its recovery commits them, or a writer that
+        # took the lease since did) and answers as the file says.
+        return _RETRY
     if not ok:
         raise AppendOutcomeUnknown(
             f"the writer lease for {first.session_id} expired before commit of "
