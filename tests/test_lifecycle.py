@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -151,6 +152,12 @@ class _OnceAt:
             self.action()
 
 
+class _EveryTime(_OnceAt):
+    def hit(self, point: str) -> None:
+        if point == self.point:
+            self.action()
+
+
 @pytest.mark.parametrize("api", ["read", "subscribe"])
 def test_a_read_that_races_an_archive_reads_the_archive(real_backend: Backend,
                                                         api: str) -> None:
@@ -212,6 +219,37 @@ def test_a_rebuild_that_races_a_stale_compaction_reads_the_marks_again(
         reader.read("s1", "main", 1)
     for x in (j, other, reader):
         x.close()
+
+
+@pytest.mark.parametrize(("op", "point"), [("archive", "archive:after_write"),
+                                           ("truncate", "truncate:after_prepare")])
+def test_a_lifecycle_step_slower_than_its_lease_runs_again_with_the_longest(
+        real_backend: Backend, op: str, point: str) -> None:
+    # The lease of a life-cycle operation is sized by the file (2 s here); work that
+    # outruns it (a slow disk, a slow compression) gives it back and runs again with
+    # rebuild_lease_ms, instead of failing or repeating itself at the same length.
+    j = real_backend.journal(lease_ms=300, rebuild_lease_ms=10_000)
+    _fill(j, "s1", 12)
+    stalls: list[float] = []
+
+    def stall() -> None:  # the same slow step on the first two tries, then fast
+        if len(stalls) < 2:
+            time.sleep(2.3)
+        stalls.append(2.3)
+
+    hook = _EveryTime(point, stall)
+    _fault_hook.installed = hook
+    try:
+        if op == "archive":
+            assert j.archive("s1") is True
+        else:
+            assert j.truncate_before("s1", "main", 5) == 5
+    finally:
+        _fault_hook.installed = None
+    # The second try held the longest lease and outlasted the stall: no third.
+    assert len(stalls) == 2
+    assert [r.sequence for r in j.read("s1", "main", 5)] == list(range(5, 13))
+    j.close()
 
 
 def test_a_file_missing_without_an_archive_is_still_reported(real_backend: Backend) -> None:

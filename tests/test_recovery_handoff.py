@@ -70,15 +70,15 @@ def test_recovery_that_hands_the_lease_over_starts_the_append_again(tmp_path: Pa
 
 
 class _SlowOnce(_Hook):
-    """A fault hook: the first rebuild to take its lease stalls past that lease."""
+    """A fault hook: the first ``times`` rebuilds to take their lease stall ``seconds``."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds, self.hits = seconds, 0
+    def __init__(self, seconds: float, times: int = 1) -> None:
+        self.seconds, self.times, self.hits = seconds, times, 0
 
     def hit(self, point: str) -> None:
         if point == "rebuild:after_lease":
             self.hits += 1
-            if self.hits == 1:
+            if self.hits <= self.times:
                 time.sleep(self.seconds)
 
 
@@ -182,3 +182,23 @@ def test_a_slow_fsync_past_the_held_lease_still_acknowledges(tmp_path: Path) -> 
             assert hook.fired and stored.sequence == 4
             j.append(_event(5))
             assert [r.sequence for r in j.read("s1")] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.timeout(30)
+def test_a_rebuild_whose_commit_is_refused_after_its_lease_tries_again(tmp_path: Path) -> None:
+    # No torn tail, so no guard is met on the way: the stalled rebuild's commit is refused
+    # by Redis (its lease expired there), and the next try takes the longest lease, which
+    # outlasts the same stall (a try at the same length would be refused again).
+    with RedisServer(dir=tmp_path / "redis") as server:
+        root = tmp_path / "data"
+        with Journal(root, server.url, lease_ms=300, rebuild_lease_ms=10_000) as j:
+            j.append_batch([_event(s) for s in range(1, 4)])
+        server.restart()
+        hook = _SlowOnce(2.3, times=2)
+        _fault_hook.installed = hook
+        try:
+            with Journal(root, server.url, lease_ms=300, rebuild_lease_ms=10_000) as j:
+                assert j.head("s1") == 3
+                assert hook.hits == 2
+        finally:
+            _fault_hook.installed = None

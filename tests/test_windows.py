@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from journal import AppendOutcomeUnknown, EventRecord, LeaseTimeout, RedisUnavailable
+from journal import (
+    AppendOutcomeUnknown,
+    EventRecord,
+    LeaseTimeout,
+    RedisUnavailable,
+    StorageError,
+)
 from journal._core import append as append_protocol
 from journal._core.ops import Lua
 from journal._core.pipeline import (
@@ -106,6 +112,22 @@ def test_lease_lost_in_redis_after_begin_is_resolved_by_another_round(
     assert d.seen[:4] == ["begin", "file:_write_if_committed", "commit", "release"]
     assert lines(core.root) == [1]
     assert "s1" not in core.held
+
+
+def test_a_final_error_after_a_refused_commit_is_an_unknown_outcome(
+    core: Core, clock: FakeClock
+) -> None:
+    """After a refused commit our synced line is committed by the roll-forward rule, so an
+    error of the round after it (here a storage error) must not tell the caller "not
+    stored": it is reported as an unknown outcome, with the error it met."""
+    d = FakeDriver(clock, [begun(), ("commit", 0), ("release", 0),
+                           ("begin", StorageError("the disk went away"))])
+    with pytest.raises(AppendOutcomeUnknown, match=r"ran out before the commit.*disk went away"):
+        append(core, d, 1)
+    assert lines(core.root) == [1]
+    d2 = FakeDriver(clock, [("begin", StorageError("the disk went away"))])
+    with pytest.raises(StorageError):  # without a refused commit before it: as it is
+        append(core, d2, 2)
 
 
 def test_redis_gone_after_the_write_is_an_unknown_outcome(core: Core, clock: FakeClock) -> None:

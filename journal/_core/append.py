@@ -28,10 +28,18 @@ from journal.errors import (
     LeaseTimeout,
     RedisUnavailable,
     SequenceConflict,
+    SessionDeleted,
     StorageError,
 )
 
 _RETRY = object()
+# A commit refused after our lines were synced at the committed length: another round
+# finds them, and an error it meets then no longer means "not stored" (see append).
+_REFUSED = object()
+# What a later round may raise that would tell the caller "not stored"; after _REFUSED the
+# truth is "unknown" (our lines were committed by the roll-forward rule, then perhaps hidden
+# by a truncate or cut on purpose by a delete).
+_FINAL = (SequenceConflict, StorageError, HistoryTruncated, SessionDeleted)
 # Rounds an append may start over (lease lost before writing, or its lines were cut after a
 # stale writer's bytes landed first). Busy waits are bounded by lease_wait_s instead.
 _MAX_ROUNDS = 1000
@@ -43,6 +51,22 @@ _log = logging.getLogger("journal.append")
 
 def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[EventRecord]]:
     """Append a checked, contiguous batch (``data`` is its encoded lines)."""
+    refused: list[bool] = []
+    try:
+        return (yield from _rounds(core, records, data, refused))
+    except _FINAL as exc:
+        if not refused:
+            raise
+        first, last = records[0], records[-1]
+        raise AppendOutcomeUnknown(
+            f"the writer lease for {first.session_id} ran out before the commit of "
+            f"{first.branch_id} {first.sequence}..{last.sequence}, and the round after it "
+            f"met: {exc}; retry the same records to resolve it"
+        ) from exc
+
+
+def _rounds(core: Core, records: list[EventRecord], data: bytes,
+            refused: list[bool]) -> Steps[list[EventRecord]]:
     first = records[0]
     keys = core.keys(first.session_id)
     lease_ms = core.settings.lease_ms
@@ -105,7 +129,9 @@ def append(core: Core, records: list[EventRecord], data: bytes) -> Steps[list[Ev
         except (SequenceConflict, JournalError):
             yield from release(keys, token)
             raise
-        if outcome is _RETRY:
+        if outcome is _RETRY or outcome is _REFUSED:
+            if outcome is _REFUSED:
+                refused.append(True)
             yield from release(keys, token)
             continue
         stored, kept = outcome
@@ -217,7 +243,7 @@ def _under_lease(
         # are synced at the committed length: by the roll-forward rule they are committed
         # already. Another round finds them (its recovery commits them, or a writer that
         # took the lease since did) and answers as the file says.
-        return _RETRY
+        return _REFUSED
     if not ok:
         raise AppendOutcomeUnknown(
             f"the writer lease for {first.session_id} expired before commit of "

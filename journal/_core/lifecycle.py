@@ -23,7 +23,7 @@ import msgspec
 from journal import _fault_hook as fault
 from journal._core.ops import Blocking, Lua, Sleep, Steps, text
 from journal._core.rebuild import rebuild, roll_forward, settle_pending
-from journal._core.state import Backoff, Core, LeaseClock
+from journal._core.state import REWRITE_BYTES_PER_MS, Backoff, Core, LeaseClock, LeaseLost
 from journal._storage import archive as archives
 from journal._storage import compaction, gate, tombstone
 from journal._storage.session_file import SessionStore
@@ -45,11 +45,14 @@ class _Lease:
         return {k[2:]: int(v) for k, v in self.fields.items() if k.startswith("h:")}
 
 
-def _acquire(core: Core, session_id: str, waiter: Backoff) -> Steps[_Lease]:
+def _acquire(core: Core, session_id: str, waiter: Backoff, longest: bool) -> Steps[_Lease]:
     keys = core.keys(session_id)
     # Sized by the file (see Core.work_lease_ms): an operation killed on the way stops
-    # the session's writers for about as long as its work would have taken.
-    lease_ms = core.work_lease_ms((yield Blocking(core.store(session_id).size)))
+    # the session's writers for about as long as its work would have taken. ``longest``
+    # after the work once outran that lease.
+    size = yield Blocking(core.store(session_id).size)
+    lease_ms = (core.settings.rebuild_lease_ms if longest
+                else core.work_lease_ms(size, REWRITE_BYTES_PER_MS))
     token = core.env.token()
     # A lease this process still holds after an append would only make us wait for it.
     yield from settle_pending(core, session_id)
@@ -65,6 +68,15 @@ def _acquire(core: Core, session_id: str, waiter: Backoff) -> Steps[_Lease]:
             continue
         flat = [text(v) for v in reply[1]]
         return _Lease(token, clock, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+
+def _outran(longest: bool) -> bool:
+    """The work outran its lease (the guard refused a step; the lease was given back):
+    the next round takes the longest lease, and one that outran that too gives up."""
+    if longest:
+        raise LeaseTimeout("the operation outran even rebuild_lease_ms: raise it for a disk "
+                           "this slow")
+    return True
 
 
 def _release(core: Core, session_id: str, token: str) -> Steps[None]:
@@ -104,8 +116,9 @@ def delete(core: Core, session_id: str) -> Steps[None]:
     store, root = core.store(session_id), core.root
     keys = core.keys(session_id)
     waiter = core.backoff()
+    longest = False
     for _round in range(_ROUNDS):
-        lease = yield from _acquire(core, session_id, waiter)
+        lease = yield from _acquire(core, session_id, waiter, longest)
         fault.hit("delete:after_lease")
         marks = yield Blocking(partial(tombstone.load, root, session_id))
         if marks.deleted_at is None:
@@ -114,12 +127,17 @@ def delete(core: Core, session_id: str) -> Steps[None]:
                 yield from _release(core, session_id, lease.token)
                 raise InvalidInput(f"no session {session_id} under {root}")
             dead = msgspec.structs.replace(marks, deleted_at=time.time())
-            yield from _save(core, session_id, lease, root, dead)
+            try:
+                yield from _save(core, session_id, lease, root, dead)
+            except LeaseLost:
+                longest = _outran(longest)
+                continue
             fault.hit("delete:after_tombstone")
         ok = yield Lua("lifecycle_clear", [keys.state, keys.lease, tomb_key(core, session_id),
                                            keys.want],
                        [lease.token, "delete", f"{time.time():.3f}"])
         if ok != 1:
+            longest = True
             continue  # our lease expired: the tombstone stands; take the lease again
         fault.hit("delete:after_redis")
         yield from _file_step(core, session_id, lease, partial(gate.remove_files, store))
@@ -131,11 +149,11 @@ def delete(core: Core, session_id: str) -> Steps[None]:
 
 
 def _settled(core: Core, session_id: str, store: SessionStore, waiter: Backoff, point: str,
-             ) -> Steps[tuple[_Lease, int, tombstone.Marks] | None]:
+             longest: bool) -> Steps[tuple[_Lease, int, tombstone.Marks] | None]:
     """Our lease over a session whose Redis state exists and whose file holds exactly the
     committed length (the tail rolled forward first), with that length and the session's
     marks; ``point`` is the fault point once the lease is ours. None: try again."""
-    lease = yield from _acquire(core, session_id, waiter)
+    lease = yield from _acquire(core, session_id, waiter, longest)
     if "len" not in lease.fields:
         yield from _release(core, session_id, lease.token)
         if not (yield Blocking(partial(gate.exists, store))):
@@ -171,8 +189,10 @@ def truncate_before(core: Core, session_id: str, branch_id: str, sequence: int) 
     store, root = core.store(session_id), core.root
     keys = core.keys(session_id)
     waiter = core.backoff()
+    longest = False
     for _round in range(_ROUNDS):
-        settled = yield from _settled(core, session_id, store, waiter, "truncate:after_lease")
+        settled = yield from _settled(core, session_id, store, waiter, "truncate:after_lease",
+                                      longest)
         if settled is None:
             continue
         lease, committed, marks = settled
@@ -197,17 +217,22 @@ def truncate_before(core: Core, session_id: str, branch_id: str, sequence: int) 
         fault.hit("truncate:after_prepare")
         ok = yield Lua("lifecycle_clear", [keys.state, keys.lease, tomb_key(core, session_id),
                                            keys.want], [lease.token, "clear", ""])
-        if ok != 1:
+        if ok != 1:  # the compaction outran our lease
             yield Blocking(partial(compaction.discard, store))
+            longest = True
             continue
         fault.hit("truncate:after_clear")
         new = msgspec.structs.replace(
             marks, floors=floors, compaction=tombstone.Compaction(committed, new_len)
         )
-        yield from _save(core, session_id, lease, root, new)
-        fault.hit("truncate:after_marks")
-        yield from _file_step(core, session_id, lease, partial(
-            compaction.finish, store, new, lease.clock.guard))
+        try:
+            yield from _save(core, session_id, lease, root, new)
+            fault.hit("truncate:after_marks")
+            yield from _file_step(core, session_id, lease, partial(
+                compaction.finish, store, new, lease.clock.guard))
+        except LeaseLost:
+            longest = _outran(longest)
+            continue
         fault.hit("truncate:after_rename")
         pairs: list[str | int | bytes] = []
         for branch, top in heads.items():
@@ -234,8 +259,10 @@ def archive(core: Core, session_id: str) -> Steps[bool]:
     served from the archive; the next append reopens it. False: it was archived already."""
     store, root = core.store(session_id), core.root
     waiter = core.backoff()
+    longest = False
     for _round in range(_ROUNDS):
-        settled = yield from _settled(core, session_id, store, waiter, "archive:after_lease")
+        settled = yield from _settled(core, session_id, store, waiter, "archive:after_lease",
+                                      longest)
         if settled is None:
             continue
         lease, committed, marks = settled
@@ -249,10 +276,14 @@ def archive(core: Core, session_id: str) -> Steps[bool]:
             marks, compaction=None,
             archived=tombstone.Archived(committed, sha, lease.heads, time.time()),
         )
-        yield from _save(core, session_id, lease, root, new)
-        fault.hit("archive:after_marks")
-        yield from _file_step(core, session_id, lease, partial(
-            _guarded, lease.clock, partial(gate.archive_files, store)))
+        try:
+            yield from _save(core, session_id, lease, root, new)
+            fault.hit("archive:after_marks")
+            yield from _file_step(core, session_id, lease, partial(
+                _guarded, lease.clock, partial(gate.archive_files, store)))
+        except LeaseLost:
+            longest = _outran(longest)
+            continue
         fault.hit("archive:after_unlink")
         yield from _release(core, session_id, lease.token)
         return True

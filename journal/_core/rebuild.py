@@ -67,7 +67,7 @@ def rebuild(core: Core, session_id: str, waiter: Backoff, full: bool = False) ->
             # Writers that never sync may leave the hint past the data after a crash.
             unsynced = core.settings.durability == "none"
             found = yield Blocking(partial(gate.rebuild, store, clock.guard, full, unsynced))
-        except LeaseLost:
+        except LeaseLost:  # the guard refused a cut: the read outran the lease
             yield from release(keys, token)
             if lease_ms >= longest:
                 raise
@@ -76,8 +76,13 @@ def rebuild(core: Core, session_id: str, waiter: Backoff, full: bool = False) ->
         except Exception:  # not GeneratorExit: a closed protocol must not yield again
             yield from release(keys, token)
             raise
-        yield Lua("commit", keys.all,
-                  [token, "0", found.length, "replace", "", "", *pairs(found.heads)])
+        ok = yield Lua("commit", keys.all,
+                       [token, "0", found.length, "replace", "", "", *pairs(found.heads)])
+        if not ok and lease_ms < longest:
+            # The read outran the lease without meeting a guard (it only guards a cut):
+            # Redis refused the commit. The next try takes the longest lease.
+            lease_ms = longest
+            continue
         return
 
 

@@ -96,7 +96,8 @@ class Backoff:
 
 
 _WORK_BASE_MS = 2000
-_WORK_BYTES_PER_MS = 4000  # 4 MB/s: far below any disk's sequential read
+_READ_BYTES_PER_MS = 4000  # 4 MB/s: far below any disk's sequential read
+REWRITE_BYTES_PER_MS = 1000  # 1 MB/s: a compaction's rewrite, an archive's zstd level 10
 
 _CONTENDED_S = 1.0  # how long a session counts as contended after we met another writer
 
@@ -139,15 +140,16 @@ class Core:
     def lease_clock(self, lease_ms: int) -> LeaseClock:
         return LeaseClock(self.env, lease_ms)
 
-    def work_lease_ms(self, size: int) -> int:
-        """The lease for work that reads or rewrites a session's file once (a rebuild, a
-        life-cycle operation): 2 s plus reading ``size`` bytes at a slow 4 MB/s, at least the
-        writer lease, at most ``rebuild_lease_ms``. A holder that dies then stops the
-        session's writers for about as long as its work would have taken, not for
-        ``rebuild_lease_ms`` (two minutes by default)."""
+    def work_lease_ms(self, size: int, bytes_per_ms: int = _READ_BYTES_PER_MS) -> int:
+        """The lease for work that goes through a session's file once (a rebuild reads it,
+        a life-cycle operation rewrites or compresses it): 2 s plus ``size`` bytes at a slow
+        ``bytes_per_ms``, at least the writer lease, at most ``rebuild_lease_ms``. A holder
+        that dies then stops the session's writers for about as long as its work would have
+        taken, not for ``rebuild_lease_ms`` (two minutes by default). Work that outruns it
+        tries again with ``rebuild_lease_ms``."""
         settings = self.settings
         return min(settings.rebuild_lease_ms,
-                   max(settings.lease_ms, _WORK_BASE_MS + size // _WORK_BYTES_PER_MS))
+                   max(settings.lease_ms, _WORK_BASE_MS + size // bytes_per_ms))
 
     def backoff(self) -> Backoff:
         return Backoff(self.env, self.settings.lease_wait_s)

@@ -404,20 +404,18 @@ def sync_receive(pubsub: redis.client.PubSub, timeout: float) -> dict[str, Any] 
     its ``parse_response`` step for step with only that question changed: a message
     already buffered is read at once, else one ``poll`` waits up to ``timeout`` for the
     socket to be readable (data, end of file or an error). Everything else is redis-py's
-    own: the health-check ``PING`` and its reply, and on a connection error the read again
-    through the pub/sub's ``_execute``, which reconnects and subscribes again or raises,
-    exactly as ``get_message`` does. The read itself is bounded by the socket's timeout
-    (``socket_timeout_s``). Anything other than a plain socket with hiredis's reader (TLS,
-    the pure-Python parser, a connection not up, no subscription yet) takes
-    ``get_message`` itself."""
+    own: the health-check ``PING`` and its reply, and on a connection error ``get_message``
+    itself, whose retry reconnects and subscribes again or raises. The read is bounded by
+    the socket's timeout (``socket_timeout_s``). Anything other than a plain socket with
+    hiredis's reader (TLS, the pure-Python parser, a connection not up, no subscription
+    yet) takes ``get_message`` itself."""
     conn = pubsub.connection
     parser = getattr(conn, "_parser", None)
     reader = getattr(parser, "_reader", None)
     sock = getattr(parser, "_sock", None)
-    execute = getattr(pubsub, "_execute", None)
     health_reply = getattr(pubsub, "is_health_check_response", None)  # not in every redis-py
     if (conn is None or type(sock) is not socket.socket or not hasattr(reader, "has_data")
-            or execute is None or health_reply is None or not pubsub.subscribed
+            or health_reply is None or not pubsub.subscribed
             or conn.should_reconnect()):
         message: dict[str, Any] | None = pubsub.get_message(timeout=timeout)
         return message
@@ -430,10 +428,11 @@ def sync_receive(pubsub: redis.client.PubSub, timeout: float) -> dict[str, Any] 
     try:
         response = conn.read_response(disconnect_on_error=False, push_request=True)
     except (redis.ConnectionError, redis.TimeoutError):
-        # The read failed: read again through redis-py's own retry, which reconnects and
-        # subscribes again (or raises), as get_message would have done.
-        response = execute(conn, conn.read_response, disconnect_on_error=False,
-                           push_request=True)
+        # The read failed (a dead server, or close() shut the socket from another thread):
+        # get_message itself takes over, so redis-py's retry reconnects and subscribes
+        # again (or raises), and the wait after a reconnect stays bounded by ``timeout``.
+        message = pubsub.get_message(timeout=timeout)
+        return message
     if health_reply(response):
         pubsub.health_check_response_counter -= 1
         return None

@@ -109,8 +109,13 @@ def read(store: SessionStore, branch_id: str, first: int, last: int,
             if records or os.path.exists(path):
                 return records
         elif found.archived is not None and src.exists():
-            data = archive.read(src, found.archived.sha256)
-            return _read_bytes(store, data, branch_id, first, last, committed)
+            try:
+                data = archive.read(src, found.archived.sha256)
+            except (FileNotFoundError, StorageError):
+                if src.exists():
+                    raise  # damaged, not removed by a reopen
+            else:
+                return _read_bytes(store, data, branch_id, first, last, committed)
         elif not committed:
             return []
         found = marks(store)
