@@ -43,6 +43,10 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli(*args: str, root: Path, url: str | None = None, stdin: str | None = None,
         timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run the CLI; fail the test on any traceback."""
@@ -199,6 +203,9 @@ def test_tail_replays_then_follows(env: tuple[Path, str, Journal]) -> None:
         [sys.executable, "-m", "journal.cli", "--root", str(root), "--redis-url", url,
          "tail", "s1", "--follow"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        # Ctrl-C as a terminal delivers it: a suite started in the background by a shell
+        # without job control runs with SIGINT ignored, and a child would inherit that.
+        preexec_fn=_default_sigint,
     )
     try:
         out = Lines(proc.stdout)
