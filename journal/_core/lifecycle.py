@@ -50,9 +50,11 @@ def _acquire(core: Core, session_id: str, waiter: Backoff, longest: bool) -> Ste
     # Sized by the file (see Core.work_lease_ms): an operation killed on the way stops
     # the session's writers for about as long as its work would have taken. ``longest``
     # after the work once outran that lease.
-    size = yield Blocking(core.store(session_id).size)
-    lease_ms = (core.settings.rebuild_lease_ms if longest
-                else core.work_lease_ms(size, REWRITE_BYTES_PER_MS))
+    if longest:
+        lease_ms = core.settings.rebuild_lease_ms
+    else:
+        size = yield Blocking(core.store(session_id).size)
+        lease_ms = core.work_lease_ms(size, REWRITE_BYTES_PER_MS)
     token = core.env.token()
     # A lease this process still holds after an append would only make us wait for it.
     yield from settle_pending(core, session_id)

@@ -99,7 +99,6 @@ def read(store: SessionStore, branch_id: str, first: int, last: int,
     # then removes the archive. Whichever it met, a second look at the marks and the files
     # finds the events; only a file missing on both looks is reported.
     path = str(store.path)
-    src = archive.archive_path(_root(store), store.session_id)
     for _look in range(2):
         if os.path.exists(path):
             # A length from just before a compaction is fine too: reads are bounded by
@@ -108,7 +107,7 @@ def read(store: SessionStore, branch_id: str, first: int, last: int,
             records = store.read(branch_id, first, last, committed)
             if records or os.path.exists(path):
                 return records
-        elif found.archived is not None and src.exists():
+        elif found.archived is not None and (src := _archive_of(store)).exists():
             try:
                 data = archive.read(src, found.archived.sha256)
             except (FileNotFoundError, StorageError):
@@ -120,10 +119,14 @@ def read(store: SessionStore, branch_id: str, first: int, last: int,
             return []
         found = marks(store)
     if found.archived is not None:
-        archive.read(src, found.archived.sha256)  # raises: the archive is missing
+        archive.read(_archive_of(store), found.archived.sha256)  # raises: it is missing
     # Redis knows committed bytes of a file that is not there. (A file cut short is read up
     # to its damage and reported as CorruptLine, as before.)
     raise mismatch(store, 0, committed)
+
+
+def _archive_of(store: SessionStore) -> Path:
+    return archive.archive_path(_root(store), store.session_id)
 
 
 def _read_bytes(store: SessionStore, data: bytes, branch_id: str, first: int, last: int,
