@@ -32,6 +32,11 @@ class JournalSettings(BaseSettings):
     lease_hold_ms: int = Field(
         default=100, ge=0, description="keep the lease this long after a commit (0: release)"
     )
+    fence_ms: int = Field(
+        default=100, ge=10,
+        description="how long a step that destroys bytes (a cut, an unlink, a rename over the "
+        "file) may act after Redis confirmed its lease; a rebuild after Redis lost its state "
+        "first waits this or lease_hold_ms, whichever is longer (docs/design.md, 'Fencing')")
     lease_wait_s: float = Field(default=30.0, gt=0, description="how long to wait on a busy lease")
     rebuild_lease_ms: int = Field(
         default=120_000, ge=100,

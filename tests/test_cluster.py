@@ -268,7 +268,7 @@ def recoveries(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     from journal._storage.session_file import SessionStore
 
     stats = {"recoveries": 0, "rolled_forward": 0}
-    original = SessionStore.recover_tail
+    original = SessionStore.scan_tail
 
     def counted(self: SessionStore, *args: Any, **kwargs: Any) -> Any:
         found = original(self, *args, **kwargs)
@@ -277,7 +277,7 @@ def recoveries(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
             stats["rolled_forward"] += len(found.kept)
         return found
 
-    monkeypatch.setattr(SessionStore, "recover_tail", counted)
+    monkeypatch.setattr(SessionStore, "scan_tail", counted)
     return stats
 
 

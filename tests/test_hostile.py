@@ -9,8 +9,10 @@ number; a read never returns a wrong event.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -19,7 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ from journal import (
     RedisUnavailable,
     SequenceConflict,
     StorageError,
+    _fault_hook,
 )
 from journal._model.records import decode_line, encode_line, prepare_for_write
 from journal.kinds import KNOWN_KINDS, validate_kind
@@ -361,10 +364,11 @@ class Corpus:
         self.root, self.url = root, url
         self.prefix = f"corpus{uuid.uuid4().hex}"
         self.key = f"{self.prefix}:{{s}}:state"
-        # No held lease: a rebuild then does not wait out a hold window, once per offset.
-        # One local disk: a short file is never a lagging view, so it is judged at once.
+        # No held lease and the shortest fence: a rebuild, once per offset, then waits only
+        # 10 ms (see Core.rebuild_wait_ms). One local disk: a short file is never a lagging
+        # view, so it is judged at once.
         self.j = Journal(root, url, lease_ms=2000, key_prefix=self.prefix, view_catch_up_s=0,
-                         **NO_HOLD).open()
+                         fence_ms=10, **NO_HOLD).open()
         self.originals = [
             self.j.append(EventRecord.new("s", "main", i,
                                           {"type": "UserMessage", "content": f"m{i}"},
@@ -653,7 +657,8 @@ import json, sys
 from journal import EventRecord, Journal
 with Journal(sys.argv[1], sys.argv[2]) as b:
     seen = [r.event_id for r in b.read("s")]
-    acked = b.append(EventRecord.new("s", "main", 3, {"type": "UserMessage", "content": "ack"}))
+    seq = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    acked = b.append(EventRecord.new("s", "main", seq, {"type": "UserMessage", "content": "ack"}))
 print(json.dumps([seen, acked.event_id]))
 """
 
@@ -712,6 +717,138 @@ def test_redis_restart_during_tail_recovery_never_cuts_committed_lines(tmp_path:
             nxt = EventRecord.new("s", "main", c.head("s") + 1,
                                   {"type": "UserMessage", "content": "next"})
             assert c.append(nxt).event_id == nxt.event_id
+
+
+class _HoldOnce:
+    """A fault hook: the first pass through ``point`` waits (at most 30 s) until ``go`` is
+    set, and signals ``held`` as it starts to wait; ``enospc`` points raise ENOSPC."""
+
+    def __init__(self, point: str, enospc: tuple[str, ...] = ()) -> None:
+        self.point, self.enospc = point, enospc
+        self.held, self.go = threading.Event(), threading.Event()
+
+    def wants(self, point: str) -> bool:
+        return point == self.point or point in self.enospc
+
+    def hit(self, point: str) -> None:
+        if point in self.enospc:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if point == self.point and not self.held.is_set():
+            self.held.set()
+            self.go.wait(30)
+
+
+def _while_held(hook: _HoldOnce, a: Callable[[], object], restart: Callable[[], None],
+                b_args: list[str]) -> tuple[object, list[str], str]:
+    """Run ``a`` in a thread until it is held at the hook's point; then restart Redis and
+    run process B (``_PROCESS_B``), then let ``a`` go on. Returns what ``a`` returned or
+    raised, and what B saw and appended. A's lease is long (10 s) in these tests: by its
+    own clock it is still valid when it goes on, which is the point."""
+    outcome: list[object] = []
+
+    def run_a() -> None:
+        try:
+            outcome.append(a())
+        except JournalError as exc:
+            outcome.append(exc)
+
+    _fault_hook.installed = hook
+    thread = threading.Thread(target=run_a, daemon=True)
+    thread.start()
+    try:
+        assert hook.held.wait(30), "A never reached the fault point"
+        restart()
+        done = subprocess.run([sys.executable, "-c", _PROCESS_B, *b_args],
+                              capture_output=True, text=True, timeout=60, check=True)
+    finally:
+        hook.go.set()
+        thread.join(timeout=30)
+        _fault_hook.installed = None
+    assert not thread.is_alive()
+    seen, acked_id = json.loads(done.stdout)
+    return outcome[0], seen, acked_id
+
+
+def test_redis_restart_before_a_failed_write_is_taken_back_never_cuts_acked_lines(
+        tmp_path: Path) -> None:
+    """Writer A's fdatasync fails (ENOSPC): its line is in the file, unsynced, and A must cut
+    it before it reports StorageError ("nothing was committed"). A stalls just before that
+    cut, and Redis restarts meanwhile. Process B rebuilds from the file (A's line is
+    complete and continues the branch: committed), then appends event 3 and gets it
+    acknowledged. A's lease died with Redis, but its own clock still trusted it.
+
+    Once a bug (journal/_core/append.py _take_back cut under the local clock): A cut its
+    own line and B's acknowledged one. Now the cut waits for Redis to confirm the lease
+    (rebuild.fenced): A's outcome is unknown, and the file keeps both lines."""
+    with RedisServer(dir=tmp_path / "redis") as srv:
+        root = tmp_path / "data"
+        # No held lease: A's second append begins anew, under its 10 s lease.
+        a = Journal(root, srv.url, lease_ms=10_000, lease_hold_ms=0, socket_timeout_s=2).open()
+        a.append(EventRecord.new("s", "main", 1, {"type": "UserMessage", "content": "one"}))
+        mine = EventRecord.new("s", "main", 2, {"type": "UserMessage", "content": "A"})
+        hook = _HoldOnce("before_take_back", enospc=("fsync",))
+        got, seen, acked_id = _while_held(hook, lambda: a.append(mine), srv.restart,
+                                          [str(root), srv.url])
+        assert seen[1:] == [mine.event_id]  # B's rebuild committed A's line
+        assert isinstance(got, AppendOutcomeUnknown), got
+        a.close()
+        with Journal(root, srv.url) as c:
+            assert [r.event_id for r in c.read("s")] == [*seen, acked_id]
+
+
+def test_redis_restart_between_a_tail_scan_and_its_cut_never_cuts_acked_lines(
+        tmp_path: Path) -> None:
+    """A dead writer left a torn line past the committed length. Writer A begins, scans
+    the tail (the torn line must go) and stalls before the cut; Redis restarts meanwhile.
+    Process B rebuilds (it cuts the torn line itself), appends event 2 and gets it
+    acknowledged. A's lease died with Redis, but its own clock still trusted it: cutting at
+    the length its scan found would take B's event. The cut waits for Redis to confirm the
+    lease (rebuild.fenced), so A starts over and meets B's event as a conflict."""
+    with RedisServer(dir=tmp_path / "redis") as srv:
+        root = tmp_path / "data"
+        a = Journal(root, srv.url, lease_ms=10_000, lease_hold_ms=0, socket_timeout_s=2).open()
+        a.append(EventRecord.new("s", "main", 1, {"type": "UserMessage", "content": "one"}))
+        torn = encode_line(EventRecord.new("s", "main", 2, {"type": "UserMessage",
+                                                            "content": "dead's"}))
+        with open(root / "events" / "s.jsonl", "ab") as fh:
+            fh.write(torn[: len(torn) // 2])  # its writer was SIGKILLed mid-write
+        mine = EventRecord.new("s", "main", 2, {"type": "UserMessage", "content": "A"})
+        got, seen, acked_id = _while_held(_HoldOnce("recover:after_scan"),
+                                          lambda: a.append(mine), srv.restart,
+                                          [str(root), srv.url, "2"])
+        assert isinstance(got, SequenceConflict), got
+        a.close()
+        with Journal(root, srv.url) as c:
+            assert [r.event_id for r in c.read("s")] == [*seen, acked_id]
+
+
+def test_a_second_redis_restart_before_a_rebuilds_cut_never_cuts_acked_lines(
+        tmp_path: Path) -> None:
+    """Redis lost its state and the file ends in a torn line. Rebuilder A takes the rebuild
+    lease, scans (the torn line must go) and stalls before the cut; Redis restarts again.
+    Process B rebuilds (cutting the torn line itself), appends event 2 and gets it
+    acknowledged. A's rebuild lease died with the second restart, but its own clock still
+    trusted it: cutting at the length its scan found would take B's event. The cut is
+    fenced, so A starts over, finds B's state and rebuilds nothing."""
+    with RedisServer(dir=tmp_path / "redis") as srv:
+        root = tmp_path / "data"
+        with Journal(root, srv.url) as first_writer:
+            first = first_writer.append(EventRecord.new("s", "main", 1, {
+                "type": "UserMessage", "content": "1"}))
+        torn = encode_line(EventRecord.new("s", "main", 2, {"type": "UserMessage",
+                                                            "content": "dead's"}))
+        with open(root / "events" / "s.jsonl", "ab") as fh:
+            fh.write(torn[: len(torn) // 2])  # its writer was SIGKILLed mid-write
+        srv.restart()
+        a = Journal(root, srv.url, lease_ms=10_000, socket_timeout_s=2).open()
+        got, seen, acked_id = _while_held(_HoldOnce("rebuild:after_scan"),
+                                          lambda: a.head("s"), srv.restart,
+                                          [str(root), srv.url, "2"])
+        assert seen == [first.event_id]
+        assert got == 2, got
+        a.close()
+        with Journal(root, srv.url) as c:
+            assert [r.event_id for r in c.read("s")] == [first.event_id, acked_id]
 
 
 @pytest.fixture

@@ -221,6 +221,75 @@ def test_a_rebuild_that_races_a_stale_compaction_reads_the_marks_again(
         x.close()
 
 
+@pytest.mark.parametrize("point", ["archive:after_write", "archive:after_marks"])
+def test_an_archive_whose_lease_died_with_redis_keeps_what_was_appended_meanwhile(
+        real_backend: Backend, point: str) -> None:
+    # Redis restarts while an archive compresses the file (or just after it saved its
+    # marks). A writer rebuilds the state, waiting out one hold window, and appends. The
+    # archive, still trusting its own clock, went on to remove the file, and took the
+    # writer's acknowledged events with it.
+    j, writer = real_backend.journal(), real_backend.journal()
+    _fill(j, "s1", 12)
+
+    def restart_and_append() -> None:
+        real_backend.restart_empty()
+        _fill(writer, "s1", 5, start=13)
+
+    hook = _OnceAt(point, restart_and_append)
+    _fault_hook.installed = hook
+    try:
+        assert j.archive("s1") is True
+    finally:
+        _fault_hook.installed = None
+    assert hook.fired
+    everything = list(range(1, 18))
+    assert [r.sequence for r in writer.read("s1", "main", 1)] == everything
+    # The archive that finally ran holds them too: read it with Redis emptied once more.
+    assert not (real_backend.root / "events" / "s1.jsonl").exists()
+    real_backend.restart_empty()
+    fresh = real_backend.journal()
+    assert fresh.head("s1") == 17
+    assert [r.sequence for r in fresh.read("s1", "main", 1)] == everything
+    for x in (j, writer, fresh):
+        x.close()
+
+
+@pytest.mark.parametrize("point", ["truncate:after_clear", "truncate:after_marks"])
+def test_a_truncate_whose_lease_died_with_redis_keeps_what_was_appended_meanwhile(
+        real_backend: Backend, point: str) -> None:
+    # The same for a truncate: Redis restarts after it dropped the state, a writer rebuilds
+    # and appends, and the truncate then goes on trusting its own clock. This one held
+    # before the fence too (a rebuild finishes a pending compaction itself, and a file
+    # that grew is never renamed over); the fence closes the window between that size
+    # check and the rename, which a test cannot hit on purpose.
+    j, writer = real_backend.journal(), real_backend.journal()
+    _fill(j, "s1", 12)
+
+    def restart_and_append() -> None:
+        real_backend.restart_empty()
+        _fill(writer, "s1", 5, start=13)
+
+    hook = _OnceAt(point, restart_and_append)
+    _fault_hook.installed = hook
+    try:
+        assert j.truncate_before("s1", "main", 5) == 5
+    finally:
+        _fault_hook.installed = None
+    assert hook.fired
+    kept = list(range(5, 18))
+    assert [r.sequence for r in writer.read("s1", "main", 5)] == kept
+    real_backend.restart_empty()
+    fresh = real_backend.journal()
+    assert fresh.head("s1") == 17
+    assert [r.sequence for r in fresh.read("s1", "main", 5)] == kept
+    with pytest.raises(HistoryTruncated):
+        fresh.read("s1", "main", 1)
+    _fill(fresh, "s1", 1, start=18)
+    assert [r.sequence for r in fresh.read("s1", "main", 5)] == [*kept, 18]
+    for x in (j, writer, fresh):
+        x.close()
+
+
 @pytest.mark.parametrize(("op", "point"), [("archive", "archive:after_write"),
                                            ("truncate", "truncate:after_prepare")])
 def test_a_lifecycle_step_slower_than_its_lease_runs_again_with_the_longest(

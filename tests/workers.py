@@ -91,7 +91,7 @@ def _count_recoveries() -> dict[str, int]:
     from journal._storage.session_file import SessionStore
 
     stats = {"recoveries": 0, "rolled_forward": 0}
-    original = SessionStore.recover_tail
+    original = SessionStore.scan_tail
 
     def counted(self: SessionStore, *args: object, **kwargs: object) -> object:
         found = original(self, *args, **kwargs)  # type: ignore[arg-type]
@@ -100,7 +100,7 @@ def _count_recoveries() -> dict[str, int]:
             stats["rolled_forward"] += len(found.kept)
         return found
 
-    SessionStore.recover_tail = counted  # type: ignore[assignment,method-assign]
+    SessionStore.scan_tail = counted  # type: ignore[assignment,method-assign]
     return stats
 
 

@@ -15,7 +15,7 @@ from journal import _observe
 from journal._core.keys import SessionKeys
 from journal._core.ops import Blocking, Lua, Send, Sleep, Steps, text
 from journal._core.read import read
-from journal._core.rebuild import confirm, rebuild, recover, release, stale
+from journal._core.rebuild import confirm, fenced, rebuild, recover, release, stale
 from journal._core.state import Core, Held, LeaseClock, LeaseLost
 from journal._model.announcement import encode_announcement
 from journal._model.records import EventRecord
@@ -183,7 +183,7 @@ def _under_lease(
     sync = core.settings.durability != "none"
     # The common case is one blocking step (one thread hop in the async shell): the file
     # holds exactly the committed length, so the write follows the size check at once.
-    outcome = yield Blocking(partial(
+    outcome = yield from _written(core, keys, token, clock, store, committed, partial(
         _write_if_committed, store, fast, clock, core.env.now, data, sync, committed, branch,
         head_now))
     if isinstance(outcome, int):
@@ -201,7 +201,7 @@ def _under_lease(
             if head_now + 1 != first.sequence:
                 yield from release(keys, token)
                 return (yield from _resolve_conflict(core, records, head_now)), None
-        outcome = yield Blocking(partial(
+        outcome = yield from _written(core, keys, token, clock, store, committed, partial(
             _write, store, clock, core.env.now, data, sync, committed, branch, head_now))
     start, end, synced_at = outcome
     if start != committed:
@@ -278,9 +278,8 @@ def _write(
     clock.guard()
     try:
         start, end = store.append(data, sync, committed)
-    except OSError:
-        _take_back(store, committed, clock)
-        raise
+    except OSError as exc:
+        raise _WriteFailed(exc) from exc
     synced_at = now()
     if start == committed:
         if not clock.valid():
@@ -298,17 +297,45 @@ def _write(
     return start, end, synced_at
 
 
-def _take_back(store: SessionStore, committed: int, clock: LeaseClock) -> None:
-    """Our write or its sync failed: cut whatever of it reached the file, so that "nothing
-    was committed" (StorageError) stays true. If we cannot, the outcome is unknown."""
+class _WriteFailed(Exception):
+    """Our write or its sync failed (``error``): what of it reached the file goes first."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _written(core: Core, keys: SessionKeys, token: str, clock: LeaseClock, store: SessionStore,
+             committed: int, write: Callable[[], Any]) -> Steps[Any]:
+    """Run a blocking step that writes; if its write failed, take it back and raise the
+    write's own error (``OSError``: the caller reports nothing stored)."""
     try:
-        if store.size() > committed:
-            store.truncate(committed, clock.guard)
-    except (OSError, LeaseLost) as exc:
+        return (yield Blocking(write))
+    except _WriteFailed as failed:
+        yield from _take_back(core, keys, token, clock, store, committed)
+        raise failed.error from None
+
+
+def _take_back(core: Core, keys: SessionKeys, token: str, clock: LeaseClock,
+               store: SessionStore, committed: int) -> Steps[None]:
+    """Cut whatever of a failed write reached the file, so that "nothing was committed"
+    (StorageError) stays true. A cut destroys bytes, so it waits for Redis to confirm our
+    lease (see rebuild.fenced): if Redis lost it on the way, another writer may have
+    appended past ``committed`` since. If we cannot, the outcome is unknown."""
+    fault.hit("before_take_back")
+    try:
+        if (yield Blocking(store.size)) > committed:
+            yield from fenced(core, keys, token, clock, partial(_cut_back, store, committed))
+    except (OSError, LeaseLost, RedisUnavailable) as exc:
         raise AppendOutcomeUnknown(
             f"a failed write to {store.path} could not be taken back ({exc}); retry the same "
             "records to resolve it"
         ) from exc
+
+
+def _cut_back(store: SessionStore, committed: int, guard: Callable[[], None]) -> None:
+    if store.size() > committed:
+        store.truncate(committed, guard)
 
 
 def _resolve_conflict(

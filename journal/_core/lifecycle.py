@@ -22,8 +22,8 @@ import msgspec
 
 from journal import _fault_hook as fault
 from journal._core.ops import Blocking, Lua, Sleep, Steps, text
-from journal._core.rebuild import rebuild, roll_forward, settle_pending
-from journal._core.state import REWRITE_BYTES_PER_MS, Backoff, Core, LeaseClock, LeaseLost
+from journal._core.rebuild import fenced, rebuild, roll_forward, settle_pending
+from journal._core.state import REWRITE_BYTES_PER_MS, Backoff, Core, Fenced, LeaseClock, LeaseLost
 from journal._storage import archive as archives
 from journal._storage import compaction, gate, tombstone
 from journal._storage.session_file import SessionStore
@@ -97,6 +97,17 @@ def _file_step(core: Core, session_id: str, lease: _Lease, fn: Callable[[], Any]
     (Each step leaves the session whole, so whoever comes next may go on from it.)"""
     try:
         return (yield Blocking(fn))
+    except Exception:
+        yield from _release(core, session_id, lease.token)
+        raise
+
+
+def _fenced_step(core: Core, session_id: str, lease: _Lease,
+                 step: Callable[[Callable[[], None]], Any]) -> Steps[Any]:
+    """A file step that destroys bytes, fenced (see rebuild.fenced); given back as
+    :func:`_file_step` does if it fails."""
+    try:
+        return (yield from fenced(core, core.keys(session_id), lease.token, lease.clock, step))
     except Exception:
         yield from _release(core, session_id, lease.token)
         raise
@@ -230,10 +241,17 @@ def truncate_before(core: Core, session_id: str, branch_id: str, sequence: int) 
         try:
             yield from _save(core, session_id, lease, root, new)
             fault.hit("truncate:after_marks")
-            yield from _file_step(core, session_id, lease, partial(
-                compaction.finish, store, new, lease.clock.guard))
+            installed = yield from _fenced_step(core, session_id, lease, partial(
+                compaction.finish, store, new))
+        except Fenced:
+            continue  # Redis lost our lease: a writer may be at work; start over
         except LeaseLost:
             longest = _outran(longest)
+            continue
+        if not installed:
+            # Someone else's rebuild, under a lease that died with Redis, discarded our
+            # prepared file: committing new_len over the old file would cut lines.
+            yield from _release(core, session_id, lease.token)
             continue
         fault.hit("truncate:after_rename")
         pairs: list[str | int | bytes] = []
@@ -281,8 +299,11 @@ def archive(core: Core, session_id: str) -> Steps[bool]:
         try:
             yield from _save(core, session_id, lease, root, new)
             fault.hit("archive:after_marks")
-            yield from _file_step(core, session_id, lease, partial(
-                _guarded, lease.clock, partial(gate.archive_files, store)))
+            # The file may have grown since we compressed it, if Redis lost our lease on
+            # the way: it goes only while Redis still says the lease is ours.
+            yield from _fenced_step(core, session_id, lease, partial(gate.archive_files, store))
+        except Fenced:
+            continue  # the marks we saved are overwritten by the next round's
         except LeaseLost:
             longest = _outran(longest)
             continue

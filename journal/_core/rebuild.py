@@ -4,15 +4,28 @@ recovery under a lease, and the roll-forward a reader triggers (docs/design.md).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from functools import partial
+from typing import TypeVar
 
 from journal import _fault_hook as fault
 from journal._core.keys import SessionKeys
 from journal._core.ops import Blocking, Call, Collect, Lua, Sleep, Steps, text
-from journal._core.state import Backoff, Core, Held, LeaseClock, LeaseLost, heads_of, pairs
+from journal._core.state import (
+    Backoff,
+    Core,
+    Fenced,
+    Held,
+    LeaseClock,
+    LeaseLost,
+    heads_of,
+    pairs,
+)
 from journal._storage import gate
 from journal._storage.session_file import SessionStore
 from journal.errors import RedisUnavailable
+
+T = TypeVar("T")
 
 
 def confirm(held: Held, session_id: str) -> Steps[bool]:
@@ -37,6 +50,41 @@ def release(keys: SessionKeys, token: str) -> Steps[None]:
         yield Lua("release", [keys.lease], [token])
 
 
+# Tries of a fenced step whose window ran out between Redis's answer and the step itself
+# (a slow thread hop on a busy machine): each asks Redis again.
+_FENCE_TRIES = 5
+
+
+def fenced(core: Core, keys: SessionKeys, token: str, lease: LeaseClock,
+           step: Callable[[Callable[[], None]], T]) -> Steps[T]:
+    """Run ``step``, a blocking step that destroys bytes (a cut, an unlink, a rename over
+    the file), only right after Redis confirmed that the lease is still ours. ``step`` gets
+    a guard, and calls it right before it destroys anything.
+
+    Our clock of the ``lease`` covers its expiry, but not a lease that died with Redis (a
+    restart): that one still looks valid by our clock for its whole length, seconds for a
+    life-cycle operation. A rebuild waits at least ``fence_ms`` before it lets any writer
+    in, so the guard passes for ``fence_ms`` (less the clock's margin) from the question,
+    never past ``lease``: the step starts before another writer can have written. Raises
+    :class:`Fenced` when Redis says the lease is gone, ``LeaseLost`` when our clock of
+    ``lease`` ran out."""
+    for _try in range(_FENCE_TRIES):
+        window = core.lease_clock(core.settings.fence_ms)  # started before the question
+        window.deadline = min(window.deadline, lease.deadline)
+        owner = yield Call(("GET", keys.lease))
+        if owner is None or text(owner) != token:
+            raise Fenced("the lease is no longer ours in Redis (it restarted, or expired)")
+        try:
+            done: T = yield Blocking(partial(step, window.guard))
+            return done
+        except LeaseLost:
+            if not lease.valid():
+                raise
+            # Only the fence's window ran out on the way here: ask Redis again.
+    raise LeaseLost(f"a fenced step missed its window {_FENCE_TRIES} times in a row (fence_ms "
+                    "too short for this machine?)")
+
+
 def rebuild(core: Core, session_id: str, waiter: Backoff, full: bool = False) -> Steps[None]:
     """Re-create a session's Redis state from its file, under a create-only lease.
     ``full``: check every line (the operator's rebuild), not the index's fast path."""
@@ -58,16 +106,24 @@ def rebuild(core: Core, session_id: str, waiter: Backoff, full: bool = False) ->
             yield Sleep(waiter.next(int(reply[1])))
             return
         fault.hit("rebuild:after_lease")
-        if core.settings.lease_hold_ms and size:
-            # Redis lost every lease, but a writer in another process may still trust its
-            # own clock and acknowledge a write for up to one hold window: let that window
-            # pass before looking at the tail.
-            yield Sleep(core.settings.lease_hold_ms / 1000)
+        if size or (yield Blocking(partial(gate.exists, store))):  # (archived: no file)
+            # Redis lost every lease, but a holder in another process may still trust its
+            # own clock: a writer acknowledging within its hold window, or a life-cycle step
+            # that Redis fenced just before (see fence). Let that window pass before
+            # looking at the tail.
+            yield Sleep(core.rebuild_wait_ms / 1000)
         try:
             # Writers that never sync may leave the hint past the data after a crash.
             unsynced = core.settings.durability == "none"
             found = yield Blocking(partial(gate.rebuild, store, clock.guard, full, unsynced))
-        except LeaseLost:  # the guard refused a cut: the read outran the lease
+            fault.hit("rebuild:after_scan")
+            if found.truncated_from is not None:  # junk past the last good line: cut, fenced
+                yield from fenced(core, keys, token, clock, partial(store.cut_tail, found))
+            elif found.kept:
+                yield Blocking(partial(store.cut_tail, found, clock.guard))  # its log line
+        except Fenced:  # Redis lost our lease (it restarted again): start over
+            continue
+        except LeaseLost:  # the guard refused a step: the work outran the lease
             yield from release(keys, token)
             if lease_ms >= longest:
                 raise
@@ -100,7 +156,15 @@ def recover(
     # Recover from the committed length Redis holds under our lease: never from a length
     # we learnt earlier, which a restart and another writer's rebuild may have outdated.
     committed = int(fields.get("len", committed))
-    found = yield Blocking(partial(store.recover_tail, committed, heads, clock.guard))
+    found = yield Blocking(partial(store.scan_tail, committed, heads))
+    fault.hit("recover:after_scan")
+    settle = partial(store.settle_tail, found, heads)
+    if found.truncated_from is not None:
+        # Cutting destroys bytes: only right after Redis confirmed the lease, not on the
+        # strength of our own clock, which may outlive a lease that died with Redis.
+        yield from fenced(core, keys, token, clock, settle)
+    else:
+        yield Blocking(partial(settle, clock.guard))
     heads.update(found.heads)
     ok = yield Lua("commit", keys.all,
                    [token, core.settings.lease_ms, found.length, "update", "", "",

@@ -39,6 +39,11 @@ class LeaseLost(JournalError):
     """Internal: our lease may have expired before we touched the file."""
 
 
+class Fenced(LeaseLost):
+    """Internal: Redis no longer has our lease (it restarted, or the lease expired), though
+    our own clock may still trust it: a step that destroys bytes must not run."""
+
+
 class LeaseClock:
     """Our own, conservative view of the lease: it starts before the begin call was sent,
     and we stop trusting it a safety margin before it expires."""
@@ -150,6 +155,14 @@ class Core:
         settings = self.settings
         return min(settings.rebuild_lease_ms,
                    max(settings.lease_ms, _WORK_BASE_MS + size // bytes_per_ms))
+
+    @property
+    def rebuild_wait_ms(self) -> int:
+        """How long a rebuild waits, once Redis lost every lease, before it reads the file
+        and lets writers in: a holder that still trusts its own clock may act that long,
+        a writer on its held lease (``lease_hold_ms``) or a step that destroys bytes after
+        Redis confirmed its lease (``fence_ms``, see ``rebuild.fence``)."""
+        return max(self.settings.lease_hold_ms, self.settings.fence_ms)
 
     def backoff(self) -> Backoff:
         return Backoff(self.env, self.settings.lease_wait_s)

@@ -107,9 +107,10 @@ def pending(store: SessionStore, marks: Marks) -> bool:
         return False
 
 
-def finish(store: SessionStore, marks: Marks, guard: Callable[[], None]) -> None:
+def finish(store: SessionStore, marks: Marks, guard: Callable[[], None]) -> bool:
     """Install a prepared compaction (idempotent); only under the lease. What a compaction
-    that never reached its commit point left behind is removed."""
+    that never reached its commit point left behind is removed. True when the file is the
+    compacted one now."""
     from journal._fault_hook import hit
 
     c = marks.compaction
@@ -118,12 +119,15 @@ def finish(store: SessionStore, marks: Marks, guard: Callable[[], None]) -> None
         os.replace(tmp_path(store), store.path)  # the commit point
         sync_dir(store.path.parent)
         hit("compact:after_rename")
-    if c is not None and store.size() == c.after:
-        for tmp in _index_tmps(store):
-            os.replace(tmp, tmp.with_name(tmp.name[1:].removesuffix(_SUFFIX)))
-        with contextlib.suppress(OSError):  # a cache: only a bound for rebuilds
-            store.write_hint(c.after)
+    if c is None or store.size() != c.after:
+        discard(store)
+        return False
+    for tmp in _index_tmps(store):
+        os.replace(tmp, tmp.with_name(tmp.name[1:].removesuffix(_SUFFIX)))
+    with contextlib.suppress(OSError):  # a cache: only a bound for rebuilds
+        store.write_hint(c.after)
     discard(store)
+    return True
 
 
 def discard(store: SessionStore) -> None:

@@ -186,8 +186,10 @@ def remove_files(store: SessionStore) -> None:
         durable.sync_dir(folder)
 
 
-def archive_files(store: SessionStore) -> None:
-    """After the marks say archived: the file and its index go (under the lease)."""
+def archive_files(store: SessionStore, guard: Callable[[], None]) -> None:
+    """After the marks say archived: the file and its index go (under the lease, while
+    ``guard`` passes)."""
+    guard()
     store.path.unlink(missing_ok=True)
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(store.index_dir)

@@ -682,11 +682,11 @@ class SessionStore:
         return Line(0, len(raw) + 1, record.branch_id, record.sequence, record.event_id,
                     checksum_of(raw))
 
-    def recover_tail(
-        self, committed: int, heads: dict[str, int], guard: Callable[[], None]
-    ) -> TailResult:
-        """Roll forward the complete lines beyond ``committed`` that continue their branch,
-        in file order, and truncate at the first torn, invalid or non-continuing line."""
+    def scan_tail(self, committed: int, heads: dict[str, int]) -> TailResult:
+        """Tail recovery, the reading half: the complete lines beyond ``committed`` that
+        continue their branch, in file order, are kept; the first torn, invalid or
+        non-continuing line is where the file must be cut (``truncated_from``). Nothing is
+        changed: :meth:`settle_tail` carries it out."""
         self.forget()  # the file changes here: the size and index lengths we knew are gone
         heads = dict(heads)
         result = TailResult(length=committed, heads={})
@@ -715,12 +715,26 @@ class SessionStore:
                 result.length = offset + found.length
         finally:
             os.close(fd)
+        return result
+
+    def settle_tail(self, result: TailResult, heads: dict[str, int],
+                    guard: Callable[[], None]) -> None:
+        """Carry out a :meth:`scan_tail`: the cut (while ``guard`` passes), then the index of
+        the lines kept. ``heads`` are the ones the scan started from."""
+        self.cut_tail(result, guard)
+        self._index_tail(result, heads)
+
+    def cut_tail(self, result: TailResult, guard: Callable[[], None]) -> None:
+        """The cut a scan asked for (none if it found no junk), while ``guard`` passes; then
+        the log line of what the recovery did."""
         if result.truncated_from is not None:
             self.truncate(result.length, guard)
-        with contextlib.suppress(OSError, JournalError):  # the index is a cache
-            self._index_lines(result.kept, heads, result.length)
         _log_tail(self.session_id, result, "tail_recovery")
-        return result
+
+    def _index_tail(self, result: TailResult, heads: dict[str, int]) -> None:
+        # The kept lines lie below the cut, so they may be indexed before it is made.
+        with contextlib.suppress(OSError, JournalError):  # the index is a cache
+            self._index_lines(result.kept, {**heads, **result.heads}, result.length)
 
     def read_intent(self) -> tuple[int, int]:
         """(committed lower bound, end of the write in flight or 0)."""
@@ -767,6 +781,9 @@ class SessionStore:
     def rebuild(self, guard: Callable[[], None], full: bool = False,
                 hint_may_outrun: bool = False) -> TailResult:
         """Recompute every head and the committed length from the file (Redis lost them).
+        Junk past the committed lines is not cut here: the result says where it starts
+        (``truncated_from``), and the caller cuts it with :meth:`cut_tail` once its lease
+        is fenced. ``guard`` covers the finish of an interrupted compaction.
 
         Fast path: the committed prefix that the hint and the index describe is trusted once
         it is proven consistent (see :meth:`_indexed_prefix`); only the tail past the hint is
@@ -800,7 +817,8 @@ class SessionStore:
                 with contextlib.suppress(OSError):
                     for branch_id, count in heads.items():
                         self._cut_index(branch_id, count)  # leftovers past the prefix
-                found = self.recover_tail(hint, heads, guard)
+                found = self.scan_tail(hint, heads)
+                self._index_tail(found, heads)
                 _log.info("rebuilt the state of %s from its index", self.session_id, extra={
                     "event": "rebuild_indexed", "session_id": self.session_id,
                     "length": found.length})
@@ -809,7 +827,7 @@ class SessionStore:
                 with contextlib.suppress(OSError):
                     self.write_hint(found.length)
                 return found
-        found = self._rebuild_scan(guard, hint, full)
+        found = self._rebuild_scan(hint, full)
         _log.info("rebuilt the state of %s from its file (full scan)", self.session_id, extra={
             "event": "rebuild_scan", "session_id": self.session_id, "length": found.length,
             "heads": found.heads, "truncated_from": found.truncated_from})
@@ -899,7 +917,7 @@ class SessionStore:
             raise self.corrupt(offset, "checksum mismatch: the line's bytes are not those "
                                f"written (CRC32C in {self._index_path(branch_id)})")
 
-    def _rebuild_scan(self, guard: Callable[[], None], hint: int, full: bool = False) -> TailResult:
+    def _rebuild_scan(self, hint: int, full: bool = False) -> TailResult:
         heads: dict[str, int] = {b: f - 1 for b, f in self.floors.items()}
         known = self.known_checksums()
         entries: dict[str, list[tuple[int, int, int]]] = {
@@ -957,8 +975,8 @@ class SessionStore:
                 length = line.offset + line.length
         finally:
             os.close(fd)
-        if truncated_from is not None:
-            self.truncate(length, guard)
+        # The junk past ``length`` stays for the caller's fenced cut (see rebuild); these
+        # caches describe the lines below it only.
         with contextlib.suppress(OSError):  # caches: a full disk must not stop a rebuild
             self._write_indexes(entries)
             self.write_hint(length)

@@ -9,7 +9,7 @@ Format: ``point=action[,point=action]`` where action is ``kill`` (SIGKILL self),
 someone sends SIGCONT) or ``enospc`` (raise ENOSPC). Points: ``after_begin``, ``mid_write``
 (half the bytes are written, then the action), ``after_write``, ``after_fsync``,
 ``before_commit``, ``after_commit``, ``fsync`` (before the fdatasync: use ``sleep:S`` for a
-slow disk).
+slow disk), ``before_take_back`` (a write failed: before its bytes are cut).
 """
 
 from __future__ import annotations
