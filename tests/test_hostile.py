@@ -769,6 +769,14 @@ def _while_held(hook: _HoldOnce, a: Callable[[], object], restart: Callable[[], 
     return outcome[0], seen, acked_id
 
 
+def _tear_event_2(root: Path) -> None:
+    """Half of a line of event 2 at the end of session s: its writer was SIGKILLed mid-write."""
+    torn = encode_line(EventRecord.new("s", "main", 2, {"type": "UserMessage",
+                                                        "content": "dead's"}))
+    with open(root / "events" / "s.jsonl", "ab") as fh:
+        fh.write(torn[: len(torn) // 2])
+
+
 def test_redis_restart_before_a_failed_write_is_taken_back_never_cuts_acked_lines(
         tmp_path: Path) -> None:
     """Writer A's fdatasync fails (ENOSPC): its line is in the file, unsynced, and A must cut
@@ -808,10 +816,7 @@ def test_redis_restart_between_a_tail_scan_and_its_cut_never_cuts_acked_lines(
         root = tmp_path / "data"
         a = Journal(root, srv.url, lease_ms=10_000, lease_hold_ms=0, socket_timeout_s=2).open()
         a.append(EventRecord.new("s", "main", 1, {"type": "UserMessage", "content": "one"}))
-        torn = encode_line(EventRecord.new("s", "main", 2, {"type": "UserMessage",
-                                                            "content": "dead's"}))
-        with open(root / "events" / "s.jsonl", "ab") as fh:
-            fh.write(torn[: len(torn) // 2])  # its writer was SIGKILLed mid-write
+        _tear_event_2(root)
         mine = EventRecord.new("s", "main", 2, {"type": "UserMessage", "content": "A"})
         got, seen, acked_id = _while_held(_HoldOnce("recover:after_scan"),
                                           lambda: a.append(mine), srv.restart,
@@ -835,10 +840,7 @@ def test_a_second_redis_restart_before_a_rebuilds_cut_never_cuts_acked_lines(
         with Journal(root, srv.url) as first_writer:
             first = first_writer.append(EventRecord.new("s", "main", 1, {
                 "type": "UserMessage", "content": "1"}))
-        torn = encode_line(EventRecord.new("s", "main", 2, {"type": "UserMessage",
-                                                            "content": "dead's"}))
-        with open(root / "events" / "s.jsonl", "ab") as fh:
-            fh.write(torn[: len(torn) // 2])  # its writer was SIGKILLed mid-write
+        _tear_event_2(root)
         srv.restart()
         a = Journal(root, srv.url, lease_ms=10_000, socket_timeout_s=2).open()
         got, seen, acked_id = _while_held(_HoldOnce("rebuild:after_scan"),

@@ -221,13 +221,11 @@ def test_a_rebuild_that_races_a_stale_compaction_reads_the_marks_again(
         x.close()
 
 
-@pytest.mark.parametrize("point", ["archive:after_write", "archive:after_marks"])
-def test_an_archive_whose_lease_died_with_redis_keeps_what_was_appended_meanwhile(
-        real_backend: Backend, point: str) -> None:
-    # Redis restarts while an archive compresses the file (or just after it saved its
-    # marks). A writer rebuilds the state, waiting out one hold window, and appends. The
-    # archive, still trusting its own clock, went on to remove the file, and took the
-    # writer's acknowledged events with it.
+def _while_redis_restarts(real_backend: Backend, point: str,
+                          op: Callable[[Journal], object]) -> tuple[object, list[Journal]]:
+    """Fill s1 with 12 events and run ``op`` on that journal. When ``op`` passes ``point``,
+    Redis restarts empty and another journal appends events 13..17 (acknowledged). Returns
+    what ``op`` returned, and both journals."""
     j, writer = real_backend.journal(), real_backend.journal()
     _fill(j, "s1", 12)
 
@@ -238,19 +236,36 @@ def test_an_archive_whose_lease_died_with_redis_keeps_what_was_appended_meanwhil
     hook = _OnceAt(point, restart_and_append)
     _fault_hook.installed = hook
     try:
-        assert j.archive("s1") is True
+        result = op(j)
     finally:
         _fault_hook.installed = None
     assert hook.fired
+    return result, [j, writer]
+
+
+def _read_after_another_restart(real_backend: Backend, first: int) -> list[int]:
+    """Redis emptied once more: the sequences the files alone give from ``first`` on."""
+    real_backend.restart_empty()
+    with real_backend.journal() as fresh:
+        assert fresh.head("s1") == 17
+        return [r.sequence for r in fresh.read("s1", "main", first)]
+
+
+@pytest.mark.parametrize("point", ["archive:after_write", "archive:after_marks"])
+def test_an_archive_whose_lease_died_with_redis_keeps_what_was_appended_meanwhile(
+        real_backend: Backend, point: str) -> None:
+    # Redis restarts while an archive compresses the file (or just after it saved its
+    # marks). A writer rebuilds the state, waiting out one hold window, and appends. The
+    # archive, still trusting its own clock, went on to remove the file, and took the
+    # writer's acknowledged events with it.
+    done, (j, writer) = _while_redis_restarts(real_backend, point, lambda j: j.archive("s1"))
+    assert done is True
     everything = list(range(1, 18))
     assert [r.sequence for r in writer.read("s1", "main", 1)] == everything
-    # The archive that finally ran holds them too: read it with Redis emptied once more.
+    # The archive that finally ran holds them too.
     assert not (real_backend.root / "events" / "s1.jsonl").exists()
-    real_backend.restart_empty()
-    fresh = real_backend.journal()
-    assert fresh.head("s1") == 17
-    assert [r.sequence for r in fresh.read("s1", "main", 1)] == everything
-    for x in (j, writer, fresh):
+    assert _read_after_another_restart(real_backend, 1) == everything
+    for x in (j, writer):
         x.close()
 
 
@@ -262,31 +277,18 @@ def test_a_truncate_whose_lease_died_with_redis_keeps_what_was_appended_meanwhil
     # before the fence too (a rebuild finishes a pending compaction itself, and a file
     # that grew is never renamed over); the fence closes the window between that size
     # check and the rename, which a test cannot hit on purpose.
-    j, writer = real_backend.journal(), real_backend.journal()
-    _fill(j, "s1", 12)
-
-    def restart_and_append() -> None:
-        real_backend.restart_empty()
-        _fill(writer, "s1", 5, start=13)
-
-    hook = _OnceAt(point, restart_and_append)
-    _fault_hook.installed = hook
-    try:
-        assert j.truncate_before("s1", "main", 5) == 5
-    finally:
-        _fault_hook.installed = None
-    assert hook.fired
+    first, (j, writer) = _while_redis_restarts(
+        real_backend, point, lambda j: j.truncate_before("s1", "main", 5))
+    assert first == 5
     kept = list(range(5, 18))
     assert [r.sequence for r in writer.read("s1", "main", 5)] == kept
-    real_backend.restart_empty()
-    fresh = real_backend.journal()
-    assert fresh.head("s1") == 17
-    assert [r.sequence for r in fresh.read("s1", "main", 5)] == kept
-    with pytest.raises(HistoryTruncated):
-        fresh.read("s1", "main", 1)
-    _fill(fresh, "s1", 1, start=18)
-    assert [r.sequence for r in fresh.read("s1", "main", 5)] == [*kept, 18]
-    for x in (j, writer, fresh):
+    assert _read_after_another_restart(real_backend, 5) == kept
+    with real_backend.journal() as fresh:
+        with pytest.raises(HistoryTruncated):
+            fresh.read("s1", "main", 1)
+        _fill(fresh, "s1", 1, start=18)
+        assert [r.sequence for r in fresh.read("s1", "main", 5)] == [*kept, 18]
+    for x in (j, writer):
         x.close()
 
 
