@@ -292,6 +292,38 @@ def test_a_truncate_whose_lease_died_with_redis_keeps_what_was_appended_meanwhil
         x.close()
 
 
+def test_a_reopen_whose_lease_died_with_redis_leaves_a_newer_archive_alone(
+        real_backend: Backend) -> None:
+    # An append reopens an archived session: it restores the file and renames it into
+    # place, and stops there. Redis restarts; another writer rebuilds, appends event 13
+    # (acknowledged) and archives the session again. The reopener, still trusting its own
+    # clock, went on to clear the marks and remove "its" archive: the new one, with every
+    # event in it.
+    j, other = real_backend.journal(), real_backend.journal()
+    _fill(j, "s1", 12)
+    assert j.archive("s1") is True
+
+    def restart_append_archive() -> None:
+        real_backend.restart_empty()
+        _fill(other, "s1", 1, start=13)
+        assert other.archive("s1") is True
+
+    hook = _OnceAt("reopen:after_rename", restart_append_archive)
+    _fault_hook.installed = hook
+    try:
+        with pytest.raises(SequenceConflict):  # the reopener's own 13 lost the race
+            _fill(j, "s1", 1, start=13)
+    finally:
+        _fault_hook.installed = None
+    assert hook.fired
+    real_backend.restart_empty()
+    with real_backend.journal() as fresh:
+        assert fresh.head("s1") == 13
+        assert [r.sequence for r in fresh.read("s1", "main", 1)] == list(range(1, 14))
+    for x in (j, other):
+        x.close()
+
+
 @pytest.mark.parametrize(("op", "point"), [("archive", "archive:after_write"),
                                            ("truncate", "truncate:after_prepare")])
 def test_a_lifecycle_step_slower_than_its_lease_runs_again_with_the_longest(

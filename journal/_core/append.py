@@ -193,7 +193,11 @@ def _under_lease(
             # cache): wait for them, bounded. An archived session reopens; anything else is
             # refused. Never write, recover or truncate on a short view; the lease clock
             # guards whatever follows the wait.
-            size = yield Blocking(partial(gate.short_file, store, size, committed, clock.guard))
+            found = yield Blocking(partial(gate.short_file, store, size, committed))
+            if isinstance(found, gate.Restored):
+                size = yield from _reopen(core, keys, token, clock, store, found)
+            else:
+                size = found
         if size > committed:
             # A writer died after or during its write: roll its tail forward or cut it first.
             committed, heads, _ = yield from recover(core, keys, token, clock, store, committed)
@@ -255,6 +259,17 @@ def _under_lease(
         core.contended(first.session_id)
     kept = Held(token, hold_clock, end, {branch: last.sequence}) if ok == 1 and hold_ms else None
     return records, kept
+
+
+def _reopen(core: Core, keys: SessionKeys, token: str, clock: LeaseClock, store: SessionStore,
+            restored: gate.Restored) -> Steps[int]:
+    """Install an archived session's restored file, then forget the archive: each step
+    fenced (rebuild.fenced), since a lease that died with Redis could otherwise rename over
+    a file someone appended to since, or clear the marks of a newer archive and remove it.
+    Returns the file's size."""
+    yield from fenced(core, keys, token, clock, partial(gate.reopen, store, restored))
+    yield from fenced(core, keys, token, clock, partial(gate.forget_archive, store, restored))
+    return restored.length
 
 
 def _write_if_committed(

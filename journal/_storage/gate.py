@@ -147,10 +147,18 @@ def _read_bytes(store: SessionStore, data: bytes, branch_id: str, first: int, la
     return out
 
 
-def short_file(store: SessionStore, size: int, committed: int,
-               guard: Callable[[], None]) -> int:
-    """An append found the file shorter than the committed length. An archived session is
-    reopened (its file restored, the archive removed); anything else is refused."""
+class Restored(msgspec.Struct, frozen=True):
+    """An archived session's file, restored beside its place (``short_file``): what the
+    append's protocol installs, fenced, with :func:`reopen` and :func:`forget_archive`."""
+
+    length: int
+    marks: tombstone.Marks
+
+
+def short_file(store: SessionStore, size: int, committed: int) -> int | Restored:
+    """An append found the file shorter than the committed length. The size once a lagging
+    view caught up; for an archived session its file restored beside its place, to be
+    installed under the lease (:func:`reopen`); anything else is refused."""
     found = marks(store)
     if found.archived is None:
         size = store.size_reaching(committed, store.view_catch_up_s)
@@ -159,19 +167,28 @@ def short_file(store: SessionStore, size: int, committed: int,
         raise mismatch(store, size, committed)
     if size != 0 or store.path.exists():
         raise mismatch(store, size, committed)
-    root = _root(store)
-    src = archive.archive_path(root, store.session_id)
-    data = archive.read(src, found.archived.sha256)
-    tmp = compaction.tmp_path(store)
-    durable.write_synced(tmp, data)
+    data = archive.read(_archive_of(store), found.archived.sha256)
+    durable.write_synced(compaction.tmp_path(store), data)
     fault.hit("reopen:after_write")
+    return Restored(len(data), found)
+
+
+def reopen(store: SessionStore, restored: Restored, guard: Callable[[], None]) -> None:
+    """Put a restored file in place: the commit point of a reopen, from which on the file
+    is the truth again. (Every reopen restores to the same temporary name, so of two
+    racing ones the later finds it gone instead of renaming over the other's file.)"""
     guard()
-    tmp.replace(store.path)  # the commit point: from here on the file is the truth again
+    compaction.tmp_path(store).replace(store.path)
     durable.sync_dir(store.path.parent)
     fault.hit("reopen:after_rename")
-    tombstone.save(root, store.session_id, msgspec.structs.replace(found, archived=None))
-    src.unlink(missing_ok=True)
-    return len(data)
+
+
+def forget_archive(store: SessionStore, restored: Restored, guard: Callable[[], None]) -> None:
+    """After a reopen: the marks no longer say archived, and the archive goes."""
+    guard()
+    tombstone.save(_root(store), store.session_id,
+                   msgspec.structs.replace(restored.marks, archived=None))
+    _archive_of(store).unlink(missing_ok=True)
 
 
 def remove_files(store: SessionStore) -> None:
