@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from journal import EventRecord, Journal, JournalError, _fault_hook
+from journal import EventRecord, Journal, JournalError, LeaseTimeout, _fault_hook
 from journal._core.keys import session_keys
 from journal._model.records import encode_line
 from journal.testing import RedisServer
@@ -102,6 +102,30 @@ def test_a_rebuild_slower_than_its_file_sized_lease_tries_again_with_the_longest
                 assert hook.hits == 2  # the first try gave its lease up; the second finished
                 j.append(_event(4))
                 assert [r.sequence for r in j.read("s1")] == [1, 2, 3, 4]
+        finally:
+            _fault_hook.installed = None
+
+
+@pytest.mark.timeout(30)
+def test_a_rebuild_that_outruns_even_the_longest_lease_is_a_lease_timeout(
+        tmp_path: Path) -> None:
+    # Twice slower than its lease, the second time with rebuild_lease_ms: the caller gets
+    # LeaseTimeout, which names the setting to raise, not the journal's internal LeaseLost.
+    # The torn tail makes the rebuild cut, and the cut checks the lease.
+    with RedisServer(dir=tmp_path / "redis") as server:
+        root = tmp_path / "data"
+        with Journal(root, server.url, lease_ms=300, rebuild_lease_ms=2100) as j:
+            j.append_batch([_event(s) for s in range(1, 4)])
+        with open(root / "events" / "s1.jsonl", "ab") as f:
+            f.write(encode_line(_event(4))[:40])
+        server.restart()
+        hook = _SlowOnce(2.3, times=2)
+        _fault_hook.installed = hook
+        try:
+            with Journal(root, server.url, lease_ms=300, rebuild_lease_ms=2100) as j:
+                with pytest.raises(LeaseTimeout, match="rebuild_lease_ms"):
+                    j.head("s1")
+                assert hook.hits == 2
         finally:
             _fault_hook.installed = None
 

@@ -23,7 +23,7 @@ from journal._core.state import (
 )
 from journal._storage import gate
 from journal._storage.session_file import SessionStore
-from journal.errors import RedisUnavailable
+from journal.errors import LeaseTimeout, RedisUnavailable
 
 T = TypeVar("T")
 
@@ -69,6 +69,9 @@ def fenced(core: Core, keys: SessionKeys, token: str, lease: LeaseClock,
     :class:`Fenced` when Redis says the lease is gone, ``LeaseLost`` when our clock of
     ``lease`` ran out."""
     for _try in range(_FENCE_TRIES):
+        # Expired by our own clock: the work outran its lease (the caller may try again
+        # with a longer one); not ours while our clock still trusts it: Redis lost it.
+        lease.guard()
         window = core.lease_clock(core.settings.fence_ms)  # started before the question
         window.deadline = min(window.deadline, lease.deadline)
         owner = yield Call(("GET", keys.lease))
@@ -123,10 +126,12 @@ def rebuild(core: Core, session_id: str, waiter: Backoff, full: bool = False) ->
                 yield Blocking(partial(store.cut_tail, found, clock.guard))  # its log line
         except Fenced:  # Redis lost our lease (it restarted again): start over
             continue
-        except LeaseLost:  # the guard refused a step: the work outran the lease
+        except LeaseLost as exc:  # the guard refused a step: the work outran the lease
             yield from release(keys, token)
             if lease_ms >= longest:
-                raise
+                raise LeaseTimeout(
+                    f"the rebuild of {session_id} outran even rebuild_lease_ms ({longest} ms): "
+                    "raise it for a disk this slow") from exc
             lease_ms = longest
             continue
         except Exception:  # not GeneratorExit: a closed protocol must not yield again
