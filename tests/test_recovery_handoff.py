@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -82,28 +82,39 @@ class _SlowOnce(_Hook):
                 time.sleep(self.seconds)
 
 
+@contextlib.contextmanager
+def _slow_rebuild_of_a_torn_tail(tmp_path: Path, hook: _SlowOnce,
+                                 rebuild_lease_ms: int) -> Iterator[Journal]:
+    """Events 1..3 and a torn tail (the rebuild must cut it), Redis restarted empty, and a
+    journal whose rebuilds stall as ``hook`` says (lease_ms 300: the rebuild lease is
+    sized by the file, 2 s here)."""
+    with RedisServer(dir=tmp_path / "redis") as server:
+        root = tmp_path / "data"
+        options = {"lease_ms": 300, "rebuild_lease_ms": rebuild_lease_ms}
+        with Journal(root, server.url, **options) as j:
+            j.append_batch([_event(s) for s in range(1, 4)])
+        with open(root / "events" / "s1.jsonl", "ab") as f:
+            f.write(encode_line(_event(4))[:40])
+        server.restart()  # Redis forgets: the next read rebuilds
+        _fault_hook.installed = hook
+        try:
+            with Journal(root, server.url, **options) as j:
+                yield j
+        finally:
+            _fault_hook.installed = None
+
+
 @pytest.mark.timeout(30)
 def test_a_rebuild_slower_than_its_file_sized_lease_tries_again_with_the_longest(
         tmp_path: Path) -> None:
-    # The rebuild lease is sized by the file (2 s here); a rebuild that outlasts it must not
-    # cut the tail without a lease, nor fail the read: it takes rebuild_lease_ms and redoes.
-    with RedisServer(dir=tmp_path / "redis") as server:
-        root = tmp_path / "data"
-        with Journal(root, server.url, lease_ms=300, rebuild_lease_ms=10_000) as j:
-            j.append_batch([_event(s) for s in range(1, 4)])
-        with open(root / "events" / "s1.jsonl", "ab") as f:
-            f.write(encode_line(_event(4))[:40])  # a torn tail: the rebuild must cut it
-        server.restart()  # Redis forgets: the next read rebuilds
-        hook = _SlowOnce(1.8)
-        _fault_hook.installed = hook
-        try:
-            with Journal(root, server.url, lease_ms=300, rebuild_lease_ms=10_000) as j:
-                assert j.head("s1") == 3
-                assert hook.hits == 2  # the first try gave its lease up; the second finished
-                j.append(_event(4))
-                assert [r.sequence for r in j.read("s1")] == [1, 2, 3, 4]
-        finally:
-            _fault_hook.installed = None
+    # A rebuild that outlasts its file-sized lease must not cut the tail without a lease,
+    # nor fail the read: it takes rebuild_lease_ms and redoes.
+    hook = _SlowOnce(1.8)
+    with _slow_rebuild_of_a_torn_tail(tmp_path, hook, 10_000) as j:
+        assert j.head("s1") == 3
+        assert hook.hits == 2  # the first try gave its lease up; the second finished
+        j.append(_event(4))
+        assert [r.sequence for r in j.read("s1")] == [1, 2, 3, 4]
 
 
 @pytest.mark.timeout(30)
@@ -111,23 +122,11 @@ def test_a_rebuild_that_outruns_even_the_longest_lease_is_a_lease_timeout(
         tmp_path: Path) -> None:
     # Twice slower than its lease, the second time with rebuild_lease_ms: the caller gets
     # LeaseTimeout, which names the setting to raise, not the journal's internal LeaseLost.
-    # The torn tail makes the rebuild cut, and the cut checks the lease.
-    with RedisServer(dir=tmp_path / "redis") as server:
-        root = tmp_path / "data"
-        with Journal(root, server.url, lease_ms=300, rebuild_lease_ms=2100) as j:
-            j.append_batch([_event(s) for s in range(1, 4)])
-        with open(root / "events" / "s1.jsonl", "ab") as f:
-            f.write(encode_line(_event(4))[:40])
-        server.restart()
-        hook = _SlowOnce(2.3, times=2)
-        _fault_hook.installed = hook
-        try:
-            with Journal(root, server.url, lease_ms=300, rebuild_lease_ms=2100) as j:
-                with pytest.raises(LeaseTimeout, match="rebuild_lease_ms"):
-                    j.head("s1")
-                assert hook.hits == 2
-        finally:
-            _fault_hook.installed = None
+    hook = _SlowOnce(2.3, times=2)
+    with _slow_rebuild_of_a_torn_tail(tmp_path, hook, 2100) as j:
+        with pytest.raises(LeaseTimeout, match="rebuild_lease_ms"):
+            j.head("s1")
+        assert hook.hits == 2
 
 
 class _StoppedPastTheLease(_Hook):
