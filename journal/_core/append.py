@@ -267,7 +267,7 @@ def _reopen(core: Core, keys: SessionKeys, token: str, clock: LeaseClock, store:
     fenced (rebuild.fenced), since a lease that died with Redis could otherwise rename over
     a file someone appended to since, or clear the marks of a newer archive and remove it.
     Returns the file's size."""
-    yield from fenced(core, keys, token, clock, partial(gate.reopen, store, restored))
+    yield from fenced(core, keys, token, clock, partial(gate.reopen, store))
     yield from fenced(core, keys, token, clock, partial(gate.forget_archive, store, restored))
     return restored.length
 

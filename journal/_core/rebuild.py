@@ -122,8 +122,6 @@ def rebuild(core: Core, session_id: str, waiter: Backoff, full: bool = False) ->
             fault.hit("rebuild:after_scan")
             if found.truncated_from is not None:  # junk past the last good line: cut, fenced
                 yield from fenced(core, keys, token, clock, partial(store.cut_tail, found))
-            elif found.kept:
-                yield Blocking(partial(store.cut_tail, found, clock.guard))  # its log line
         except Fenced:  # Redis lost our lease (it restarted again): start over
             continue
         except LeaseLost as exc:  # the guard refused a step: the work outran the lease

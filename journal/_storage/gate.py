@@ -78,7 +78,7 @@ def _rebuild(store: SessionStore, found: tombstone.Marks, guard: Callable[[], No
     if found.archived is not None and not store.path.exists():
         return TailResult(length=found.archived.length, heads=dict(found.archived.heads))
     compaction.finish(store, found, guard)
-    return store.rebuild(guard, full, hint_may_outrun)
+    return store.rebuild(full, hint_may_outrun)
 
 
 def mismatch(store: SessionStore, size: int, committed: int) -> StorageError:
@@ -173,7 +173,7 @@ def short_file(store: SessionStore, size: int, committed: int) -> int | Restored
     return Restored(len(data), found)
 
 
-def reopen(store: SessionStore, restored: Restored, guard: Callable[[], None]) -> None:
+def reopen(store: SessionStore, guard: Callable[[], None]) -> None:
     """Put a restored file in place: the commit point of a reopen, from which on the file
     is the truth again. (Every reopen restores to the same temporary name, so of two
     racing ones the later finds it gone instead of renaming over the other's file.)"""

@@ -778,12 +778,11 @@ class SessionStore:
             return start
         return None
 
-    def rebuild(self, guard: Callable[[], None], full: bool = False,
-                hint_may_outrun: bool = False) -> TailResult:
+    def rebuild(self, full: bool = False, hint_may_outrun: bool = False) -> TailResult:
         """Recompute every head and the committed length from the file (Redis lost them).
         Junk past the committed lines is not cut here: the result says where it starts
         (``truncated_from``), and the caller cuts it with :meth:`cut_tail` once its lease
-        is fenced. ``guard`` covers the finish of an interrupted compaction.
+        is fenced.
 
         Fast path: the committed prefix that the hint and the index describe is trusted once
         it is proven consistent (see :meth:`_indexed_prefix`); only the tail past the hint is
@@ -819,6 +818,8 @@ class SessionStore:
                         self._cut_index(branch_id, count)  # leftovers past the prefix
                 found = self.scan_tail(hint, heads)
                 self._index_tail(found, heads)
+                if found.truncated_from is None:  # else logged by cut_tail, once it cut
+                    _log_tail(self.session_id, found, "tail_recovery")
                 _log.info("rebuilt the state of %s from its index", self.session_id, extra={
                     "event": "rebuild_indexed", "session_id": self.session_id,
                     "length": found.length})
