@@ -1673,12 +1673,15 @@ def floor_round_trip_cpu_us(bench: Bench, n: int, command: str) -> tuple[float, 
     same line's O_APPEND write + fdatasync, then one command sent and its reply read on a
     raw socket (no client library). ``command`` is ``PING`` (the cheapest there is), or
     ``EVALSHA`` of an empty script (``return 1``) with the commit's keys and arguments,
-    its announcement included: what running any script costs before its first line.
+    its announcement included: what running any script costs before its first line; or
+    ``python``: that ``EVALSHA``, with each event's record made and encoded and the
+    command packed for it, as the leanest Python client would (no checks, no lease, no
+    state): what the language itself costs on top of the syscalls.
     Returns (client CPU, redis-server CPU) per event; the server's is paid at this pace
     (woken once per fsync)."""
     server = bench.server
     line = encode_line(cost_record("bench-floor", 1))
-    fd = _open_append_fd(bench.scratch / "cpu-floor-rt.dat")
+    fd = _open_append_fd(bench.scratch / f"cpu-floor-rt-{command}.dat")
     if server.port:
         sock = socket.create_connection((server.host, server.port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -1686,17 +1689,28 @@ def floor_round_trip_cpu_us(bench: Bench, n: int, command: str) -> tuple[float, 
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(str(server.unix_socket))
     try:
-        send = _resp(b"PING")
-        if command == "EVALSHA":
+        ping = _resp(b"PING")
+        head: tuple[bytes, ...] = ()
+        if command != "PING":
             sock.sendall(_resp(b"SCRIPT", b"LOAD", b"return 1"))
             sha = sock.recv(128).split(b"\r\n")[1]
             keys = [b"{bench-floor}:%b" % k for k in (b"state", b"lease", b"channel", b"want")]
-            send = _resp(b"EVALSHA", sha, b"4", *keys, uuid.uuid4().hex.encode(), b"100",
-                         b"123456", b"update", b"PUBLISH", b"m" * (len(line) + 120), b"main",
-                         b"42")
+            head = (b"EVALSHA", sha, b"4", *keys, uuid.uuid4().hex.encode(), b"100")
+        sequence = 0
 
         def one() -> None:
-            os.write(fd, line)
+            nonlocal sequence
+            sequence += 1
+            if command == "python":
+                data = encode_line(cost_record("bench-floor", sequence))
+                send = _resp(*head, b"%d" % (sequence * len(data)), b"update", b"PUBLISH",
+                             data, b"main", b"%d" % sequence)
+            else:
+                data = line
+                send = ping if command == "PING" else _resp(
+                    *head, b"123456", b"update", b"PUBLISH", b"m" * (len(line) + 120),
+                    b"main", b"42")
+            os.write(fd, data)
             os.fdatasync(fd)
             sock.sendall(send)
             if sock.recv(64) not in (b"+PONG\r\n", b":1\r\n"):
@@ -1779,6 +1793,8 @@ def figure_14(bench: Bench) -> None:
     trip_server = statistics.median(t[1] for t in trips)
     empty_script = statistics.median(floor_round_trip_cpu_us(bench, n, "EVALSHA")[1]
                                      for _ in range(3))
+    leanest = statistics.median(floor_round_trip_cpu_us(bench, n, "python")[0]
+                                for _ in range(3))
     client = med("user_us") + med("sys_us")
     spread = ", ".join(fmt(r["user_us"] + r["sys_us"]) for r in runs)
     bench.rows.append(Row(14, "F_fs CPU per event (write+fdatasync, getrusage)", floor, "us",
@@ -1787,6 +1803,10 @@ def figure_14(bench: Bench) -> None:
                           trip_client, "us",
                           note="the least a durable append with one Redis round trip costs "
                                "the client here; median of 3"))
+    bench.rows.append(Row(14, "floor CPU in Python: make the record, write+fdatasync, "
+                              "one EVALSHA (raw socket)", leanest, "us",
+                          note="the leanest Python client: no checks, lease or state, "
+                               "just the record, the syscalls and the command; median of 3"))
     bench.rows.append(Row(14, "client CPU per durable append (getrusage)", client, "us",
                           ref_name="floor CPU", ref_value=trip_client,
                           ratio=client / trip_client if trip_client else None,

@@ -134,6 +134,23 @@ def test_commit_lets_a_held_lease_go_when_someone_waits(r: redis.Redis) -> None:
     assert r.get(K.lease) is None and r.hget(K.state, "h:main") == b"2"
 
 
+def test_commit_with_no_hold_leaves_the_leases_expiry_as_it_is(r: redis.Redis) -> None:
+    """"" as the hold: the writer still trusts the hold an earlier commit set, so the
+    lease's expiry is not moved, neither later nor earlier; a waiter still gets it."""
+    commit = scripts(r)["commit"]
+    r.hset(K.state, mapping={"len": 10})
+    r.set(K.lease, "t1", px=3000)
+    assert commit(keys=K.all, args=["t1", "", 20, "update", "", "", "main", 1]) == 1
+    assert r.get(K.lease) == b"t1" and 2000 < r.pttl(K.lease) <= 3000
+    r.pexpire(K.lease, 200)
+    assert commit(keys=K.all, args=["t1", "", 30, "update", "", "", "main", 2]) == 1
+    assert 0 < r.pttl(K.lease) <= 200
+    assert r.hgetall(K.state) == {b"len": b"30", b"h:main": b"2"}
+    r.set(K.want, "w1", px=3000)
+    assert commit(keys=K.all, args=["t1", "", 40, "update", "", "", "main", 3]) == 2
+    assert r.get(K.lease) is None
+
+
 def test_commit_can_keep_the_lease_and_replace_state(r: redis.Redis) -> None:
     commit = scripts(r)["commit"]
     r.hset(K.state, mapping={"len": 10, "h:main": 1, "h:gone": 3})

@@ -19,7 +19,7 @@ from journal import (
     StorageError,
 )
 from journal._core import append as append_protocol
-from journal._core.ops import Lua
+from journal._core.ops import Lua, Send
 from journal._core.pipeline import (
     Connect,
     Disconnect,
@@ -176,6 +176,38 @@ def test_a_held_lease_expired_by_the_clock_is_not_used(core: Core, clock: FakeCl
     d.expect(begun(size(core), 1), ("commit", 1))
     append(core, d, 2)
     assert d.seen[3:] == ["begin", "file:_write_if_committed", "commit"]
+
+
+def test_a_young_hold_is_kept_as_it_is_and_renewed_past_its_middle(
+    core: Core, clock: FakeClock
+) -> None:
+    """A commit on a held lease whose hold has more than half its trust left (30 of 60 ms
+    here) leaves the lease's expiry alone (hold "") and the writer keeps the hold's clock:
+    that clock started before the commit that set the expiry. Past the middle, the commit
+    renews the hold, from a new clock."""
+    holds: list[object] = []
+
+    def committed(op: Lua) -> int:
+        holds.append(op.args[1])
+        return 1
+
+    def sent(op: Send) -> None:
+        holds.append(op.lua.args[1])
+
+    d = FakeDriver(clock, [begun(), ("commit", committed)])
+    append(core, d, 1)
+    first = core.held["s1"].clock
+    clock.advance(0.02)
+    d.expect(("send:commit", sent))
+    append(core, d, 2)
+    assert holds == [100, ""]
+    assert core.held["s1"].clock is first  # still trusted until the first hold's deadline
+    clock.advance(0.015)  # 35 ms into a 60 ms trust: less than half is left
+    d.expect(("collect", 1), ("send:commit", sent))
+    append(core, d, 3)
+    assert holds == [100, "", 100]
+    assert core.held["s1"].clock.deadline == pytest.approx(clock.now() + 0.06)
+    assert lines(core.root) == [1, 2, 3]
 
 
 def test_read_your_writes_settles_the_pipelined_commit_first(

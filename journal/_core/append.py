@@ -223,9 +223,15 @@ def _under_lease(
     message = encode_announcement(first.session_id, branch, first.sequence, last.sequence,
                                   start, end, data if inline else None)
     hold_ms = core.hold_ms(first.session_id)
-    hold_clock = core.lease_clock(hold_ms)  # started before the commit is sent: conservative
+    hold: int | str = hold_ms
+    if fast and hold_ms and core.keeps_hold(clock, hold_ms):
+        # The hold our last commits set is still young: this commit leaves its expiry as it
+        # is (one Redis call less), and we go on trusting the clock that hold started.
+        hold, hold_clock = "", clock
+    else:
+        hold_clock = core.lease_clock(hold_ms)  # started before the commit is sent
     commit = Lua("commit", keys.all,
-                 [token, hold_ms, end, "update", core.publish, message, branch, last.sequence])
+                 [token, hold, end, "update", core.publish, message, branch, last.sequence])
     if fast and hold_ms and synced_at < clock.deadline and start == committed:
         # Pipelined commit. Our lines are synced at the committed length, inside a lease
         # whose last commit Redis confirmed: by the roll-forward rule they are committed

@@ -44,6 +44,14 @@ class Fenced(LeaseLost):
     our own clock may still trust it: a step that destroys bytes must not run."""
 
 
+def trusted_s(lease_ms: int) -> float:
+    """How long we trust a lease of ``lease_ms`` from before the call that granted it was
+    sent: 80 % of it, less a margin for the clock and the trip to Redis (20 ms, or a fifth
+    of the lease for the short holds, lease_hold_ms, of a busy writer)."""
+    seconds = lease_ms / 1000
+    return seconds * 0.8 - min(0.02, seconds * 0.2)
+
+
 class LeaseClock:
     """Our own, conservative view of the lease: it starts before the begin call was sent,
     and we stop trusting it a safety margin before it expires."""
@@ -51,14 +59,15 @@ class LeaseClock:
     __slots__ = ("_now", "deadline")  # one or two per append
 
     def __init__(self, env: Env, lease_ms: int) -> None:
-        # 80 % of the lease, less a margin for the clock and the trip to Redis: 20 ms, or a
-        # fifth of the lease for the short holds (lease_hold_ms) of a busy writer.
-        seconds = lease_ms / 1000
         self._now = env.now
-        self.deadline = env.now() + seconds * 0.8 - min(0.02, seconds * 0.2)
+        self.deadline = env.now() + trusted_s(lease_ms)
 
     def valid(self) -> bool:
         return self._now() < self.deadline
+
+    def lasts(self, seconds: float) -> bool:
+        """Whether we still trust the lease ``seconds`` from now."""
+        return self._now() + seconds < self.deadline
 
     def guard(self) -> None:
         if not self.valid():
@@ -136,6 +145,13 @@ class Core:
                 return 0
             del self.contended_until[session_id]
         return self.settings.lease_hold_ms
+
+    def keeps_hold(self, clock: LeaseClock, hold_ms: int) -> bool:
+        """Whether a commit on a held lease may leave the lease's expiry as it is: while
+        the hold that ``clock`` trusts has more than half its trust left. Redis then runs
+        one call less per commit (no ``PEXPIRE``), and the writer keeps ``clock``, which
+        started before the commit that set that expiry was sent."""
+        return clock.lasts(trusted_s(hold_ms) / 2)
 
     def contended(self, session_id: str) -> None:
         if len(self.contended_until) > 4096:

@@ -2,7 +2,8 @@
 -- KEYS[1] state hash, KEYS[2] lease, KEYS[3] channel (declared as a key: same slot in a
 -- cluster), KEYS[4] want
 -- ARGV[1] token
--- ARGV[2] "0" releases the lease, otherwise the ms to hold it for (the writer goes on)
+-- ARGV[2] "0" releases the lease, "" keeps it as it is (the writer goes on, trusting the hold
+--         an earlier commit set), otherwise the ms to hold it for (the writer goes on)
 -- ARGV[3] committed byte length
 -- ARGV[4] "replace" drops the old state first (rebuild), "update" merges
 -- ARGV[5] publish command: "PUBLISH", "SPUBLISH" or "" (nothing to announce)
@@ -10,7 +11,9 @@
 -- ARGV[7..] pairs of branch, head
 -- Reply: 1 committed (lease kept when asked), 2 committed and released because another
 -- writer waits, 0 when the lease is no longer ours (the outcome is unknown to the caller)
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+-- The lease and the waiter in one call: each redis.call costs more than its work here.
+local lease = redis.call('MGET', KEYS[2], KEYS[4])
+if lease[1] ~= ARGV[1] then
   return 0
 end
 if ARGV[4] == 'replace' then
@@ -31,12 +34,12 @@ if #fields > 0 then
   redis.call('HSET', KEYS[1], unpack(fields))
 end
 local reply = 1
-if ARGV[2] ~= '0' and redis.call('EXISTS', KEYS[4]) == 1 then
+if ARGV[2] ~= '0' and lease[2] then
   reply = 2
 end
 if ARGV[2] == '0' or reply == 2 then
   redis.call('DEL', KEYS[2])
-else
+elseif ARGV[2] ~= '' then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
 if ARGV[5] ~= '' then
