@@ -40,8 +40,9 @@ QUOTED = quote(PASSWORD, safe="")
 # against the channel rules, hence the second channel rule for the firehose (subscribe_all
 # with no session prefix). With sharded_pubsub=True (Redis Cluster) add +spublish
 # +ssubscribe; the firehose then SSUBSCRIBEs per session, covered by the same channel rule.
-ACL_COMMANDS = ("ping", "evalsha", "script|load", "hmget", "hgetall", "exists", "get", "set",
-                "pttl", "hget", "hset", "del", "pexpire", "publish", "subscribe", "psubscribe")
+ACL_COMMANDS = ("ping", "evalsha", "script|load", "hmget", "hgetall", "exists", "get", "mget",
+                "set", "pttl", "hget", "hset", "del", "pexpire", "publish", "subscribe",
+                "psubscribe")
 ACL_RULES = ("on", "resetkeys", "~journal:*", "resetchannels", "&journal:*",
              "&journal:{*}:events", "-@all", *(f"+{c}" for c in ACL_COMMANDS))
 

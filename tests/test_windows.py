@@ -210,6 +210,38 @@ def test_a_young_hold_is_kept_as_it_is_and_renewed_past_its_middle(
     assert lines(core.root) == [1, 2, 3]
 
 
+def test_a_hold_is_renewed_after_a_recovery_on_the_held_path(
+    core: Core, clock: FakeClock
+) -> None:
+    """A stale writer's line landed at the committed length just before ours: the append
+    on the held lease recovers the tail, and that recovery commits with the full lease
+    (lease_ms). The append's own commit must then renew the hold, young as it is, or the
+    lease would stay with us for lease_ms after we go idle."""
+    holds: list[object] = []
+
+    def committed(op: Lua) -> int:
+        holds.append(op.args[1])
+        return 1
+
+    d = FakeDriver(clock, [begun(), ("commit", 1)])
+    append(core, d, 1)
+    length = size(core)
+    _, stale = prepare_for_write(  # another branch: our line still continues ours
+        [EventRecord.new("s1", "alt", 1, {"type": "UserMessage", "content": "stale"})],
+        max_record_bytes=1 << 20, max_id_length=128)
+    with (core.root / "events" / "s1.jsonl").open("ab") as f:
+        f.write(stale)
+    clock.advance(0.005)
+    d.expect(("recover_state", [b"len", str(length).encode(), b"h:main", b"1"]),
+             ("commit", 1), ("commit", committed))
+    append(core, d, 2)
+    assert d.seen[-6:] == ["file:_write_if_committed", "recover_state", "file:scan_tail",
+                           "file:settle_tail", "commit", "commit"]
+    assert holds == [100]
+    assert core.held["s1"].clock.deadline == pytest.approx(clock.now() + 0.06)
+    assert lines(core.root) == [1, 1, 2]
+
+
 def test_read_your_writes_settles_the_pipelined_commit_first(
     core: Core, clock: FakeClock
 ) -> None:

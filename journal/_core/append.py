@@ -186,7 +186,12 @@ def _under_lease(
     outcome = yield from _written(core, keys, token, clock, store, committed, partial(
         _write_if_committed, store, fast, clock, core.env.now, data, sync, committed, branch,
         head_now))
+    # Whether the write landed on its first try, on the held lease: no recovery or reopen
+    # ran in this append (a recovery commits with the full lease_ms, which only a renewed
+    # hold shortens again).
+    steady = fast
     if isinstance(outcome, int):
+        steady = False
         size = outcome
         if size < committed:
             # Another host's committed bytes may not be visible here yet (a shared mount's
@@ -211,6 +216,7 @@ def _under_lease(
     if start != committed:
         # A stale writer's bytes landed before ours. Recover everything past the committed
         # length: our lines are kept if they still continue their branch, or cut.
+        steady = False
         committed, heads, survivors = yield from recover(
             core, keys, token, clock, store, committed
         )
@@ -224,7 +230,7 @@ def _under_lease(
                                   start, end, data if inline else None)
     hold_ms = core.hold_ms(first.session_id)
     hold: int | str = hold_ms
-    if fast and hold_ms and core.keeps_hold(clock, hold_ms):
+    if steady and hold_ms and core.keeps_hold(clock, hold_ms):
         # The hold our last commits set is still young: this commit leaves its expiry as it
         # is (one Redis call less), and we go on trusting the clock that hold started.
         hold, hold_clock = "", clock
