@@ -28,7 +28,9 @@ numbers say little, ratios a lot. The figures (see ``--only``):
     subscription, both following the same appends in the same run.
 14. The cost of one durable append (1 writer, 250-byte UserMessage, median of 3): client CPU
     (getrusage), redis-server CPU (/proc/<pid>/stat), syscalls (``strace -c -f``, when strace
-    is installed).
+    is installed); beside them the floors: write + fdatasync + a PING on a raw socket, the
+    same with an EVALSHA of an empty script (the server's side), and the leanest Python
+    client (the record encoded, its announcement, the syscalls and the EVALSHA).
 15. The fleet against a durable peer: Redis Lua CAS + XADD on a private redis-server with
     ``appendfsync always``, 4 writers x 4 sessions and 16 writers x 64 sessions; both make
     and encode the same record per event; the raw write + fdatasync of the same fleet.
@@ -76,6 +78,7 @@ import msgspec
 import redis
 
 from journal import AppendOutcomeUnknown, AsyncJournal, EventRecord, Journal
+from journal._model.announcement import encode_announcement
 from journal._model.records import decode_line, encode_line
 from journal.testing import RedisServer
 
@@ -998,8 +1001,9 @@ def subscriber_child(
 @dataclass
 class PhaseResult:
     kind: str
-    latencies_us: list[float]  # from the returned publish/append
-    from_call_us: list[float]  # from the start of the publish/append call
+    latencies_us: list[float]  # from the returned publish/append (raw-sent: from its send)
+    from_call_us: list[float]  # from the start of the call (raw-sent: the previous reply's
+    # read included)
     complete: int  # subscribers that got every event once, in order
     subscribers: int
     problems: list[str]
@@ -1009,8 +1013,10 @@ def run_subscription_phases(
     bench: Bench, subscribers: int, phases: list[tuple[str, str, int]], interval_s: float,
     label: str,
 ) -> list[PhaseResult]:
-    """Start ``subscribers`` processes and run the phases: each a raw pub/sub channel or a
-    journal session, with ``count`` events published at a fixed pace once all are ready."""
+    """Start ``subscribers`` processes and run the phases: each a raw pub/sub channel
+    (``raw``: PUBLISH timed until its reply; ``raw-sent``: timed until it is sent, its reply
+    read before the next one) or a journal session, with ``count`` events published at a
+    fixed pace once all are ready."""
     root, url = str(bench.root), bench.server.url
     expected_s = max(c for _, _, c in phases) * interval_s
     timeout_s = expected_s + 60
@@ -1021,9 +1027,11 @@ def run_subscription_phases(
              for i in range(subscribers)]
     results: list[PhaseResult] = []
     client = redis.Redis.from_url(url)
-    sender = client.connection_pool.get_connection()  # raw-sent phases: their own connection
+    sender: Any = None  # raw-sent phases: a connection of their own
     journal = bench.journal()
     try:
+        if any(kind == "raw-sent" for kind, _, _ in phases):
+            sender = client.connection_pool.get_connection()
         for phase, (kind, name, count) in enumerate(phases):
             log(f"{label}: phase {phase + 1}/{len(phases)} ({kind}, {count} events)")
             if kind == "journal":
@@ -1106,7 +1114,8 @@ def run_subscription_phases(
             results.append(PhaseResult(kind, lat, lat_call, complete, subscribers, problems))
     finally:
         journal.close()
-        client.connection_pool.release(sender)
+        if sender is not None:
+            client.connection_pool.release(sender)
         client.close()
         bench.reap(procs)
     return results
@@ -1140,7 +1149,7 @@ def figure_8(bench: Bench) -> None:
     results = run_subscription_phases(bench, 1, phases, cfg.sub_interval_s, "figure 8")
     problems = [p for r in results for p in r.problems]
     rounds = [results[i:i + len(kinds)] for i in range(0, len(results), len(kinds))]
-    if any(not phase.latencies_us for phase in results):
+    if any(not phase.latencies_us for phase in results if phase.kind != "raw-sent"):
         raise RuntimeError("no latencies measured: " + "; ".join(problems[:3]))
     pairs = [(raw, jour) for raw, jour, _ in rounds]
     _, jour_call = _pooled(results, "journal")
@@ -1160,16 +1169,23 @@ def figure_8(bench: Bench) -> None:
                 note += "; problems: " + "; ".join(problems[:3])
         bench.rows.append(ratio_row(8, name, value, "us", ref_name, ref, target=target,
                                     at_most=limit, note=note))
-    sent = sorted((quantile(j.latencies_us, 0.5) / quantile(r.latencies_us, 0.5),
-                   quantile(j.latencies_us, 0.5), quantile(r.latencies_us, 0.5))
-                  for _, j, r in rounds)
-    ratio, value, ref = sent[len(sent) // 2]
+    name = "subscription latency p50 vs raw PUBLISH timed as the journal's commit"
+    if any(not sent.latencies_us for _, _, sent in rounds):
+        bench.rows.append(Row(8, name, error="a raw-sent phase measured nothing: "
+                                             + "; ".join(problems[:3])))
+        return
+    medians = [(quantile(jour.latencies_us, 0.5), quantile(sent.latencies_us, 0.5))
+               for _, jour, sent in rounds]
+    by_ratio = sorted((value / ref, value, ref) for value, ref in medians if ref > 0)
+    if not by_ratio:
+        bench.rows.append(Row(8, name, error="raw-sent p50 of 0 us"))
+        return
+    ratio, value, ref = by_ratio[len(by_ratio) // 2]
     bench.rows.append(Row(
-        8, "subscription latency p50 vs raw PUBLISH timed as the journal's commit", value, "us",
-        ref_name="raw sent p50", ref_value=ref, ratio=ratio,
+        8, name, value, "us", ref_name="raw sent p50", ref_value=ref, ratio=ratio,
         note="the raw PUBLISH timed from its send (reply read before the next one), as an "
              "append returns once its pipelined commit is sent: what the journal adds on "
-             "both sides; ratios " + ", ".join(f"{r:.2f}x" for r, _, _ in sent)))
+             "both sides; ratios " + ", ".join(f"{r:.2f}x" for r, _, _ in by_ratio)))
 
 
 def figure_9(bench: Bench) -> None:
@@ -1703,9 +1719,10 @@ def floor_round_trip_cpu_us(bench: Bench, n: int, command: str) -> tuple[float, 
     raw socket (no client library). ``command`` is ``PING`` (the cheapest there is), or
     ``EVALSHA`` of an empty script (``return 1``) with the commit's keys and arguments,
     its announcement included: what running any script costs before its first line; or
-    ``python``: that ``EVALSHA``, with each event's record made and encoded and the
-    command packed for it, as the leanest Python client would (no checks, no lease, no
-    state): what the language itself costs on top of the syscalls.
+    ``python``: that ``EVALSHA``, with each event's record (made beforehand, as figure 14's
+    writer makes its records) encoded, its announcement made and the command packed for
+    it, as the leanest Python client would (no checks, no lease, no state): what the
+    language itself costs on top of the syscalls.
     Returns (client CPU, redis-server CPU) per event; the server's is paid at this pace
     (woken once per fsync)."""
     server = bench.server
@@ -1726,14 +1743,19 @@ def floor_round_trip_cpu_us(bench: Bench, n: int, command: str) -> tuple[float, 
             keys = [b"{bench-floor}:%b" % k for k in (b"state", b"lease", b"channel", b"want")]
             head = (b"EVALSHA", sha, b"4", *keys, uuid.uuid4().hex.encode(), b"100")
         sequence = 0
+        records = ([cost_record("bench-floor", i) for i in range(1, n + 51)]
+                   if command == "python" else [])
 
         def one() -> None:
             nonlocal sequence
             sequence += 1
             if command == "python":
-                data = encode_line(cost_record("bench-floor", sequence))
-                send = _resp(*head, b"%d" % (sequence * len(data)), b"update", b"PUBLISH",
-                             data, b"main", b"%d" % sequence)
+                data = encode_line(records[sequence - 1])
+                end = sequence * len(data)
+                message = encode_announcement("bench-floor", "main", sequence, sequence,
+                                              end - len(data), end, data)
+                send = _resp(*head, b"%d" % end, b"update", b"PUBLISH", message, b"main",
+                             b"%d" % sequence)
             else:
                 data = line
                 send = ping if command == "PING" else _resp(
@@ -1832,15 +1854,17 @@ def figure_14(bench: Bench) -> None:
                           trip_client, "us",
                           note="the least a durable append with one Redis round trip costs "
                                "the client here; median of 3"))
-    bench.rows.append(Row(14, "floor CPU in Python: make the record, write+fdatasync, "
+    bench.rows.append(Row(14, "floor CPU in Python: encode the record, write+fdatasync, "
                               "one EVALSHA (raw socket)", leanest, "us",
                           note="the leanest Python client: no checks, lease or state, "
-                               "just the record, the syscalls and the command; median of 3"))
+                               "just the line, the announcement, the syscalls and the "
+                               "command; median of 3"))
     bench.rows.append(Row(14, "client CPU per durable append (getrusage)", client, "us",
                           ref_name="floor CPU", ref_value=trip_client,
                           ratio=client / trip_client if trip_client else None,
                           target="<= 120 us", met=client <= 120,
                           note=f"user {fmt(med('user_us'))} + sys {fmt(med('sys_us'))}; "
+                               f"{client / leanest:.2f}x the leanest Python client; "
                                f"runs: {spread}; 1 writer, {n:,} appends of a 250-byte "
                                "UserMessage, median of 3"))
     server = med("server_us")
