@@ -239,8 +239,8 @@ def _under_lease(
     commit = Lua("commit", keys.all,
                  [token, hold, end, "update", core.publish, message, branch, last.sequence])
     if fast and hold_ms and synced_at < clock.deadline and start == committed:
-        # Pipelined commit. Our lines are synced at the committed length, inside a lease
-        # whose last commit Redis confirmed: by the roll-forward rule they are committed
+        # Pipelined commit. Our lines are synced at the committed length, inside the hold
+        # a commit Redis confirmed set: by the roll-forward rule they are committed
         # now, whatever happens to the commit we send. Its reply is read before our next
         # operation on this session.
         yield Send(first.session_id, commit)
