@@ -777,6 +777,14 @@ def _tear_event_2(root: Path) -> None:
         fh.write(torn[: len(torn) // 2])
 
 
+def _writer_a(root: Path, url: str) -> Journal:
+    """Writer A, event 1 of session s appended. Its 10 s lease outlives a Redis restart by
+    its own clock; with no held lease, its next append begins anew under that lease."""
+    a = Journal(root, url, lease_ms=10_000, lease_hold_ms=0, socket_timeout_s=2).open()
+    a.append(EventRecord.new("s", "main", 1, {"type": "UserMessage", "content": "one"}))
+    return a
+
+
 def test_redis_restart_before_a_failed_write_is_taken_back_never_cuts_acked_lines(
         tmp_path: Path) -> None:
     """Writer A's fdatasync fails (ENOSPC): its line is in the file, unsynced, and A must cut
@@ -790,9 +798,7 @@ def test_redis_restart_before_a_failed_write_is_taken_back_never_cuts_acked_line
     (rebuild.fenced): A's outcome is unknown, and the file keeps both lines."""
     with RedisServer(dir=tmp_path / "redis") as srv:
         root = tmp_path / "data"
-        # No held lease: A's second append begins anew, under its 10 s lease.
-        a = Journal(root, srv.url, lease_ms=10_000, lease_hold_ms=0, socket_timeout_s=2).open()
-        a.append(EventRecord.new("s", "main", 1, {"type": "UserMessage", "content": "one"}))
+        a = _writer_a(root, srv.url)
         mine = EventRecord.new("s", "main", 2, {"type": "UserMessage", "content": "A"})
         hook = _HoldOnce("before_take_back", enospc=("fsync",))
         got, seen, acked_id = _while_held(hook, lambda: a.append(mine), srv.restart,
@@ -814,8 +820,7 @@ def test_redis_restart_between_a_tail_scan_and_its_cut_never_cuts_acked_lines(
     lease (rebuild.fenced), so A starts over and meets B's event as a conflict."""
     with RedisServer(dir=tmp_path / "redis") as srv:
         root = tmp_path / "data"
-        a = Journal(root, srv.url, lease_ms=10_000, lease_hold_ms=0, socket_timeout_s=2).open()
-        a.append(EventRecord.new("s", "main", 1, {"type": "UserMessage", "content": "one"}))
+        a = _writer_a(root, srv.url)
         _tear_event_2(root)
         mine = EventRecord.new("s", "main", 2, {"type": "UserMessage", "content": "A"})
         got, seen, acked_id = _while_held(_HoldOnce("recover:after_scan"),
