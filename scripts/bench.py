@@ -1052,6 +1052,13 @@ def run_subscription_phases(
             pad = b"x" * 340
             seqs = range(2, count + 2) if kind == "journal" else range(1, count + 1)
             unread = 0  # raw-sent: PUBLISH replies not read yet
+
+            def read_replies() -> None:
+                nonlocal unread
+                while unread:
+                    sender.read_response()
+                    unread -= 1
+
             t_next = time.monotonic() + 0.05
             for seq in seqs:
                 delay = t_next - time.monotonic()
@@ -1066,9 +1073,7 @@ def run_subscription_phases(
                     # Sent, its reply read before the next one: when a pipelined commit
                     # returns, as the journal's append does.
                     t0 = time.monotonic_ns()
-                    while unread:
-                        sender.read_response()
-                        unread -= 1
+                    read_replies()
                     sender.send_command("PUBLISH", name, b"%012d" % seq + pad)
                     t1 = time.monotonic_ns()
                     unread += 1
@@ -1078,9 +1083,7 @@ def run_subscription_phases(
                     journal.append(rec)
                     t1 = time.monotonic_ns()
                 sent_call[seq], sent_ret[seq] = t0, t1
-            while unread:
-                sender.read_response()
-                unread -= 1
+            read_replies()
             lat: list[float] = []
             lat_call: list[float] = []
             complete = 0
@@ -1735,13 +1738,15 @@ def floor_round_trip_cpu_us(bench: Bench, n: int, command: str) -> tuple[float, 
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(str(server.unix_socket))
     try:
-        ping = _resp(b"PING")
+        fixed = _resp(b"PING")  # the command of every event, but in the python mode
         head: tuple[bytes, ...] = ()
         if command != "PING":
             sock.sendall(_resp(b"SCRIPT", b"LOAD", b"return 1"))
             sha = sock.recv(128).split(b"\r\n")[1]
             keys = [b"{bench-floor}:%b" % k for k in (b"state", b"lease", b"channel", b"want")]
             head = (b"EVALSHA", sha, b"4", *keys, uuid.uuid4().hex.encode(), b"100")
+            fixed = _resp(*head, b"123456", b"update", b"PUBLISH", b"m" * (len(line) + 120),
+                          b"main", b"42")
         sequence = 0
         records = ([cost_record("bench-floor", i) for i in range(1, n + 51)]
                    if command == "python" else [])
@@ -1757,10 +1762,7 @@ def floor_round_trip_cpu_us(bench: Bench, n: int, command: str) -> tuple[float, 
                 send = _resp(*head, b"%d" % end, b"update", b"PUBLISH", message, b"main",
                              b"%d" % sequence)
             else:
-                data = line
-                send = ping if command == "PING" else _resp(
-                    *head, b"123456", b"update", b"PUBLISH", b"m" * (len(line) + 120),
-                    b"main", b"42")
+                data, send = line, fixed
             os.write(fd, data)
             os.fdatasync(fd)
             sock.sendall(send)
